@@ -1,0 +1,403 @@
+//! The client side of TCRP: create, join, leave and list over a blocking TCP connection.
+//!
+//! Every connect, read and write has a timeout, and every failure is a [`ControlError`]
+//! that says what a person can do about it.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::protocol::frame::{
+    Frame, Grant, InvalidField, Request, parse_list, parse_status, split_reply,
+};
+use crate::protocol::{Operation, State, Status};
+
+/// How long connect and each reply may take unless the caller says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What CREATE or JOIN gave us: everything a chat session needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The room joined.
+    pub room: String,
+    /// Our user name in it.
+    pub user: String,
+    /// The token that proves membership (bound to our IP address).
+    pub token: Vec<u8>,
+    /// Where to send datagrams: the TCP peer's address with the data-plane port.
+    pub udp_addr: SocketAddr,
+    /// Silence after which the server drops us.
+    pub idle_timeout: Duration,
+    /// Whether we created the room (our LEAVE closes it).
+    pub host: bool,
+    /// The control-plane address used.
+    pub server: SocketAddr,
+}
+
+/// One room as LIST reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Room name.
+    pub name: String,
+    /// Members, bound or not.
+    pub members: u16,
+    /// Effective capacity.
+    pub capacity: u16,
+    /// Whether a password is needed.
+    pub password: bool,
+}
+
+/// Why a control-plane call failed.
+#[derive(Debug)]
+pub enum ControlError {
+    /// No server answered at that address.
+    Connect {
+        /// The address tried.
+        addr: String,
+        /// What the OS said.
+        source: io::Error,
+    },
+    /// The server name did not resolve.
+    Resolve(String),
+    /// Reading or writing failed.
+    Io(io::Error),
+    /// The server did not answer in time.
+    Timeout,
+    /// The server closed the connection before its reply was complete.
+    Closed,
+    /// The reply broke the protocol.
+    Malformed(&'static str),
+    /// The server refused the request.
+    Refused {
+        /// The status it answered.
+        status: Status,
+        /// The operation refused.
+        op: Operation,
+        /// The room it was about.
+        room: String,
+    },
+    /// The request cannot be sent as asked (a name too long, say).
+    Invalid(InvalidField),
+}
+
+impl ControlError {
+    /// The status the server answered, if it refused.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            ControlError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::Connect { addr, source } => write!(
+                f,
+                "cannot reach an OCM server at {addr} ({source}); is `ocm-server` running there?"
+            ),
+            ControlError::Resolve(addr) => write!(f, "cannot resolve server address '{addr}'"),
+            ControlError::Io(e) => write!(f, "connection to the server failed: {e}"),
+            ControlError::Timeout => f.write_str("the server did not answer in time"),
+            ControlError::Closed => f.write_str("the server closed the connection mid-reply"),
+            ControlError::Malformed(what) => write!(f, "malformed reply from the server: {what}"),
+            ControlError::Invalid(e) => write!(f, "cannot send that request: {e}"),
+            ControlError::Refused { status, op, room } => match status {
+                Status::RoomExists => write!(f, "room '{room}' already exists"),
+                Status::RoomNotFound => write!(f, "room '{room}' does not exist"),
+                Status::RoomFull => write!(f, "room '{room}' is full"),
+                Status::BadPassword => write!(f, "wrong password for room '{room}'"),
+                Status::NameTaken => write!(f, "that user name is already taken in room '{room}'"),
+                Status::InvalidRequest => write!(
+                    f,
+                    "the server refused the {} request as invalid (names must be 1-255 bytes of text)",
+                    op.name()
+                ),
+                Status::ServerFull => f.write_str(
+                    "the server is full (a room, member or connection limit); try later",
+                ),
+                Status::Unauthorized => write!(f, "not a member of room '{room}' (token refused)"),
+                Status::TooManyRequests => f.write_str(
+                    "too many failed attempts from this address; wait a minute and try again",
+                ),
+                Status::Ok => f.write_str("ok"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for ControlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ControlError::Connect { source, .. } => Some(source),
+            ControlError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ControlError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ControlError::Timeout,
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe => ControlError::Closed,
+            _ => ControlError::Io(e),
+        }
+    }
+}
+
+/// A TCRP connection to one server. Requests on it are answered in order.
+#[derive(Debug)]
+pub struct ControlClient {
+    stream: TcpStream,
+    server: SocketAddr,
+    timeout: Duration,
+    buf: Vec<u8>,
+}
+
+impl ControlClient {
+    /// Connects to `addr` (host:port), trying each resolved address within `timeout`.
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Self, ControlError> {
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|_| ControlError::Resolve(addr.to_string()))?
+            .collect();
+        let mut last = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, timeout) {
+                Ok(stream) => return Self::from_stream(stream, timeout),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(ControlError::Connect {
+            addr: addr.to_string(),
+            source: last.unwrap_or_else(|| io::Error::other("no address")),
+        })
+    }
+
+    /// Wraps an already connected stream.
+    pub fn from_stream(stream: TcpStream, timeout: Duration) -> Result<Self, ControlError> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let server = stream.peer_addr()?;
+        Ok(ControlClient {
+            stream,
+            server,
+            timeout,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// The server's control-plane address.
+    pub fn server(&self) -> SocketAddr {
+        self.server
+    }
+
+    /// Creates `room` with us as host. `capacity` 0 asks for the server's default.
+    pub fn create(
+        &mut self,
+        room: &str,
+        user: &str,
+        password: &[u8],
+        capacity: u16,
+    ) -> Result<Membership, ControlError> {
+        let req = Request::Create {
+            room,
+            user,
+            password,
+            capacity,
+        };
+        self.grant(&req, user, true)
+    }
+
+    /// Joins `room` as `user`.
+    pub fn join(
+        &mut self,
+        room: &str,
+        user: &str,
+        password: &[u8],
+    ) -> Result<Membership, ControlError> {
+        let req = Request::Join {
+            room,
+            user,
+            password,
+        };
+        self.grant(&req, user, false)
+    }
+
+    /// Leaves `room`; must come from the IP address the token was issued to.
+    pub fn leave(&mut self, room: &str, token: &[u8]) -> Result<(), ControlError> {
+        self.send(&Request::Leave { room, token })?;
+        self.expect_ok(Operation::Leave, room)?;
+        Ok(())
+    }
+
+    /// Lists the rooms, in byte order of name (as many as fit in one reply).
+    pub fn list(&mut self) -> Result<Vec<RoomInfo>, ControlError> {
+        self.send(&Request::List)?;
+        self.expect_ok(Operation::List, "")?;
+        let frame = self.read_frame()?;
+        check_complete(&frame, Operation::List)?;
+        let rooms = parse_list(&frame.payload).ok_or(ControlError::Malformed("LIST payload"))?;
+        Ok(rooms
+            .into_iter()
+            .map(|r| RoomInfo {
+                name: r.name.to_string(),
+                members: r.members,
+                capacity: r.capacity,
+                password: r.password,
+            })
+            .collect())
+    }
+
+    fn grant(&mut self, req: &Request, user: &str, host: bool) -> Result<Membership, ControlError> {
+        let op = req.operation();
+        let room = req.room();
+        self.send(req)?;
+        self.expect_ok(op, room)?;
+        let frame = self.read_frame()?;
+        check_complete(&frame, op)?;
+        let grant =
+            Grant::parse(&frame.payload).ok_or(ControlError::Malformed("COMPLETE payload"))?;
+        let mut udp_addr = self.server;
+        udp_addr.set_port(grant.udp_port);
+        Ok(Membership {
+            room: room.to_string(),
+            user: user.to_string(),
+            token: grant.token.to_vec(),
+            udp_addr,
+            idle_timeout: Duration::from_secs(u64::from(grant.idle_timeout.max(1))),
+            host,
+            server: self.server,
+        })
+    }
+
+    fn send(&mut self, req: &Request) -> Result<(), ControlError> {
+        let mut out = Vec::with_capacity(64);
+        req.encode(&mut out).map_err(ControlError::Invalid)?;
+        self.stream.write_all(&out)?;
+        Ok(())
+    }
+
+    fn expect_ok(&mut self, op: Operation, room: &str) -> Result<(), ControlError> {
+        let frame = self.read_frame()?;
+        let status =
+            parse_status(&frame.as_frame()).ok_or(ControlError::Malformed("RESPONSE frame"))?;
+        if frame.op != 0 && frame.op != op as u8 {
+            return Err(ControlError::Malformed("RESPONSE for another operation"));
+        }
+        match status {
+            Status::Ok => Ok(()),
+            status => Err(ControlError::Refused {
+                status,
+                op,
+                room: room.to_string(),
+            }),
+        }
+    }
+
+    /// Reads one reply frame; the returned frame is an owned copy of it.
+    fn read_frame(&mut self) -> Result<OwnedFrame, ControlError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match split_reply(&self.buf) {
+                Ok(Some((frame, n))) => {
+                    let owned = OwnedFrame::from(&frame);
+                    self.buf.drain(..n);
+                    return Ok(owned);
+                }
+                Ok(None) => {}
+                Err(_) => return Err(ControlError::Malformed("reply payload too large")),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ControlError::Timeout);
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            let mut chunk = [0u8; 4096];
+            let n = match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(ControlError::Closed),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// A reply frame copied out of the receive buffer (replies are small and rare).
+#[derive(Debug)]
+struct OwnedFrame {
+    op: u8,
+    state: u8,
+    room: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+impl OwnedFrame {
+    fn as_frame(&self) -> Frame<'_> {
+        Frame {
+            op: self.op,
+            state: self.state,
+            room: &self.room,
+            payload: &self.payload,
+        }
+    }
+}
+
+impl From<&Frame<'_>> for OwnedFrame {
+    fn from(f: &Frame<'_>) -> Self {
+        OwnedFrame {
+            op: f.op,
+            state: f.state,
+            room: f.room.to_vec(),
+            payload: f.payload.to_vec(),
+        }
+    }
+}
+
+fn check_complete(frame: &OwnedFrame, op: Operation) -> Result<(), ControlError> {
+    let f = frame.as_frame();
+    if f.state != State::Complete as u8 || f.op != op as u8 {
+        return Err(ControlError::Malformed("expected a COMPLETE frame"));
+    }
+    Ok(())
+}
+
+/// Connects, creates `room`, and closes the connection (membership does not need it).
+pub fn create(
+    server: &str,
+    room: &str,
+    user: &str,
+    password: &[u8],
+    capacity: u16,
+) -> Result<Membership, ControlError> {
+    ControlClient::connect(server, DEFAULT_TIMEOUT)?.create(room, user, password, capacity)
+}
+
+/// Connects, joins `room`, and closes the connection.
+pub fn join(
+    server: &str,
+    room: &str,
+    user: &str,
+    password: &[u8],
+) -> Result<Membership, ControlError> {
+    ControlClient::connect(server, DEFAULT_TIMEOUT)?.join(room, user, password)
+}
+
+/// Connects and leaves the room of `membership`.
+pub fn leave(membership: &Membership) -> Result<(), ControlError> {
+    let mut c = ControlClient::connect(&membership.server.to_string(), DEFAULT_TIMEOUT)?;
+    c.leave(&membership.room, &membership.token)
+}
+
+/// Connects and lists the rooms.
+pub fn list(server: &str) -> Result<Vec<RoomInfo>, ControlError> {
+    ControlClient::connect(server, DEFAULT_TIMEOUT)?.list()
+}

@@ -1,0 +1,28 @@
+//! # OCM: Online Chat Messenger
+//!
+//! A small group-chat relay. Rooms are managed over TCP (the Chat Room Protocol, TCRP);
+//! chat travels over UDP, where the server checks each datagram's token and relays the
+//! message to every member of the room.
+//!
+//! ## Layout
+//!
+//! * [`protocol`]: the wire formats only. Pure functions from bytes to borrowed frames and
+//!   back; no sockets, no clocks.
+//! * [`server`]: the relay. [`server::rooms`] holds rooms, members and tokens and takes
+//!   `now` as an argument; [`server::event_loop`] is the only place that touches mio.
+//! * [`client`]: the client side, used by `ocm-client`, `bench-client` and the tests.
+//!
+//! ## Data flow
+//!
+//! ```text
+//!   TCP bytes ──► protocol::frame ──► Relay::handle_request ──► reply bytes ──► TCP
+//!   UDP datagram ──► protocol::datagram ──► Relay::handle_datagram
+//!                                              │ encode each event once
+//!                                              ▼
+//!                                        room outbox ──► same bytes ──► every bound member
+//!   clock ──► Relay::handle_timeout ──► TIMED_OUT / ROOM_CLOSED events
+//! ```
+
+pub mod client;
+pub mod protocol;
+pub mod server;
