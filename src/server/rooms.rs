@@ -186,6 +186,82 @@ impl<R: Rng> Relay<R> {
         self.rooms.iter().map(|(_, r)| r.bound.len()).sum()
     }
 
+    /// Checks that the relay's tables agree with each other; `Err` names the first broken
+    /// rule. Fuzzing and tests call it after every step; it walks everything, so the event
+    /// loop never does.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.by_token.len() != self.members.len() {
+            return Err(format!(
+                "{} tokens for {} members",
+                self.by_token.len(),
+                self.members.len()
+            ));
+        }
+        for (key, m) in &self.members {
+            if self.by_token.get(&m.token) != Some(&key) {
+                return Err(format!("member {key}'s token maps elsewhere"));
+            }
+            let room = self
+                .rooms
+                .get(m.room)
+                .ok_or_else(|| format!("member {key} in no room"))?;
+            if room.members.iter().filter(|&&k| k == key).count() != 1 {
+                return Err(format!("member {key} not listed once in its room"));
+            }
+        }
+        let mut per_ip = 0;
+        for (key, r) in &self.rooms {
+            if self.by_name.get(&r.name) != Some(&key) {
+                return Err(format!("room '{}' not found by name", r.name));
+            }
+            if !r.members.contains(&r.host)
+                || self.members.get(r.host).is_none_or(|m| m.room != key)
+            {
+                return Err(format!("room '{}' has no host", r.name));
+            }
+            if r.members.len() > usize::from(r.capacity) || r.capacity > self.cfg.max_capacity {
+                return Err(format!("room '{}' over capacity", r.name));
+            }
+            if r.bound.len() != r.bound_keys.len() {
+                return Err(format!("room '{}' bound lists differ", r.name));
+            }
+            for (addr, &k) in r.bound.iter().zip(&r.bound_keys) {
+                if self
+                    .members
+                    .get(k)
+                    .is_none_or(|m| m.room != key || m.addr != Some(*addr))
+                {
+                    return Err(format!("room '{}' sends to a stranger", r.name));
+                }
+            }
+            if r.outbox.events() >= self.cfg.batch_max {
+                return Err(format!("room '{}' holds a full batch", r.name));
+            }
+            per_ip += 1;
+        }
+        if self.by_name.len() != self.rooms.len() {
+            return Err("room names and rooms differ".into());
+        }
+        if self
+            .rooms_per_ip
+            .values()
+            .map(|&n| n as usize)
+            .sum::<usize>()
+            != per_ip
+        {
+            return Err("per-IP room counts are off".into());
+        }
+        let c = &self.counters;
+        if c.rooms_created - c.rooms_closed != self.rooms.len() as u64 {
+            return Err("rooms created - closed != rooms open".into());
+        }
+        let handled = c.heartbeats + c.messages + c.drops.iter().sum::<u64>();
+        if handled != c.datagrams_in {
+            return Err("datagram outcomes do not add up to datagrams in".into());
+        }
+        Ok(())
+    }
+
     /// Answers one TCRP request from `peer` into `out` (a RESPONSE, and a COMPLETE on
     /// success for CREATE, JOIN and LIST). LEAVE may emit events through `tx`.
     pub fn handle_request(

@@ -97,6 +97,7 @@ impl World {
 
     fn flush(&mut self) {
         self.relay.flush(&mut self.tx);
+        self.relay.check_invariants().unwrap();
     }
 
     /// (kind, seq, user, body) of every event that went to `to`, datagram by datagram.
@@ -135,7 +136,8 @@ fn two_members(cfg: Config) -> (World, Vec<u8>, Vec<u8>) {
     );
     w.flush();
     w.tx.sent.clear();
-    w.relay.counters = Counters::default();
+    let c = &mut w.relay.counters;
+    (c.deliveries, c.datagrams_out, c.send_drops) = (0, 0, 0);
     (w, ta, tb)
 }
 
