@@ -16,6 +16,9 @@ use unicode_width::UnicodeWidthChar;
 
 /// Lines kept in the scrollback; older ones are dropped (a chat client runs for days).
 pub const MAX_ENTRIES: usize = 5000;
+/// Names remembered for "members seen" (a room holds at most 65535 members; this bounds
+/// what a misbehaving server can make us store).
+pub const MAX_MEMBERS_SEEN: usize = 65_536;
 /// Lines kept in the input history.
 pub const MAX_HISTORY: usize = 500;
 
@@ -596,7 +599,9 @@ impl App {
     /// Takes in one event from the session.
     pub fn on_event(&mut self, event: &SessionEvent, time: Clock) {
         match event {
-            SessionEvent::Joined { user } | SessionEvent::Message { user, .. } => {
+            SessionEvent::Joined { user } | SessionEvent::Message { user, .. }
+                if self.members.len() < MAX_MEMBERS_SEEN =>
+            {
                 self.members.insert(user.clone());
             }
             SessionEvent::Left { user } | SessionEvent::TimedOut { user } => {

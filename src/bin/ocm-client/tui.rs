@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste, Event};
 use crossterm::execute;
 use crossterm::terminal::{
-    EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+    Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use ocm::client::control;
 use ocm::client::session::Session;
@@ -26,6 +26,8 @@ use crate::{clock, view};
 /// Longest wait for a key before the socket is looked at again (the latency a received
 /// message can have on screen).
 const TICK: Duration = Duration::from_millis(25);
+/// How long the screen stays up after the room closed, waiting for a key.
+const LINGER: Duration = Duration::from_secs(30);
 /// Terminal events handled per turn before the socket gets its turn (a huge paste cannot
 /// starve the network).
 const MAX_KEYS_PER_TURN: usize = 256;
@@ -51,7 +53,14 @@ impl TerminalGuard {
         }));
         enable_raw_mode()?;
         let guard = TerminalGuard { _private: () };
-        execute!(io::stdout(), EnterAlternateScreen, EnableBracketedPaste)?;
+        // Cleared here rather than with `Terminal::clear`, which asks the terminal for the
+        // cursor position and fails where nothing answers.
+        execute!(
+            io::stdout(),
+            EnterAlternateScreen,
+            EnableBracketedPaste,
+            Clear(ClearType::All)
+        )?;
         Ok(guard)
     }
 }
@@ -79,7 +88,6 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
     let _guard = TerminalGuard::enter()?;
     let mut terminal: Terminal<CrosstermBackend<Stdout>> =
         Terminal::new(CrosstermBackend::new(io::stdout()))?;
-    terminal.clear()?;
     let mut dirty = true;
     loop {
         if dirty {
@@ -90,8 +98,11 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
             }
             dirty = false;
         }
-        if let Some(end) = app.ended() {
-            return Ok(end.clone());
+        if let Some(end) = app.ended().cloned() {
+            if end != End::Left {
+                linger(&mut terminal, &mut app, stop)?;
+            }
+            return Ok(end);
         }
         if stop.load(Ordering::Relaxed) {
             return Ok(End::Left);
@@ -137,6 +148,30 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
             app.end(End::Lost(lost_reason(&e)));
         }
     }
+}
+
+/// After the room closed under us, keeps the screen up (at most [`LINGER`]) so the last
+/// messages and the reason can be read, until a key is pressed.
+fn linger(
+    terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+    app: &mut App,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    app.info(clock::now(), "press any key to exit");
+    terminal.draw(|f| {
+        view::draw(f, app);
+    })?;
+    let end = Instant::now() + LINGER;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        if event::poll(TICK * 4)? {
+            if let Event::Key(k) = event::read()? {
+                if k.kind != event::KeyEventKind::Release {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn list_rooms(app: &mut App, server: &str) {

@@ -160,7 +160,7 @@ fn to_line(row: Vec<(char, Style)>) -> Line<'static> {
 pub struct ViewInfo {
     /// Rows in the message pane.
     pub page_rows: usize,
-    /// Rows the pane can scroll up.
+    /// Rows the pane can scroll up (as far as has been wrapped: it grows as one scrolls).
     pub max_scroll: usize,
 }
 
@@ -181,10 +181,20 @@ pub fn draw(frame: &mut Frame<'_>, app: &App) -> ViewInfo {
 fn draw_messages(frame: &mut Frame<'_>, area: Rect, app: &App) -> ViewInfo {
     let width = usize::from(area.width);
     let height = usize::from(area.height);
-    let mut rows: Vec<Line<'static>> = Vec::new();
-    for entry in app.entries() {
-        rows.extend(wrap(&pieces(entry), width));
+    // Wrap from the newest entry back, only as far as the view (plus a page, so PageUp
+    // has somewhere to go) needs: a long scrollback of long lines costs nothing per frame.
+    let need = height.saturating_mul(2).saturating_add(app.scroll());
+    let mut chunks: Vec<Vec<Line<'static>>> = Vec::new();
+    let mut count = 0;
+    for entry in app.entries().iter().rev() {
+        if count >= need {
+            break;
+        }
+        let rows = wrap(&pieces(entry), width);
+        count += rows.len();
+        chunks.push(rows);
     }
+    let mut rows: Vec<Line<'static>> = chunks.into_iter().rev().flatten().collect();
     if app.entries().is_empty() {
         rows.push(Line::styled(
             "Type a message and press Enter; /help lists the commands.",
@@ -393,6 +403,69 @@ mod tests {
         app.editor
             .set("日本語の長い入力行はカーソルが見えるように左へずれる。".repeat(2));
         insta::assert_snapshot!(render(&mut app, 70, 8));
+    }
+
+    /// The sample in README-client.md; keep them in step.
+    #[test]
+    fn readme_sample_snapshot() {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
+        app.info(
+            at(0),
+            "created room lobby as alice; /help lists the commands",
+        );
+        app.on_event(
+            &SessionEvent::Joined {
+                user: "alice".into(),
+            },
+            at(0),
+        );
+        app.on_event(&SessionEvent::Joined { user: "bob".into() }, at(4));
+        chat(&mut app, 6, "bob", "hi alice! 👋");
+        chat(&mut app, 9, "alice", "hello bob, welcome to the lobby");
+        app.on_event(
+            &SessionEvent::Joined {
+                user: "けんじ".into(),
+            },
+            at(12),
+        );
+        chat(
+            &mut app,
+            15,
+            "けんじ",
+            "こんにちは！日本語のメッセージも長ければ、このように折り返して表示されます。",
+        );
+        chat(&mut app, 21, "bob", "nice, wide characters wrap correctly");
+        app.on_event(&SessionEvent::Missed(2), at(30));
+        app.on_event(&SessionEvent::Left { user: "bob".into() }, at(41));
+        for c in "see you tomorrow".chars() {
+            app.editor.insert(c);
+        }
+        insta::assert_snapshot!(render(&mut app, 72, 14));
+    }
+
+    #[test]
+    fn page_up_reaches_the_oldest_line_of_a_long_scrollback() {
+        let mut app = App::new("s", "r", "me", false);
+        for i in 0..200 {
+            chat(&mut app, 0, "bob", &format!("message {i}"));
+        }
+        let page_up = crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::PageUp,
+            crossterm::event::KeyModifiers::NONE,
+        );
+        let mut top = String::new();
+        for _ in 0..100 {
+            let backend = render(&mut app, 30, 6);
+            top = (0..30)
+                .map(|x| backend.buffer()[(x, 0)].symbol().to_string())
+                .collect();
+            if top.contains("message 0 ") {
+                break;
+            }
+            app.on_key(page_up, at(0));
+        }
+        assert!(top.starts_with("12:34:00 bob: message 0 "), "{top:?}");
+        assert_eq!(app.scroll(), 200 - 4);
     }
 
     #[test]
