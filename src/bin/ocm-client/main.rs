@@ -232,6 +232,11 @@ fn enter_room(args: &Args, interactive: bool) -> Result<Membership, Fail> {
             p.clone()
         }
         None if interactive && create => ask_hidden("Password for the new room (Enter for none)")?,
+        // Ask up front when LIST says the room needs one: a wrong (empty) try would count
+        // towards the server's limit of failed attempts.
+        None if interactive && needs_password(&args.server, &room) => {
+            ask_hidden(&format!("Password for room '{}'", sanitize(&room)))?
+        }
         None => String::new(),
     };
     for _ in 0..MAX_ATTEMPTS {
@@ -263,6 +268,13 @@ fn enter_room(args: &Args, interactive: bool) -> Result<Membership, Fail> {
         }
     }
     Err(Fail(EXIT_FAILED, "too many attempts; giving up".into()))
+}
+
+/// Whether LIST shows `room` as password protected (false if unknown).
+fn needs_password(server: &str, room: &str) -> bool {
+    control::list(server)
+        .map(|rooms| rooms.iter().any(|r| r.name == room && r.password))
+        .unwrap_or(false)
 }
 
 fn refused(e: ControlError) -> Fail {
@@ -353,6 +365,18 @@ fn ask_hidden(label: &str) -> Result<String, Fail> {
     Err(Fail(EXIT_USAGE, "no valid password given".into()))
 }
 
+/// Sends LEAVE if the chat loop panics, so a bug does not leave a ghost member behind
+/// until the idle timeout (the terminal itself is restored by `tui::TerminalGuard`).
+struct LeaveIfPanicking<'a>(&'a Membership);
+
+impl Drop for LeaveIfPanicking<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = control::leave(self.0);
+        }
+    }
+}
+
 /// Runs the chat until it ends, leaves when we chose to, and turns the end into an exit
 /// code with a last word on standard error.
 fn chat(server: &str, membership: Membership, full_screen: bool) -> u8 {
@@ -382,6 +406,7 @@ fn chat(server: &str, membership: Membership, full_screen: bool) -> u8 {
             sanitize(&membership.user)
         );
     }
+    let unwinding = LeaveIfPanicking(&membership);
     let end = if full_screen {
         match tui::run(&mut session, server, &stop) {
             Ok(end) => end,
@@ -390,6 +415,7 @@ fn chat(server: &str, membership: Membership, full_screen: bool) -> u8 {
     } else {
         plain::run(&mut session, &stop)
     };
+    drop(unwinding);
     match end {
         End::Left => match session.leave() {
             Ok(()) => {
