@@ -25,7 +25,7 @@ use super::counters::{Counters, DropReason};
 use super::deadlines::DeadlineQueue;
 use super::limits::{Bucket, PasswordThrottle};
 use super::token::{self, Token, TokenMap, constant_time_eq};
-use super::transmit::Transmit;
+use super::transmit::{Dest, Transmit};
 use crate::protocol::datagram::{ChatDatagram, DatagramError};
 use crate::protocol::event::{Event, EventBuf, EventKind, reason};
 use crate::protocol::frame::{Grant, Request, RoomSummary, encode_list, encode_response};
@@ -83,7 +83,7 @@ struct Room {
     /// Every member key, bound or not.
     members: Vec<usize>,
     /// Destinations of the room's datagrams: the bound members' addresses...
-    bound: Vec<SocketAddr>,
+    bound: Vec<Dest>,
     /// ...and, at the same index, whose address each one is.
     bound_keys: Vec<usize>,
     /// Seq of the last event (0: none yet).
@@ -101,7 +101,7 @@ struct Member {
     name: Box<str>,
     token: Token,
     ip: IpAddr,
-    addr: Option<SocketAddr>,
+    addr: Option<Dest>,
     deadline: Instant,
     bucket: Bucket,
     last_notice: Option<Instant>,
@@ -468,6 +468,22 @@ impl<R: Rng> Relay<R> {
         bytes: &[u8],
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
+        let from = Dest {
+            addr: from,
+            local: None,
+        };
+        self.handle_datagram_to(now, from, bytes, tx)
+    }
+
+    /// [`Relay::handle_datagram`] for a server that knows which of its addresses the
+    /// datagram was sent to (`from.local`); the member's datagrams will leave from there.
+    pub fn handle_datagram_to(
+        &mut self,
+        now: Instant,
+        from: Dest,
+        bytes: &[u8],
+        tx: &mut impl Transmit,
+    ) -> DatagramOutcome {
         self.counters.datagrams_in += 1;
         let outcome = self.accept_datagram(now, from, bytes, tx);
         match outcome {
@@ -481,7 +497,7 @@ impl<R: Rng> Relay<R> {
     fn accept_datagram(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Dest,
         bytes: &[u8],
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
@@ -497,7 +513,6 @@ impl<R: Rng> Relay<R> {
                 });
             }
         };
-        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let Some(&key) = <&[u8; TOKEN_LEN]>::try_from(d.token)
             .ok()
             .and_then(|t| self.by_token.get(t))
@@ -509,11 +524,11 @@ impl<R: Rng> Relay<R> {
         if self.rooms[room_key].name.as_bytes() != d.room {
             return Dropped(DropReason::WrongRoom);
         }
-        if m.ip != from.ip() {
+        if m.ip != from.addr.ip().to_canonical() {
             return Dropped(DropReason::WrongIp);
         }
         match m.addr {
-            Some(addr) if addr != from => return Dropped(DropReason::WrongAddress),
+            Some(bound) if bound.addr != from.addr => return Dropped(DropReason::WrongAddress),
             _ => {}
         }
         m.deadline = now + self.cfg.idle_timeout;
@@ -526,7 +541,7 @@ impl<R: Rng> Relay<R> {
             room.bound.push(from);
             room.bound_keys.push(key);
             self.counters.members_bound += 1;
-            info!("'{name}' bound in room '{}' from {from}", room.name);
+            info!("'{name}' bound in room '{}' from {}", room.name, from.addr);
             self.emit(room_key, EventKind::Joined, &name, "", tx);
         }
         if d.is_heartbeat() {
@@ -567,7 +582,7 @@ impl<R: Rng> Relay<R> {
         DatagramOutcome::Relayed
     }
 
-    fn send_rate_notice(&mut self, key: usize, to: SocketAddr, tx: &mut impl Transmit) {
+    fn send_rate_notice(&mut self, key: usize, to: Dest, tx: &mut impl Transmit) {
         let ev = Event {
             kind: EventKind::RateLimited as u8,
             seq: 0,
