@@ -388,8 +388,9 @@ impl Server {
         // Blocking sends with a timeout: the last datagrams leave, but exit is bounded.
         let sock = SockRef::from(&self.udp);
         let _ = sock.set_nonblocking(false);
-        let _ = sock.set_write_timeout(Some(DRAIN_TIMEOUT));
-        let mut tx = Tx::draining(&self.udp, &mut self.sender);
+        let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
+        let until = Instant::now() + DRAIN_TIMEOUT;
+        let mut tx = Tx::draining(&self.udp, &mut self.sender, until);
         self.relay.shutdown(&mut tx);
         self.relay.flush(&mut tx);
         let c = self.relay.counters.clone();
@@ -836,7 +837,11 @@ mod fallback {
             SendTo::new(socket)
         }
 
-        pub fn draining<'a>(socket: &'a UdpSocket, _: &mut Sender) -> SendTo<'a> {
+        pub fn draining<'a>(
+            socket: &'a UdpSocket,
+            _: &mut Sender,
+            _until: std::time::Instant,
+        ) -> SendTo<'a> {
             SendTo::new(socket)
         }
     }

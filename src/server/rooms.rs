@@ -13,7 +13,7 @@
 //! the end of a wake-up. At low load a datagram thus carries one event and leaves at once;
 //! under load datagrams fill up by themselves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,9 @@ pub struct Relay<R> {
     cfg: Config,
     rng: R,
     rooms: Slab<Room>,
-    by_name: HashMap<Box<str>, usize>,
+    /// Rooms by name, in byte order of name: LIST walks it in order and stops when the
+    /// reply is full, so a LIST costs O(rooms listed), not a sort of every room.
+    by_name: BTreeMap<Box<str>, usize>,
     members: Slab<Member>,
     by_token: TokenMap,
     deadlines: DeadlineQueue,
@@ -151,7 +153,7 @@ impl<R: Rng> Relay<R> {
             cfg,
             rng,
             rooms: Slab::new(),
-            by_name: HashMap::new(),
+            by_name: BTreeMap::new(),
             members: Slab::new(),
             by_token: TokenMap::default(),
             deadlines: DeadlineQueue::default(),
@@ -446,15 +448,17 @@ impl<R: Rng> Relay<R> {
     }
 
     fn encode_list(&self, out: &mut Vec<u8>) {
-        let mut names: Vec<(&str, &Room)> = self.rooms.iter().map(|(_, r)| (&*r.name, r)).collect();
-        names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        // `str` orders by bytes, as LIST wants.
         encode_list(
             out,
-            names.into_iter().map(|(name, r)| RoomSummary {
-                name,
-                members: u16::try_from(r.members.len()).unwrap_or(u16::MAX),
-                capacity: r.capacity,
-                password: r.password.is_some(),
+            self.by_name.iter().map(|(name, &key)| {
+                let r = &self.rooms[key];
+                RoomSummary {
+                    name,
+                    members: u16::try_from(r.members.len()).unwrap_or(u16::MAX),
+                    capacity: r.capacity,
+                    password: r.password.is_some(),
+                }
             }),
         );
     }

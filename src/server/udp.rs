@@ -161,6 +161,8 @@ pub struct BatchTx<'a> {
     fd: RawFd,
     scratch: &'a mut Sender,
     flags: libc::c_int,
+    /// While draining: when waiting for buffer space must stop.
+    drain_until: Option<std::time::Instant>,
 }
 
 impl<'a> BatchTx<'a> {
@@ -170,14 +172,21 @@ impl<'a> BatchTx<'a> {
             fd: socket.as_raw_fd(),
             scratch,
             flags: libc::MSG_DONTWAIT,
+            drain_until: None,
         }
     }
 
-    /// Like [`BatchTx::new`], but a full buffer makes a send wait as long as the socket's
-    /// send timeout allows: for the final drain at shutdown, never inside the loop.
-    pub fn draining(socket: &impl AsRawFd, scratch: &'a mut Sender) -> Self {
+    /// Like [`BatchTx::new`], but until `until` a full buffer makes a send wait (as long
+    /// as the socket's send timeout allows) instead of dropping: for the final drain at
+    /// shutdown, never inside the loop. After `until` it drops again, so exit is bounded.
+    pub fn draining(
+        socket: &impl AsRawFd,
+        scratch: &'a mut Sender,
+        until: std::time::Instant,
+    ) -> Self {
         BatchTx {
             flags: 0,
+            drain_until: Some(until),
             ..BatchTx::new(socket, scratch)
         }
     }
@@ -217,6 +226,12 @@ impl Transmit for BatchTx<'_> {
                 h.msg_controllen = 0;
             }
             h.msg_flags = 0;
+        }
+        if self
+            .drain_until
+            .is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            self.flags = libc::MSG_DONTWAIT;
         }
         let (fd, flags) = (self.fd, self.flags);
         let msgs = &mut s.msgs;
