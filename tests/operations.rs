@@ -164,8 +164,8 @@ fn a_flooding_member_is_rate_limited_while_others_flow() {
             .iter()
             .any(|e| e.kind == 1 && e.body == "calm says hi")
     );
-    // The burst (5) plus 5/s over the flood's duration, give or take one.
-    let allowed = 5.0 + 5.0 * elapsed;
+    // The burst (5) plus 5/s over the flood's duration (with slack for scheduling).
+    let allowed = 5.0 + 5.0 * (elapsed + 0.3);
     assert!(
         (relayed as f64) <= allowed + 1.0 && relayed >= 5,
         "{relayed} relayed, {allowed:.1} allowed"
@@ -181,7 +181,9 @@ fn a_flooding_member_is_rate_limited_while_others_flow() {
         .into_iter()
         .filter(|e| e.kind == EventKind::RateLimited as u8)
         .collect();
-    assert!(!notices.is_empty() && notices.len() <= 3, "{notices:?}");
+    // At most one notice a second.
+    let most = elapsed.ceil() as usize + 1;
+    assert!(!notices.is_empty() && notices.len() <= most, "{notices:?}");
     assert_eq!(notices[0].seq, 0);
     assert_eq!(notices[0].user, "flood");
     assert_eq!(notices[0].body, "5 messages/s, burst 5");
