@@ -109,7 +109,12 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
         }
         let now = Instant::now();
         let wait = TICK.min(session.next_heartbeat().saturating_duration_since(now));
-        if event::poll(wait)? {
+        let input = match terminal_input(wait) {
+            Ok(ready) => ready,
+            // The terminal is gone (window closed, ssh dropped): its user has left.
+            Err(_) => return Ok(End::Left),
+        };
+        if input && event::poll(Duration::ZERO)? {
             for _ in 0..MAX_KEYS_PER_TURN {
                 let action = match event::read()? {
                     Event::Key(key) => app.on_key(key, clock::now()),
@@ -163,7 +168,7 @@ fn linger(
     })?;
     let end = Instant::now() + LINGER;
     while Instant::now() < end && !stop.load(Ordering::Relaxed) {
-        if event::poll(TICK * 4)? {
+        if terminal_input(TICK * 4)? && event::poll(Duration::ZERO)? {
             if let Event::Key(k) = event::read()? {
                 if k.kind != event::KeyEventKind::Release {
                     break;
@@ -172,6 +177,38 @@ fn linger(
         }
     }
     Ok(())
+}
+
+/// Waits up to `wait` for input on the terminal (standard input). An error means the
+/// terminal hung up.
+///
+/// crossterm's own `poll` spins at full CPU once the terminal has hung up (every read
+/// returns end of file), and never returns to let us notice; so the wait happens here,
+/// and crossterm is asked only when there is something to read.
+fn terminal_input(wait: Duration) -> io::Result<bool> {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: poll(2) on one valid pollfd that lives across the call.
+    let r = unsafe { libc::poll(&mut fd, 1, ms) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(e)
+        };
+    }
+    if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the terminal hung up",
+        ));
+    }
+    Ok(fd.revents & libc::POLLIN != 0)
 }
 
 fn list_rooms(app: &mut App, server: &str) {
