@@ -276,17 +276,21 @@ pub fn datagram(data: &[u8]) {
     };
     let mut out = vec![0u8; MAX_DATAGRAM + 512];
     let want_len = 2 + room.len() + token.len() + msg.len();
+    let sizes_ok = (1..=255).contains(&room.len()) && (1..=255).contains(&token.len());
+    let text_ok = msg.len() <= MAX_MESSAGE && text(msg.as_bytes()).is_ok();
     match d.encode(&mut out) {
         Ok(n) => {
+            assert!(sizes_ok && text_ok && want_len <= MAX_DATAGRAM);
             assert_eq!(n, want_len);
             assert_eq!(ChatDatagram::parse(&out[..n]), Ok(d), "encode/parse differ");
         }
-        Err(DatagramError::Oversize) => {
-            assert!(want_len > MAX_DATAGRAM && msg.len() <= MAX_MESSAGE);
-        }
+        Err(DatagramError::Oversize) => assert!(sizes_ok && text_ok && want_len > MAX_DATAGRAM),
         Err(DatagramError::MessageTooLong) => assert!(msg.len() > MAX_MESSAGE),
-        Err(DatagramError::BadText(e)) => assert_eq!(text(msg.as_bytes()), Err(e)),
-        Err(DatagramError::Malformed) => assert!(room.is_empty() || token.is_empty()),
+        Err(DatagramError::BadText(e)) => {
+            assert!(msg.len() <= MAX_MESSAGE);
+            assert_eq!(text(msg.as_bytes()), Err(e));
+        }
+        Err(DatagramError::Malformed) => assert!(text_ok && !sizes_ok),
     }
 }
 
@@ -577,6 +581,8 @@ struct Issued {
     /// Seen gone (so the relay must treat it as unknown).
     dead: bool,
     last_notice: Option<Instant>,
+    /// When it was granted or last had a datagram accepted: its idle deadline's start.
+    last_seen: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -635,6 +641,8 @@ struct StepCtx {
     notice_due: bool,
     notices: usize,
     shutdown: bool,
+    /// `handle_timeout` ran at the harness's `now`.
+    timeout_ran: bool,
     /// Room instances whose host was seen to time out: closed once the step ends.
     closing: Vec<u32>,
 }
@@ -786,6 +794,7 @@ pub fn relay(data: &[u8]) {
                 let idle = h.cfg.idle_timeout;
                 h.now += idle * u32::from(step) / 85;
                 if run & 1 == 1 {
+                    ctx.timeout_ran = true;
                     h.relay.handle_timeout(h.now, &mut h.tx);
                     if let Some(t) = h.relay.next_timeout() {
                         assert!(t > h.now, "next_timeout is not in the future");
@@ -893,6 +902,10 @@ impl Harness {
         );
         match (req, status, complete) {
             (Request::Create { room, user, .. }, Status::Ok, Some(f)) => {
+                assert!(
+                    !self.issued.iter().any(|i| i.room == *room && i.live_bound),
+                    "CREATE OK of a room name in use"
+                );
                 assert_eq!(grown, (1, 1));
                 self.creates_ok += 1;
                 let rid = self.next_rid;
@@ -902,6 +915,13 @@ impl Harness {
                 self.grant(&f, room, rid, user, peer, true);
             }
             (Request::Join { room, user, .. }, Status::Ok, Some(f)) => {
+                assert!(
+                    !self
+                        .issued
+                        .iter()
+                        .any(|i| i.room == *room && i.user == *user && i.live_bound),
+                    "JOIN OK with a name taken in the room"
+                );
                 assert_eq!(grown, (0, 1));
                 let room = ROOMS.iter().find(|r| **r == *room).unwrap();
                 let rid = *self
@@ -973,6 +993,7 @@ impl Harness {
             live_bound: false,
             dead: false,
             last_notice: None,
+            last_seen: self.now,
         });
     }
 
@@ -1089,6 +1110,8 @@ impl Harness {
                 outcome == DatagramOutcome::Heartbeat,
                 "{outcome:?}"
             );
+            self.issued[w].last_seen = self.now;
+            let i = &self.issued[w];
             match i.addr {
                 Some(a) => assert_eq!(a, from, "accepted from another address"),
                 None => self.bind(w, from),
@@ -1187,6 +1210,25 @@ impl Harness {
         }
         for rid in std::mem::take(&mut ctx.closing) {
             self.close_rid(rid);
+        }
+        if ctx.timeout_ran {
+            // Every member past its deadline is gone now; a bound one was told.
+            for w in 0..self.issued.len() {
+                let i = &self.issued[w];
+                if !i.dead && i.last_seen + self.cfg.idle_timeout <= self.now {
+                    assert!(!i.live_bound, "{} outlived its deadline", i.user);
+                    let (rid, host) = (i.rid, i.host);
+                    self.unbind(w);
+                    if host {
+                        // Its room closed: any bound member heard ROOM_CLOSED already.
+                        assert!(
+                            !self.issued.iter().any(|i| i.rid == rid && i.live_bound),
+                            "a host timed out and its room's members were not told"
+                        );
+                        self.close_rid(rid);
+                    }
+                }
+            }
         }
         if ctx.shutdown {
             for a in live_before {
@@ -1331,6 +1373,12 @@ impl Harness {
                     .iter()
                     .rposition(|i| i.rid == rid && i.user == ev.user && !i.dead);
                 if let Some(w) = w {
+                    let i = &self.issued[w];
+                    assert!(
+                        i.last_seen + self.cfg.idle_timeout <= self.now,
+                        "{} timed out before its deadline",
+                        i.user
+                    );
                     if self.issued[w].live_bound {
                         assert_eq!(j, evs.len() - 1, "events after a bound member's TIMED_OUT");
                         assert!(

@@ -18,10 +18,14 @@ const TARGETS: [(&str, Body); 4] = [
     ("relay", fuzzing::relay),
 ];
 
+/// Replays `fuzz/corpus/<target>`, or, when `OCM_FUZZ_CORPUS` names another directory
+/// (such as `fuzz/corpus-run`, a fuzzer's working corpus), `<that>/<target>` instead.
 fn replay(target: &str, body: Body) -> usize {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
+    let root = std::env::var_os("OCM_FUZZ_CORPUS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus"),
+        std::path::PathBuf::from,
+    );
+    let dir = root.join(target);
     let mut n = 0;
     let mut entries: Vec<_> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -31,8 +35,9 @@ fn replay(target: &str, body: Body) -> usize {
     for path in entries {
         let data = fs::read(&path).unwrap();
         // Name the file that fails, then let its panic through.
-        eprintln!("replaying {}", path.display());
-        body(&data);
+        if std::panic::catch_unwind(|| body(&data)).is_err() {
+            panic!("{} fails", path.display());
+        }
         n += 1;
     }
     n
