@@ -537,8 +537,8 @@ pub enum RelayOp {
     Datagram = 6,
     /// `[op, len, len bytes...]`: raw bytes as a datagram from 127.0.0.1, a fresh port.
     RawDatagram = 8,
-    /// `[op, step, timeout?, _]`: the clock moves `step`/85 idle timeouts (0-3); if the
-    /// second byte is odd, `handle_timeout` runs.
+    /// `[op, step, run]`: the clock moves `step`/85 idle timeouts (0-3); if `run` is odd,
+    /// `handle_timeout` runs.
     Clock = 9,
     /// `[op]`: the end of a wake-up.
     Flush = 10,
