@@ -29,5 +29,7 @@
 //! ```
 
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod protocol;
 pub mod server;
