@@ -33,7 +33,7 @@ use crate::protocol::{
 };
 use crate::server::counters::DropReason;
 use crate::server::rooms::{Config, DatagramOutcome, Relay};
-use crate::server::transmit::{Recorder, Transmit};
+use crate::server::transmit::{Dest, Recorder, Transmit};
 
 // ---------------------------------------------------------------------------------------
 // 1. TCRP stream
@@ -556,9 +556,9 @@ struct Tap {
 }
 
 impl Transmit for Tap {
-    fn send(&mut self, payload: &[u8], to: &[SocketAddr]) -> usize {
+    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
         let n = self.rec.send(payload, to);
-        self.asked.push(to.to_vec());
+        self.asked.push(to.iter().map(|d| d.addr).collect());
         self.accepted.push(n);
         n
     }

@@ -237,6 +237,8 @@ pub enum InvalidField {
     TokenLength,
     /// LIST has no room name and no payload.
     ListNotEmpty,
+    /// A name or password over 255 bytes cannot be sent (found when encoding).
+    TooLong,
 }
 
 impl fmt::Display for InvalidField {
@@ -249,6 +251,7 @@ impl fmt::Display for InvalidField {
             InvalidField::PayloadLength => f.write_str("payload length does not match its fields"),
             InvalidField::TokenLength => f.write_str("token must be 1..=255 bytes"),
             InvalidField::ListNotEmpty => f.write_str("LIST takes no room name and no payload"),
+            InvalidField::TooLong => f.write_str("names and passwords are at most 255 bytes"),
         }
     }
 }
@@ -337,7 +340,7 @@ impl<'a> Request<'a> {
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), InvalidField> {
         let room = self.room().as_bytes();
         if room.len() > super::MAX_ROOM_NAME {
-            return Err(InvalidField::RoomName(TextError::NotUtf8));
+            return Err(InvalidField::TooLong);
         }
         let mut payload = [0u8; 2 + MAX_USER_NAME + 255 + 2];
         let n = match *self {
@@ -380,7 +383,7 @@ fn put_user_password(buf: &mut [u8], user: &str, password: &[u8]) -> Result<usiz
         return Err(InvalidField::EmptyUserName);
     }
     if user.len() > MAX_USER_NAME || password.len() > 255 {
-        return Err(InvalidField::PayloadLength);
+        return Err(InvalidField::TooLong);
     }
     let mut n = 0;
     for field in [user, password] {
