@@ -1,1 +1,182 @@
-fn main() {}
+//! `ocm-server`: parse flags, set up logging, bind, and run the relay.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use ocm::server::{self, Config, Limits, Server};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+/// OCM chat relay: rooms over TCP (TCRP), chat over UDP.
+#[derive(FromArgs, Debug)]
+struct Args {
+    /// TCP port, and the UDP port unless --udp-port is given; 0 picks free ports
+    /// (default: 9001)
+    #[argh(option, default = "9001")]
+    port: u16,
+
+    /// UDP port of the data plane (default: the same as --port)
+    #[argh(option)]
+    udp_port: Option<u16>,
+
+    /// address to listen on; 0.0.0.0 and :: listen on every interface
+    /// (default: 127.0.0.1)
+    #[argh(option, default = "IpAddr::from([127, 0, 0, 1])")]
+    bind: IpAddr,
+
+    /// seconds of silence after which a member is dropped, 1-65535 (default: 60)
+    #[argh(option, default = "60")]
+    idle_timeout: u16,
+
+    /// capacity of a room created with capacity 0 (default: 32)
+    #[argh(option, default = "32")]
+    default_capacity: u16,
+
+    /// largest room, host included; larger requests are lowered (default: 256)
+    #[argh(option, default = "256")]
+    max_capacity: u16,
+
+    /// most rooms at once (default: 10000)
+    #[argh(option, default = "10000")]
+    max_rooms: usize,
+
+    /// most members at once over all rooms (default: 100000)
+    #[argh(option, default = "100000")]
+    max_members: usize,
+
+    /// most open TCP connections (default: 4096)
+    #[argh(option, default = "4096")]
+    max_connections: usize,
+
+    /// chat messages per second per member; 0 turns the limit off (default: 20)
+    #[argh(option, default = "20")]
+    msg_rate: u32,
+
+    /// burst of chat messages per member (default: 40)
+    #[argh(option, default = "40")]
+    msg_burst: u32,
+
+    /// most open TCP connections from one IP; 0 turns the limit off (default: 64)
+    #[argh(option, default = "64")]
+    max_connections_per_ip: u32,
+
+    /// most rooms created from one IP at once; 0 turns the limit off (default: 16)
+    #[argh(option, default = "16")]
+    max_rooms_per_ip: u32,
+
+    /// most events packed into one server datagram; 1 turns coalescing off
+    /// (default: 64)
+    #[argh(option, default = "64")]
+    batch_max: usize,
+}
+
+impl Args {
+    fn config(&self) -> Result<(Config, Limits), String> {
+        if self.idle_timeout == 0 {
+            return Err("--idle-timeout must be 1-65535 seconds".into());
+        }
+        if self.max_capacity == 0 {
+            return Err("--max-capacity must be at least 1".into());
+        }
+        if self.batch_max == 0 {
+            return Err("--batch-max must be at least 1".into());
+        }
+        let config = Config {
+            udp_port: 0,
+            idle_timeout: Duration::from_secs(u64::from(self.idle_timeout)),
+            default_capacity: self.default_capacity.clamp(1, self.max_capacity),
+            max_capacity: self.max_capacity,
+            max_rooms: self.max_rooms,
+            max_members: self.max_members,
+            max_rooms_per_ip: self.max_rooms_per_ip,
+            msg_rate: self.msg_rate,
+            msg_burst: self.msg_burst,
+            batch_max: self.batch_max,
+        };
+        let limits = Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        };
+        Ok((config, limits))
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Args = argh::from_env();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ocm-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let (config, limits) = args.config()?;
+    raise_fd_limit();
+    let (tcp, udp) = server::event_loop::bind(args.bind, args.port, args.udp_port)
+        .map_err(|e| format!("cannot listen on {} port {}: {e}", args.bind, args.port))?;
+    let signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signals: {e}"))?;
+    let server = Server::new(tcp, udp, config, limits).map_err(|e| e.to_string())?;
+    let (tcp_addr, udp_addr) = server.local_addrs().map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening tcp={tcp_addr} udp={udp_addr}")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("stdout: {e}"))?;
+    drop(out);
+    log::info!(
+        "ocm-server {} on tcp={tcp_addr} udp={udp_addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    server
+        .run(signals)
+        .map_err(|e| format!("event loop: {e}"))?;
+    Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: every TCP connection is a descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_protocol() {
+        let args = Args::from_args(&["ocm-server"], &[]).unwrap();
+        assert_eq!(args.port, 9001);
+        assert_eq!(args.bind, IpAddr::from([127, 0, 0, 1]));
+        let (c, l) = args.config().unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!((c.msg_rate, c.msg_burst), (20, 40));
+        assert_eq!(c.max_capacity, 256);
+        assert_eq!(c.max_rooms_per_ip, 16);
+        assert_eq!(l.max_connections_per_ip, 64);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let args = Args::from_args(&["ocm-server"], &["--idle-timeout", "0"]).unwrap();
+        assert!(args.config().is_err());
+        assert!(Args::from_args(&["ocm-server"], &["--port", "70000"]).is_err());
+        let args = Args::from_args(&["ocm-server"], &["--bind", "::", "--port", "0"]).unwrap();
+        assert!(args.bind.is_ipv6());
+    }
+}

@@ -1,1 +1,20 @@
-//! The relay server.
+//! The relay server: a sans-IO core and the one place that touches sockets.
+//!
+//! * [`rooms`]: rooms, members, tokens, Seq and outboxes; takes `now` as an argument.
+//! * [`deadlines`]: idle expiry in O(expired).
+//! * [`limits`]: message buckets and password-failure throttling.
+//! * [`token`]: token generation, constant-time compare, the token table's hasher.
+//! * [`counters`]: what the server counts (drops by reason, traffic, requests).
+//! * [`transmit`]: the seam through which outboxes reach the socket.
+//! * [`event_loop`]: the mio readiness loop; the only file that does I/O.
+
+pub mod counters;
+pub mod deadlines;
+pub mod event_loop;
+pub mod limits;
+pub mod rooms;
+pub mod token;
+pub mod transmit;
+
+pub use event_loop::{Limits, Server};
+pub use rooms::{Config, Relay};

@@ -1,0 +1,649 @@
+//! The readiness loop: the only part of the server that touches sockets.
+//!
+//! One thread, one `mio::Poll` over one TCP listener, the TCP connections (in a `Slab`,
+//! token = key + [`CONN_BASE`]), one UDP socket and the shutdown signals. The loop moves
+//! bytes and calls into the sans-IO [`Relay`]; the relay's earliest deadline is the poll
+//! timeout, so there is no fixed tick.
+//!
+//! Nothing here blocks or lets one peer hurt another:
+//! * each connection has one bounded input buffer (a whole request frame at most) and a
+//!   capped output buffer; a peer that will not read its replies is closed;
+//! * a request must arrive whole within [`REQUEST_TIMEOUT`] of its first byte, and a
+//!   connection idle for [`IDLE_TIMEOUT`] is closed;
+//! * a malformed frame is answered, then the connection is shut for writing and drained
+//!   briefly before close, so that the answer is not lost to a reset;
+//! * connections over the cap are told SERVER_FULL and closed; `accept` running out of
+//!   file descriptors backs off instead of spinning;
+//! * UDP is read in bounded batches, so TCP is served during a flood, and UDP sends that
+//!   the socket refuses are dropped and counted, never retried.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+use rand::rngs::ThreadRng;
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+
+use super::counters::Counters;
+use super::deadlines::DeadlineQueue;
+use super::rooms::{Config, Relay};
+use super::transmit::SendTo;
+use crate::protocol::frame::{MAX_REQUEST_FRAME, Request, encode_response, split_request};
+use crate::protocol::{MAX_DATAGRAM, Operation, Status};
+
+/// A request must be complete this long after its first byte.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that sends nothing for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a malformed frame, how long the connection is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+/// Replies a connection may owe before it counts as a peer that does not read. A LIST
+/// reply is about 4 KiB, so this is dozens of pipelined requests.
+pub const MAX_OUTPUT: usize = 256 * 1024;
+/// Refused connections held at once while their SERVER_FULL answer drains; past this they
+/// are closed unanswered, so refusing costs bounded memory.
+const MAX_REFUSED: usize = 1024;
+/// Datagrams read per wake-up before the loop looks at TCP and timers again.
+const UDP_BATCH: usize = 1024;
+/// How long `accept` rests after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Socket buffer sizes asked for on the UDP socket: bursts are absorbed, not dropped.
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
+/// How long shutdown may wait for the last datagrams to leave.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+const LISTENER: Token = Token(0);
+const UDP: Token = Token(1);
+const SIGNALS: Token = Token(2);
+/// Connection tokens are slab keys plus this.
+pub const CONN_BASE: usize = 16;
+
+/// Connection limits enforced by the loop.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open connections over all peers.
+    pub max_connections: usize,
+    /// Open connections from one IP (0: no limit).
+    pub max_connections_per_ip: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_ip: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading requests.
+    Open,
+    /// Owes its last reply; shut for writing once it is out.
+    Closing,
+    /// Shut for writing; input is read and discarded until EOF or the linger ends.
+    Draining,
+}
+
+#[derive(Debug)]
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    phase: Phase,
+    /// Counts against the connection limits (refused ones do not).
+    counted: bool,
+    /// When the first byte of a still-incomplete request arrived.
+    request_since: Option<Instant>,
+    last_active: Instant,
+    linger_until: Option<Instant>,
+    /// The earliest entry this connection has in the deadline queue.
+    scheduled: Instant,
+    wants_write: bool,
+}
+
+impl Conn {
+    fn deadline(&self) -> Instant {
+        if let Some(t) = self.linger_until {
+            return t;
+        }
+        let idle = self.last_active + IDLE_TIMEOUT;
+        match self.request_since {
+            Some(t) => idle.min(t + REQUEST_TIMEOUT),
+            None => idle,
+        }
+    }
+}
+
+/// The server: sockets, connections and the relay.
+pub struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    udp: UdpSocket,
+    relay: Relay<ThreadRng>,
+    limits: Limits,
+    conns: Slab<Conn>,
+    conn_deadlines: DeadlineQueue,
+    next_conn_id: u64,
+    counted: usize,
+    per_ip: HashMap<IpAddr, u32>,
+    accept_paused_until: Option<Instant>,
+    udp_pending: bool,
+    recv_buf: Box<[u8; MAX_DATAGRAM + 1]>,
+}
+
+/// Binds the TCP listener and the UDP socket.
+///
+/// `port` 0 picks a free TCP port; the UDP socket then takes the same number if it is free
+/// (or any free port), unless `udp_port` says otherwise. `::` accepts IPv4 as well.
+pub fn bind(
+    addr: IpAddr,
+    port: u16,
+    udp_port: Option<u16>,
+) -> io::Result<(std::net::TcpListener, std::net::UdpSocket)> {
+    let domain = Domain::for_address(SocketAddr::new(addr, 0));
+    let tcp = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    tcp.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        tcp.set_only_v6(false)?;
+    }
+    tcp.bind(&SocketAddr::new(addr, port).into())?;
+    tcp.listen(1024)?;
+    tcp.set_nonblocking(true)?;
+    let tcp: std::net::TcpListener = tcp.into();
+    let tcp_port = tcp.local_addr()?.port();
+
+    let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        udp.set_only_v6(false)?;
+    }
+    let wanted = udp_port.unwrap_or(tcp_port);
+    match udp.bind(&SocketAddr::new(addr, wanted).into()) {
+        Ok(()) => {}
+        Err(e) if port == 0 && udp_port.is_none() && e.kind() == io::ErrorKind::AddrInUse => {
+            udp.bind(&SocketAddr::new(addr, 0).into())?;
+        }
+        Err(e) => return Err(e),
+    }
+    udp.set_nonblocking(true)?;
+    grow_buffers(&udp);
+    Ok((tcp, udp.into()))
+}
+
+/// Asks for large UDP buffers: forced past the system cap where we may (root), else as
+/// large as the cap allows.
+fn grow_buffers(s: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let size = UDP_BUFFER as libc::c_int;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+            // SAFETY: setsockopt reads `size` (a c_int of the given length) and nothing else.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+    if s.recv_buffer_size().unwrap_or(0) < UDP_BUFFER {
+        let _ = s.set_recv_buffer_size(UDP_BUFFER);
+    }
+    if s.send_buffer_size().unwrap_or(0) < UDP_BUFFER {
+        let _ = s.set_send_buffer_size(UDP_BUFFER);
+    }
+}
+
+impl Server {
+    /// A server over already-bound, non-blocking sockets.
+    pub fn new(
+        listener: std::net::TcpListener,
+        udp: std::net::UdpSocket,
+        mut config: Config,
+        limits: Limits,
+    ) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        udp.set_nonblocking(true)?;
+        config.udp_port = udp.local_addr()?.port();
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        let mut udp = UdpSocket::from_std(udp);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut udp, UDP, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener,
+            udp,
+            relay: Relay::new(config, rand::rng()),
+            limits,
+            conns: Slab::new(),
+            conn_deadlines: DeadlineQueue::default(),
+            next_conn_id: 0,
+            counted: 0,
+            per_ip: HashMap::new(),
+            accept_paused_until: None,
+            udp_pending: true,
+            recv_buf: Box::new([0u8; MAX_DATAGRAM + 1]),
+        })
+    }
+
+    /// The TCP and UDP addresses actually bound.
+    pub fn local_addrs(&self) -> io::Result<(SocketAddr, SocketAddr)> {
+        Ok((self.listener.local_addr()?, self.udp.local_addr()?))
+    }
+
+    /// Runs until one of `signals` arrives, then closes every room ("server shutting
+    /// down"), lets those datagrams leave (bounded wait) and returns the final counters.
+    pub fn run(mut self, mut signals: Signals) -> io::Result<Counters> {
+        self.poll
+            .registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let mut stop = false;
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    UDP => self.udp_pending = true,
+                    SIGNALS => {
+                        for sig in signals.pending() {
+                            info!("signal {sig}: shutting down");
+                            stop = true;
+                        }
+                    }
+                    Token(t) if t >= CONN_BASE => {
+                        let key = t - CONN_BASE;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key, now);
+                        }
+                        if event.is_writable() {
+                            self.on_writable(key, now);
+                        }
+                    }
+                    Token(_) => {}
+                }
+            }
+            if self.udp_pending {
+                self.read_datagrams(now);
+            }
+            self.on_timers(now);
+            self.relay.flush(&mut SendTo::new(&self.udp));
+            if stop {
+                break;
+            }
+        }
+        Ok(self.shutdown())
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.udp_pending {
+            return Some(Duration::ZERO);
+        }
+        let next = [
+            self.relay.next_timeout(),
+            self.conn_deadlines.next(),
+            self.accept_paused_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        // Round up so that we never wake a hair early and spin.
+        Some(next.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+    }
+
+    fn shutdown(mut self) -> Counters {
+        // Blocking sends with a timeout: the last datagrams leave, but exit is bounded.
+        let sock = SockRef::from(&self.udp);
+        let _ = sock.set_nonblocking(false);
+        let _ = sock.set_write_timeout(Some(DRAIN_TIMEOUT));
+        let mut tx = SendTo::new(&self.udp);
+        self.relay.shutdown(&mut tx);
+        self.relay.flush(&mut tx);
+        let c = self.relay.counters.clone();
+        info!("final counters: {c}");
+        c
+    }
+
+    fn read_datagrams(&mut self, now: Instant) {
+        let mut tx = SendTo::new(&self.udp);
+        for _ in 0..UDP_BATCH {
+            match self.udp.recv_from(&mut self.recv_buf[..]) {
+                Ok((n, from)) => {
+                    self.relay
+                        .handle_datagram(now, from, &self.recv_buf[..n], &mut tx);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.udp_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => debug!("udp receive: {e}"),
+            }
+        }
+        // Budget spent: poll again at once (timeout zero), serving TCP in between.
+    }
+
+    fn accept(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.accept_paused_until = None;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_resource_error(&e) => {
+                    warn!("accept: {e}; pausing accepts for {ACCEPT_BACKOFF:?}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+                // A connection reset before we took it, and the like: not ours to worry.
+                Err(e) => debug!("accept: {e}"),
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let ip = peer.ip().to_canonical();
+        let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
+        let per_ip_cap = self.limits.max_connections_per_ip;
+        let full = self.counted >= self.limits.max_connections
+            || (per_ip_cap != 0 && from_ip >= per_ip_cap);
+        if full && self.conns.len() - self.counted >= MAX_REFUSED {
+            debug!("refusing {peer} unanswered: too many refusals pending");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let mut conn = Conn {
+            stream,
+            peer,
+            id,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            phase: Phase::Open,
+            counted: !full,
+            request_since: None,
+            last_active: now,
+            linger_until: None,
+            scheduled: now,
+            wants_write: false,
+        };
+        if full {
+            debug!("connection from {peer} refused: server full");
+            encode_response(&mut conn.output, 0, b"", Status::ServerFull);
+            conn.phase = Phase::Closing;
+        } else {
+            conn.input.reserve_exact(MAX_REQUEST_FRAME);
+            self.counted += 1;
+            *self.per_ip.entry(ip).or_default() += 1;
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let conn = entry.insert(conn);
+        if let Err(e) = self.poll.registry().register(
+            &mut conn.stream,
+            Token(key + CONN_BASE),
+            Interest::READABLE,
+        ) {
+            warn!("register connection from {peer}: {e}");
+            self.close(key);
+            return;
+        }
+        conn.scheduled = conn.deadline();
+        self.conn_deadlines.schedule(conn.scheduled, key, id);
+        if full {
+            self.on_writable(key, now);
+        }
+    }
+
+    fn on_readable(&mut self, key: usize, now: Instant) {
+        let mut scratch = [0u8; 512];
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            let result = if conn.phase == Phase::Open {
+                let start = conn.input.len();
+                if start >= MAX_REQUEST_FRAME {
+                    // Cannot happen: a frame this long is refused from its header. Close
+                    // rather than read zero bytes and mistake it for end of stream.
+                    self.close(key);
+                    return;
+                }
+                conn.input.resize(MAX_REQUEST_FRAME, 0);
+                let r = conn.stream.read(&mut conn.input[start..]);
+                conn.input.truncate(start + r.as_ref().map_or(0, |n| *n));
+                r
+            } else {
+                conn.stream.read(&mut scratch)
+            };
+            match result {
+                Ok(0) => {
+                    self.close(key);
+                    return;
+                }
+                Ok(_) if conn.phase != Phase::Open => {}
+                Ok(_) => {
+                    conn.last_active = now;
+                    conn.request_since.get_or_insert(now);
+                    self.process_requests(key, now);
+                    if self.conns[key].output.len() > MAX_OUTPUT {
+                        warn!(
+                            "closing {}: it does not read its replies",
+                            self.conns[key].peer
+                        );
+                        self.close(key);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("read from {}: {e}", conn.peer);
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        self.on_writable(key, now);
+        self.reschedule(key);
+    }
+
+    /// Answers every whole request in the connection's input buffer, in order.
+    fn process_requests(&mut self, key: usize, now: Instant) {
+        let Server {
+            conns, relay, udp, ..
+        } = self;
+        let conn = &mut conns[key];
+        let peer = conn.peer.ip();
+        let mut tx = SendTo::new(udp);
+        let mut consumed = 0;
+        loop {
+            match split_request(&conn.input[consumed..]) {
+                Ok(None) => break,
+                Ok(Some((frame, n))) => {
+                    consumed += n;
+                    match Request::parse(&frame) {
+                        Ok(req) => {
+                            relay.handle_request(now, peer, &req, &mut conn.output, &mut tx);
+                        }
+                        Err(field) => {
+                            debug!("invalid request from {peer}: {field}");
+                            encode_response(
+                                &mut conn.output,
+                                frame.op,
+                                frame.room,
+                                Status::InvalidRequest,
+                            );
+                            if let Some(op) = Operation::from_u8(frame.op) {
+                                relay.counters.request(op, Status::InvalidRequest);
+                            }
+                        }
+                    }
+                }
+                Err(bad) => {
+                    debug!("malformed frame from {peer}: {bad}; closing");
+                    encode_response(&mut conn.output, bad.op, b"", Status::InvalidRequest);
+                    relay.counters.malformed_frames += 1;
+                    conn.phase = Phase::Closing;
+                    consumed = conn.input.len();
+                    break;
+                }
+            }
+        }
+        conn.input.drain(..consumed);
+        if conn.input.is_empty() {
+            conn.request_since = None;
+        } else if consumed > 0 {
+            // What is left is the start of the next request, which arrived with this read.
+            conn.request_since = Some(now);
+        }
+    }
+
+    fn on_writable(&mut self, key: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        while conn.written < conn.output.len() {
+            match conn.stream.write(&conn.output[conn.written..]) {
+                Ok(0) => {
+                    self.close(key);
+                    return;
+                }
+                Ok(n) => conn.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("write to {}: {e}", conn.peer);
+                    self.close(key);
+                    return;
+                }
+            }
+        }
+        if conn.written == conn.output.len() {
+            conn.output.clear();
+            conn.written = 0;
+            if conn.output.capacity() > 64 * 1024 {
+                conn.output.shrink_to(4096);
+            }
+            if conn.phase == Phase::Closing {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                conn.phase = Phase::Draining;
+                conn.linger_until = Some(now + LINGER);
+                conn.input = Vec::new();
+            }
+        }
+        let wants_write = !conn.output.is_empty();
+        if wants_write != conn.wants_write {
+            conn.wants_write = wants_write;
+            let interest = if wants_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = Token(key + CONN_BASE);
+            if let Err(e) = self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, token, interest)
+            {
+                debug!("reregister {}: {e}", conn.peer);
+                self.close(key);
+                return;
+            }
+        }
+        self.reschedule(key);
+    }
+
+    /// Makes sure the deadline queue wakes us by the connection's current deadline. A later
+    /// deadline needs nothing: the pending entry fires early and is moved then.
+    fn reschedule(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let d = conn.deadline();
+            if d < conn.scheduled {
+                conn.scheduled = d;
+                self.conn_deadlines.schedule(d, key, conn.id);
+            }
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        self.relay.handle_timeout(now, &mut SendTo::new(&self.udp));
+        while let Some((at, key, id)) = self.conn_deadlines.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                continue;
+            };
+            if at != conn.scheduled {
+                continue; // a stale entry: a newer, earlier one was scheduled
+            }
+            let d = conn.deadline();
+            if d <= now {
+                let why = match (conn.linger_until, conn.request_since) {
+                    (Some(_), _) => "linger over",
+                    (None, Some(_)) => "request incomplete after 10 s",
+                    (None, None) => "idle for 60 s",
+                };
+                debug!("closing {}: {why}", conn.peer);
+                self.close(key);
+            } else {
+                conn.scheduled = d;
+                self.conn_deadlines.schedule(d, key, id);
+            }
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept(now);
+        }
+    }
+
+    fn close(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        if conn.counted {
+            self.counted -= 1;
+            let ip = conn.peer.ip().to_canonical();
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

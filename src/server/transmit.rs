@@ -1,0 +1,77 @@
+//! How the relay's datagrams leave: the [`Transmit`] seam between the sans-IO core and the
+//! socket.
+//!
+//! The core hands over one encoded outbox and the list of its receivers; an implementation
+//! sends the same bytes to each and says how many the socket took. It must never block or
+//! retry: a receiver the socket refuses (buffer full, or any error) is dropped, and the core
+//! counts it. That keeps one slow or absent member from costing the others anything.
+
+use std::io;
+use std::net::SocketAddr;
+
+use log::debug;
+
+/// Sends one payload to many receivers without blocking.
+pub trait Transmit {
+    /// Sends `payload` to each address in `to`; returns how many sends succeeded.
+    fn send(&mut self, payload: &[u8], to: &[SocketAddr]) -> usize;
+}
+
+/// The plain path: one `send_to` per receiver on a non-blocking UDP socket.
+#[derive(Debug)]
+pub struct SendTo<'a> {
+    socket: &'a mio::net::UdpSocket,
+}
+
+impl<'a> SendTo<'a> {
+    /// Sends through `socket` (which must be non-blocking).
+    pub fn new(socket: &'a mio::net::UdpSocket) -> Self {
+        SendTo { socket }
+    }
+}
+
+impl Transmit for SendTo<'_> {
+    fn send(&mut self, payload: &[u8], to: &[SocketAddr]) -> usize {
+        let mut sent = 0;
+        for addr in to {
+            loop {
+                match self.socket.send_to(payload, *addr) {
+                    Ok(_) => sent += 1,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => debug!("send to {addr} dropped: {e}"),
+                }
+                break;
+            }
+        }
+        sent
+    }
+}
+
+/// A [`Transmit`] that records what it was asked to send, for tests of the core.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    /// Every datagram handed over, with its receivers.
+    pub sent: Vec<(Vec<u8>, Vec<SocketAddr>)>,
+    /// When set, only this many receivers of each call are accepted (the rest fail, as on a
+    /// full socket buffer).
+    pub accept_at_most: Option<usize>,
+}
+
+impl Transmit for Recorder {
+    fn send(&mut self, payload: &[u8], to: &[SocketAddr]) -> usize {
+        let n = self.accept_at_most.map_or(to.len(), |m| m.min(to.len()));
+        self.sent.push((payload.to_vec(), to[..n].to_vec()));
+        n
+    }
+}
+
+impl Recorder {
+    /// The datagrams that went to `addr`, in order.
+    pub fn to(&self, addr: SocketAddr) -> Vec<&[u8]> {
+        self.sent
+            .iter()
+            .filter(|(_, to)| to.contains(&addr))
+            .map(|(p, _)| p.as_slice())
+            .collect()
+    }
+}

@@ -1,0 +1,321 @@
+//! Helpers for whole-process tests: start the real `ocm-server` on free ports, speak to it
+//! over real sockets on 127.0.0.1, and stop it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use ocm::client::control::{ControlClient, Membership};
+use ocm::protocol::datagram::ChatDatagram;
+use ocm::protocol::event::{EventKind, Events};
+use ocm::protocol::frame::{Request, split_reply};
+use ocm::protocol::{MAX_DATAGRAM, Status};
+
+/// A running `ocm-server`, killed when dropped.
+pub struct ServerProc {
+    child: Child,
+    /// Control-plane address.
+    pub tcp: SocketAddr,
+    /// Data-plane address.
+    pub udp: SocketAddr,
+}
+
+impl ServerProc {
+    /// Starts the server on free ports with extra flags.
+    pub fn start(extra: &[&str]) -> ServerProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocm-server"));
+        cmd.args(["--port", "0"]).args(extra);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        if std::env::var_os("OCM_TEST_LOG").is_some() {
+            cmd.stderr(Stdio::inherit());
+        } else {
+            cmd.stderr(Stdio::null());
+        }
+        let mut child = cmd.spawn().expect("spawn ocm-server");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
+        reader.read_line(&mut line).expect("read listening line");
+        let parse = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+                .parse()
+                .expect("address")
+        };
+        assert!(line.starts_with("listening "), "first line: {line:?}");
+        let (tcp, udp) = (parse("tcp="), parse("udp="));
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        ServerProc { child, tcp, udp }
+    }
+
+    /// The control-plane address as `host:port`.
+    pub fn addr(&self) -> String {
+        self.tcp.to_string()
+    }
+
+    /// A control-plane connection.
+    pub fn control(&self) -> ControlClient {
+        ControlClient::connect(&self.addr(), Duration::from_secs(5)).expect("connect")
+    }
+
+    /// Creates a room and binds its host's data-plane socket (JOINED seen).
+    pub fn host(&self, room: &str, user: &str) -> Member {
+        let m = self.control().create(room, user, b"", 0).expect("create");
+        Member::bind(m)
+    }
+
+    /// Joins a room and binds (own JOINED seen).
+    pub fn member(&self, room: &str, user: &str) -> Member {
+        let m = self.control().join(room, user, b"").expect("join");
+        Member::bind(m)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits (bounded) for the server to exit.
+    pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An event copied out of a datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ev {
+    pub kind: u8,
+    pub seq: u32,
+    pub user: String,
+    pub body: String,
+}
+
+impl Ev {
+    pub fn is(&self, kind: EventKind, user: &str) -> bool {
+        self.kind == kind as u8 && self.user == user
+    }
+}
+
+/// A member's data-plane socket, connected to the server.
+pub struct Member {
+    pub m: Membership,
+    pub sock: UdpSocket,
+    /// Events received but not yet looked at (a datagram may hold several).
+    pub pending: std::cell::RefCell<std::collections::VecDeque<Ev>>,
+}
+
+impl Member {
+    /// Opens a socket, sends the first heartbeat and waits for our own JOINED.
+    pub fn bind(m: Membership) -> Member {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        sock.connect(m.udp_addr).expect("connect udp");
+        let me = Member::with_socket(m, sock);
+        me.heartbeat();
+        let user = me.m.user.clone();
+        me.wait_for(|e| e.is(EventKind::Joined, &user));
+        me
+    }
+
+    /// Wraps an existing socket (already connected, or not).
+    pub fn with_socket(m: Membership, sock: UdpSocket) -> Member {
+        Member {
+            m,
+            sock,
+            pending: Default::default(),
+        }
+    }
+
+    pub fn datagram(&self, msg: &str) -> Vec<u8> {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let n = ChatDatagram {
+            room: self.m.room.as_bytes(),
+            token: &self.m.token,
+            message: msg,
+        }
+        .encode(&mut buf)
+        .expect("encode");
+        buf[..n].to_vec()
+    }
+
+    pub fn heartbeat(&self) {
+        self.send("");
+    }
+
+    pub fn send(&self, msg: &str) {
+        self.sock.send(&self.datagram(msg)).expect("send");
+    }
+
+    /// Every event of every datagram that arrives within `wait`.
+    pub fn recv_for(&self, wait: Duration) -> Vec<Ev> {
+        let end = Instant::now() + wait;
+        let mut out: Vec<Ev> = self.pending.borrow_mut().drain(..).collect();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.recv_datagram(left) {
+                Some(events) => out.extend(events),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// One datagram's events, or `None` if nothing arrives within `wait`.
+    pub fn recv_datagram(&self, wait: Duration) -> Option<Vec<Ev>> {
+        self.sock
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 65536];
+        let n = self.sock.recv(&mut buf).ok()?;
+        Some(
+            Events::new(&buf[..n])
+                .map(|e| {
+                    let e = e.expect("well-formed event");
+                    Ev {
+                        kind: e.kind,
+                        seq: e.seq,
+                        user: e.user.to_string(),
+                        body: e.body.to_string(),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Reads events until one matches (5 s at most); returns it.
+    pub fn wait_for(&self, pred: impl Fn(&Ev) -> bool) -> Ev {
+        let end = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        loop {
+            while let Some(e) = self.pending.borrow_mut().pop_front() {
+                if pred(&e) {
+                    return e;
+                }
+                seen.push(e);
+            }
+            let Some(left) = end.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            if let Some(events) = self.recv_datagram(left) {
+                self.pending.borrow_mut().extend(events);
+            }
+        }
+        panic!("{}: expected event not seen; saw {seen:?}", self.m.user);
+    }
+
+    /// Asserts that nothing arrives within `wait`.
+    pub fn expect_silence(&self, wait: Duration) {
+        let pending = self.pending.borrow();
+        assert!(
+            pending.is_empty(),
+            "{}: expected silence, had {pending:?}",
+            self.m.user
+        );
+        if let Some(events) = self.recv_datagram(wait) {
+            panic!("{}: expected silence, got {events:?}", self.m.user);
+        }
+    }
+}
+
+/// A datagram with any bytes as its message (for invalid ones).
+pub fn raw_datagram(room: &[u8], token: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut d = vec![room.len() as u8, token.len() as u8];
+    d.extend_from_slice(room);
+    d.extend_from_slice(token);
+    d.extend_from_slice(message);
+    d
+}
+
+/// Sends raw bytes on a fresh connection and reads what comes back until the server
+/// closes or `wait` passes.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(bytes).expect("write");
+    read_until_close(&mut s, wait)
+}
+
+/// Reads until EOF (returns true) or until `wait` passes (false).
+pub fn read_until_close(s: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    let end = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => break,
+        }
+    }
+    (got, false)
+}
+
+/// Reads exactly one reply frame from `s` (5 s at most); returns (op, state, room, payload).
+pub fn read_frame(s: &mut TcpStream) -> (u8, u8, Vec<u8>, Vec<u8>) {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut got = Vec::new();
+    loop {
+        if let Some((f, n)) = split_reply(&got).expect("frame") {
+            let out = (f.op, f.state, f.room.to_vec(), f.payload.to_vec());
+            assert_eq!(n, got.len(), "one frame at a time in this helper");
+            return out;
+        }
+        let left = end
+            .checked_duration_since(Instant::now())
+            .expect("reply in time");
+        s.set_read_timeout(Some(left)).unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(1) => got.push(b[0]),
+            other => panic!("reading a frame: {other:?} after {got:?}"),
+        }
+    }
+}
+
+/// Encodes a request.
+pub fn request(req: &Request) -> Vec<u8> {
+    let mut out = Vec::new();
+    req.encode(&mut out).expect("encode");
+    out
+}
+
+/// The status a refused control call got.
+pub fn status_of<T: std::fmt::Debug>(r: Result<T, ocm::client::ControlError>) -> Status {
+    r.expect_err("expected a refusal")
+        .status()
+        .expect("a status answer")
+}
