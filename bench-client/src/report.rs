@@ -12,6 +12,9 @@ pub const MAX_LOSS_PCT: f64 = 0.1;
 /// A `--sweep` step fails when the bench sent less than this share of the asked rate.
 pub const MIN_ACHIEVED_SHARE: f64 = 0.95;
 
+/// Send lag p99 above this (µs) gets a warning: the bench itself was late.
+pub const SEND_LAG_WARN_US: f64 = 1_000.0;
+
 /// The quantiles shown, as in wrk2.
 pub const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 0.9999];
 
@@ -251,6 +254,12 @@ impl StepReport {
     pub fn warnings(&self) -> Vec<String> {
         let c = &self.counters;
         let mut w = Vec::new();
+        if self.send_lag.p99() > SEND_LAG_WARN_US {
+            w.push(format!(
+                "the bench itself sent late (send lag p99 {}): that lateness is counted as latency; the machine may be short of CPU (see Bench CPU, try --threads)",
+                fmt_us(self.send_lag.p99())
+            ));
+        }
         if c.rate_limited > 0 {
             w.push(format!(
                 "the server's flood control dropped messages ({} RATE_LIMITED events): run it with --msg-rate 0",
@@ -492,6 +501,9 @@ mod tests {
         r.counters.received = 2000;
         r.rate_achieved = 150.0;
         assert!(r.verdict(10.0).unwrap_err().contains("bench sent only"));
+        assert!(r.warnings().is_empty());
+        r.send_lag.at[2] = 5_000.0;
+        assert!(r.warnings()[0].contains("sent late"));
     }
 
     #[test]

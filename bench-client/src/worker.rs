@@ -162,6 +162,7 @@ pub struct Worker {
     out: Vec<u8>,
     body: Vec<u8>,
     pending: Vec<usize>,
+    ready: Vec<usize>,
 }
 
 impl Worker {
@@ -191,6 +192,7 @@ impl Worker {
             out: vec![0; MAX_DATAGRAM],
             body: Vec::new(),
             pending: Vec::new(),
+            ready: Vec::new(),
         })
     }
 
@@ -223,7 +225,10 @@ impl Worker {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
-        let mut ready: Vec<usize> = std::mem::take(&mut self.pending);
+        // Sockets left unread last time come first; `ready` keeps its allocation.
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.append(&mut self.pending);
         for ev in self.events.iter() {
             match ev.token() {
                 TIMER => {
@@ -245,6 +250,7 @@ impl Worker {
                 between(self, sink);
             }
         }
+        self.ready = ready;
         Ok(())
     }
 
