@@ -171,7 +171,7 @@ impl Shared {
     pub fn all_done_sending(&self) -> Option<u64> {
         let mut last = 0;
         for w in &self.workers {
-            if !w.done_sending.load(Relaxed) {
+            if !w.done_sending.load(std::sync::atomic::Ordering::Acquire) {
                 return None;
             }
             last = last.max(w.done_at_ns.load(Relaxed));

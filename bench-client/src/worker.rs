@@ -425,7 +425,9 @@ fn publish(me: &Published, sink: &LoadSink, sender: &Sender, now: u64) {
     me.missing.store(sink.missing, Relaxed);
     if sender.next >= sender.sched.len() && !me.done_sending.load(Relaxed) {
         me.done_at_ns.store(now, Relaxed);
-        me.done_sending.store(true, Relaxed);
+        // Release: whoever sees the flag also sees the counters stored above.
+        me.done_sending
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
