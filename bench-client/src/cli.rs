@@ -69,9 +69,9 @@ pub struct Args {
     #[argh(option, default = "10.0")]
     pub bind_timeout: f64,
 
-    /// receive buffer of each UDP socket in bytes; 0 keeps the kernel's default
-    /// (default: 0)
-    #[argh(option, default = "0")]
+    /// receive buffer of each UDP socket in bytes, so that a moment without CPU does not
+    /// drop deliveries at the bench's side; 0 keeps the kernel's default (default: 1048576)
+    #[argh(option, default = "1 << 20")]
     pub rcvbuf: usize,
 
     /// no progress lines on stderr
