@@ -10,7 +10,12 @@
 //!   back; no sockets, no clocks.
 //! * [`server`]: the relay. [`server::rooms`] holds rooms, members and tokens and takes
 //!   `now` as an argument; [`server::event_loop`] is the only place that touches mio.
-//! * [`client`]: the client side, used by `ocm-client`, `bench-client` and the tests.
+//! * [`client`]: the client side, used by `ocm-client`, `bench-client` and the tests:
+//!   [`client::control`] speaks TCRP, [`client::session`] the UDP chat session.
+//!
+//! The binaries only parse flags and call in here: `src/bin/ocm-server.rs`,
+//! `src/bin/ocm-client/` (pure app state and view, plus full-screen and plain front ends),
+//! and `bench-client/`.
 //!
 //! ## Data flow
 //!

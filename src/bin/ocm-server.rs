@@ -1,7 +1,7 @@
 //! `ocm-server`: parse flags, set up logging, bind, and run the relay.
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -71,6 +71,10 @@ struct Args {
     /// (default: 64)
     #[argh(option, default = "64")]
     batch_max: usize,
+
+    /// serve Prometheus metrics over HTTP at ADDR:PORT (GET /metrics); off unless given
+    #[argh(option)]
+    metrics: Option<SocketAddr>,
 }
 
 impl Args {
@@ -122,10 +126,21 @@ fn run(args: &Args) -> Result<(), String> {
     let (tcp, udp) = server::event_loop::bind(args.bind, args.port, args.udp_port)
         .map_err(|e| format!("cannot listen on {} port {}: {e}", args.bind, args.port))?;
     let signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signals: {e}"))?;
-    let server = Server::new(tcp, udp, config, limits).map_err(|e| e.to_string())?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    let server = Server::new(tcp, udp, metrics, config, limits).map_err(|e| e.to_string())?;
     let (tcp_addr, udp_addr) = server.local_addrs().map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "listening tcp={tcp_addr} udp={udp_addr}")
+    let mut lines = format!("listening tcp={tcp_addr} udp={udp_addr}\n");
+    if let Some(addr) = server.metrics_addr() {
+        lines.push_str(&format!("metrics http://{addr}/metrics\n"));
+    }
+    out.write_all(lines.as_bytes())
         .and_then(|()| out.flush())
         .map_err(|e| format!("stdout: {e}"))?;
     drop(out);

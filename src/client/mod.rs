@@ -1,7 +1,10 @@
 //! The client side of OCM, shared by `ocm-client`, `bench-client` and the tests.
 //!
 //! * [`control`]: create, join, leave and list over TCRP (blocking, with timeouts).
+//! * [`session`]: the UDP chat session: heartbeats, messages, events, Seq gaps.
 
 pub mod control;
+pub mod session;
 
 pub use control::{ControlClient, ControlError, Membership, RoomInfo};
+pub use session::{SendError, SeqCheck, SeqTracker, Session, SessionEvent, check_message};

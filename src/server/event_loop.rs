@@ -32,10 +32,15 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use super::counters::Counters;
 use super::deadlines::DeadlineQueue;
+use super::metrics::{self, MAX_HTTP_REQUEST, Snapshot};
 use super::rooms::{Config, Relay};
-use super::transmit::SendTo;
+use super::transmit::Dest;
+#[cfg(target_os = "linux")]
+use super::udp::{BatchTx as Tx, Receiver, Sender};
 use crate::protocol::frame::{MAX_REQUEST_FRAME, Request, encode_response, split_request};
-use crate::protocol::{MAX_DATAGRAM, Operation, Status};
+use crate::protocol::{Operation, Status};
+#[cfg(not(target_os = "linux"))]
+use fallback::{Receiver, Sender, Tx};
 
 /// A request must be complete this long after its first byte.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,6 +66,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 const LISTENER: Token = Token(0);
 const UDP: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const METRICS: Token = Token(3);
 /// Connection tokens are slab keys plus this.
 pub const CONN_BASE: usize = 16;
 
@@ -92,8 +98,37 @@ enum Phase {
     Draining,
 }
 
+/// What a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// TCRP, on the main listener.
+    Tcrp,
+    /// One HTTP request for metrics, on the metrics listener.
+    Http,
+}
+
+impl Kind {
+    fn input_cap(self) -> usize {
+        match self {
+            Kind::Tcrp => MAX_REQUEST_FRAME,
+            Kind::Http => MAX_HTTP_REQUEST,
+        }
+    }
+}
+
+/// Loop-level counts, for metrics.
+#[derive(Debug, Default)]
+struct LoopStats {
+    wakeups: u64,
+    busy: Duration,
+    accepted: u64,
+    refused: u64,
+    slow_peers: u64,
+}
+
 #[derive(Debug)]
 struct Conn {
+    kind: Kind,
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
@@ -129,6 +164,8 @@ impl Conn {
 pub struct Server {
     poll: Poll,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
+    stats: LoopStats,
     udp: UdpSocket,
     relay: Relay<ThreadRng>,
     limits: Limits,
@@ -139,7 +176,8 @@ pub struct Server {
     per_ip: HashMap<IpAddr, u32>,
     accept_paused_until: Option<Instant>,
     udp_pending: bool,
-    recv_buf: Box<[u8; MAX_DATAGRAM + 1]>,
+    receiver: Receiver,
+    sender: Sender,
 }
 
 /// Binds the TCP listener and the UDP socket.
@@ -209,10 +247,12 @@ fn grow_buffers(s: &Socket) {
 }
 
 impl Server {
-    /// A server over already-bound, non-blocking sockets.
+    /// A server over already-bound, non-blocking sockets, with an optional listener for
+    /// the metrics endpoint.
     pub fn new(
         listener: std::net::TcpListener,
         udp: std::net::UdpSocket,
+        metrics: Option<std::net::TcpListener>,
         mut config: Config,
         limits: Limits,
     ) -> io::Result<Server> {
@@ -221,14 +261,34 @@ impl Server {
         config.udp_port = udp.local_addr()?.port();
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
+        // Bound to a wildcard address, the server must answer each member from the address
+        // it sent to: ask the kernel for each datagram's local address.
+        let local = udp.local_addr()?;
+        let pktinfo = cfg!(target_os = "linux") && local.ip().is_unspecified();
+        #[cfg(target_os = "linux")]
+        if pktinfo {
+            super::udp::enable_pktinfo(&udp, local.is_ipv6())?;
+        }
         let mut udp = UdpSocket::from_std(udp);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry()
             .register(&mut udp, UDP, Interest::READABLE)?;
+        let metrics = match metrics {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, METRICS, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             listener,
+            metrics,
+            stats: LoopStats::default(),
             udp,
             relay: Relay::new(config, rand::rng()),
             limits,
@@ -239,13 +299,19 @@ impl Server {
             per_ip: HashMap::new(),
             accept_paused_until: None,
             udp_pending: true,
-            recv_buf: Box::new([0u8; MAX_DATAGRAM + 1]),
+            receiver: Receiver::new(pktinfo),
+            sender: Sender::default(),
         })
     }
 
     /// The TCP and UDP addresses actually bound.
     pub fn local_addrs(&self) -> io::Result<(SocketAddr, SocketAddr)> {
         Ok((self.listener.local_addr()?, self.udp.local_addr()?))
+    }
+
+    /// The metrics endpoint's address, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Runs until one of `signals` arrives, then closes every room ("server shutting
@@ -264,10 +330,12 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
+            self.stats.wakeups += 1;
             let mut stop = false;
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(now),
+                    LISTENER => self.accept(now, Kind::Tcrp),
+                    METRICS => self.accept(now, Kind::Http),
                     UDP => self.udp_pending = true,
                     SIGNALS => {
                         for sig in signals.pending() {
@@ -291,7 +359,8 @@ impl Server {
                 self.read_datagrams(now);
             }
             self.on_timers(now);
-            self.relay.flush(&mut SendTo::new(&self.udp));
+            self.relay.flush(&mut Tx::new(&self.udp, &mut self.sender));
+            self.stats.busy += now.elapsed();
             if stop {
                 break;
             }
@@ -319,8 +388,9 @@ impl Server {
         // Blocking sends with a timeout: the last datagrams leave, but exit is bounded.
         let sock = SockRef::from(&self.udp);
         let _ = sock.set_nonblocking(false);
-        let _ = sock.set_write_timeout(Some(DRAIN_TIMEOUT));
-        let mut tx = SendTo::new(&self.udp);
+        let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
+        let until = Instant::now() + DRAIN_TIMEOUT;
+        let mut tx = Tx::draining(&self.udp, &mut self.sender, until);
         self.relay.shutdown(&mut tx);
         self.relay.flush(&mut tx);
         let c = self.relay.counters.clone();
@@ -329,32 +399,48 @@ impl Server {
     }
 
     fn read_datagrams(&mut self, now: Instant) {
-        let mut tx = SendTo::new(&self.udp);
-        for _ in 0..UDP_BATCH {
-            match self.udp.recv_from(&mut self.recv_buf[..]) {
-                Ok((n, from)) => {
-                    self.relay
-                        .handle_datagram(now, from, &self.recv_buf[..n], &mut tx);
+        let mut tx = Tx::new(&self.udp, &mut self.sender);
+        let mut read = 0;
+        while read < UDP_BATCH {
+            match self.receiver.recv(&self.udp) {
+                Ok(n) => {
+                    read += n;
+                    for i in 0..n {
+                        if let Some((addr, local, bytes)) = self.receiver.get(i) {
+                            let from = Dest { addr, local };
+                            self.relay.handle_datagram_to(now, from, bytes, &mut tx);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.udp_pending = false;
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => debug!("udp receive: {e}"),
+                Err(e) => {
+                    debug!("udp receive: {e}");
+                    read += 1;
+                }
             }
         }
         // Budget spent: poll again at once (timeout zero), serving TCP in between.
     }
 
-    fn accept(&mut self, now: Instant) {
+    fn accept(&mut self, now: Instant, kind: Kind) {
         if self.accept_paused_until.is_some_and(|t| now < t) {
             return;
         }
         self.accept_paused_until = None;
         loop {
-            match self.listener.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer, now),
+            let listener = match kind {
+                Kind::Tcrp => &self.listener,
+                Kind::Http => match &self.metrics {
+                    Some(l) => l,
+                    None => return,
+                },
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now, kind),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_resource_error(&e) => {
@@ -368,12 +454,17 @@ impl Server {
         }
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant, kind: Kind) {
         let ip = peer.ip().to_canonical();
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         let per_ip_cap = self.limits.max_connections_per_ip;
         let full = self.counted >= self.limits.max_connections
             || (per_ip_cap != 0 && from_ip >= per_ip_cap);
+        if full {
+            self.stats.refused += 1;
+        } else {
+            self.stats.accepted += 1;
+        }
         if full && self.conns.len() - self.counted >= MAX_REFUSED {
             debug!("refusing {peer} unanswered: too many refusals pending");
             return;
@@ -382,6 +473,7 @@ impl Server {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
         let mut conn = Conn {
+            kind,
             stream,
             peer,
             id,
@@ -398,10 +490,15 @@ impl Server {
         };
         if full {
             debug!("connection from {peer} refused: server full");
-            encode_response(&mut conn.output, 0, b"", Status::ServerFull);
+            match kind {
+                Kind::Tcrp => encode_response(&mut conn.output, 0, b"", Status::ServerFull),
+                Kind::Http => conn.output.extend_from_slice(
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            }
             conn.phase = Phase::Closing;
         } else {
-            conn.input.reserve_exact(MAX_REQUEST_FRAME);
+            conn.input.reserve_exact(kind.input_cap());
             self.counted += 1;
             *self.per_ip.entry(ip).or_default() += 1;
         }
@@ -432,13 +529,14 @@ impl Server {
             };
             let result = if conn.phase == Phase::Open {
                 let start = conn.input.len();
-                if start >= MAX_REQUEST_FRAME {
+                let cap = conn.kind.input_cap();
+                if start >= cap {
                     // Cannot happen: a frame this long is refused from its header. Close
                     // rather than read zero bytes and mistake it for end of stream.
                     self.close(key);
                     return;
                 }
-                conn.input.resize(MAX_REQUEST_FRAME, 0);
+                conn.input.resize(cap, 0);
                 let r = conn.stream.read(&mut conn.input[start..]);
                 conn.input.truncate(start + r.as_ref().map_or(0, |n| *n));
                 r
@@ -454,12 +552,16 @@ impl Server {
                 Ok(_) => {
                     conn.last_active = now;
                     conn.request_since.get_or_insert(now);
-                    self.process_requests(key, now);
+                    match conn.kind {
+                        Kind::Tcrp => self.process_requests(key, now),
+                        Kind::Http => self.process_http(key),
+                    }
                     if self.conns[key].output.len() > MAX_OUTPUT {
                         warn!(
                             "closing {}: it does not read its replies",
                             self.conns[key].peer
                         );
+                        self.stats.slow_peers += 1;
                         self.close(key);
                         return;
                     }
@@ -480,11 +582,15 @@ impl Server {
     /// Answers every whole request in the connection's input buffer, in order.
     fn process_requests(&mut self, key: usize, now: Instant) {
         let Server {
-            conns, relay, udp, ..
+            conns,
+            relay,
+            udp,
+            sender,
+            ..
         } = self;
         let conn = &mut conns[key];
         let peer = conn.peer.ip();
-        let mut tx = SendTo::new(udp);
+        let mut tx = Tx::new(&*udp, sender);
         let mut consumed = 0;
         loop {
             match split_request(&conn.input[consumed..]) {
@@ -525,6 +631,37 @@ impl Server {
         } else if consumed > 0 {
             // What is left is the start of the next request, which arrived with this read.
             conn.request_since = Some(now);
+        }
+    }
+
+    /// Answers a metrics scrape once its request head is whole, then closes.
+    fn process_http(&mut self, key: usize) {
+        let Some(req) = metrics::parse_request(&self.conns[key].input) else {
+            return;
+        };
+        let mut body = String::new();
+        if req == metrics::HttpRequest::Metrics {
+            metrics::render(&self.snapshot(), &mut body);
+        }
+        let conn = &mut self.conns[key];
+        metrics::respond(req, &body, &mut conn.output);
+        conn.input.clear();
+        conn.request_since = None;
+        conn.phase = Phase::Closing;
+    }
+
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            counters: &self.relay.counters,
+            rooms: self.relay.room_count(),
+            members: self.relay.member_count(),
+            bound: self.relay.bound_count(),
+            connections: self.counted,
+            accepted: self.stats.accepted,
+            refused: self.stats.refused,
+            slow_peers: self.stats.slow_peers,
+            wakeups: self.stats.wakeups,
+            busy_seconds: self.stats.busy.as_secs_f64(),
         }
     }
 
@@ -596,7 +733,8 @@ impl Server {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        self.relay.handle_timeout(now, &mut SendTo::new(&self.udp));
+        self.relay
+            .handle_timeout(now, &mut Tx::new(&self.udp, &mut self.sender));
         while let Some((at, key, id)) = self.conn_deadlines.pop_due(now) {
             let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
                 continue;
@@ -619,7 +757,8 @@ impl Server {
             }
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept(now);
+            self.accept(now, Kind::Tcrp);
+            self.accept(now, Kind::Http);
         }
     }
 
@@ -646,4 +785,64 @@ fn is_resource_error(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+/// The portable path where `recvmmsg`/`sendmmsg` do not exist: one datagram per call.
+#[cfg(not(target_os = "linux"))]
+mod fallback {
+    use std::io;
+    use std::net::{IpAddr, SocketAddr};
+
+    use mio::net::UdpSocket;
+
+    use crate::protocol::MAX_DATAGRAM;
+    use crate::server::transmit::SendTo;
+
+    /// One datagram at a time.
+    pub struct Receiver {
+        buf: Box<[u8; MAX_DATAGRAM + 1]>,
+        last: Option<(SocketAddr, usize)>,
+    }
+
+    impl Receiver {
+        pub fn new(_pktinfo: bool) -> Self {
+            Receiver {
+                buf: Box::new([0u8; MAX_DATAGRAM + 1]),
+                last: None,
+            }
+        }
+
+        pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+            let (n, from) = socket.recv_from(&mut self.buf[..])?;
+            self.last = Some((from, n));
+            Ok(1)
+        }
+
+        pub fn get(&self, i: usize) -> Option<(SocketAddr, Option<IpAddr>, &[u8])> {
+            let (from, n) = self.last.filter(|_| i == 0)?;
+            Some((from, None, &self.buf[..n]))
+        }
+    }
+
+    /// No scratch is needed.
+    #[derive(Default)]
+    pub struct Sender;
+
+    /// `send_to` per receiver.
+    pub struct Tx;
+
+    impl Tx {
+        #[allow(clippy::new_ret_no_self)]
+        pub fn new<'a>(socket: &'a UdpSocket, _: &mut Sender) -> SendTo<'a> {
+            SendTo::new(socket)
+        }
+
+        pub fn draining<'a>(
+            socket: &'a UdpSocket,
+            _: &mut Sender,
+            _until: std::time::Instant,
+        ) -> SendTo<'a> {
+            SendTo::new(socket)
+        }
+    }
 }

@@ -5,16 +5,21 @@
 //! * [`limits`]: message buckets and password-failure throttling.
 //! * [`token`]: token generation, constant-time compare, the token table's hasher.
 //! * [`counters`]: what the server counts (drops by reason, traffic, requests).
+//! * [`metrics`]: those counts in the Prometheus text format, over minimal HTTP.
 //! * [`transmit`]: the seam through which outboxes reach the socket.
+//! * `udp`: `recvmmsg`/`sendmmsg` and packet-info, the batched system calls (Linux).
 //! * [`event_loop`]: the mio readiness loop; the only file that does I/O.
 
 pub mod counters;
 pub mod deadlines;
 pub mod event_loop;
 pub mod limits;
+pub mod metrics;
 pub mod rooms;
 pub mod token;
 pub mod transmit;
+#[cfg(target_os = "linux")]
+pub mod udp;
 
 pub use event_loop::{Limits, Server};
 pub use rooms::{Config, Relay};

@@ -13,7 +13,7 @@
 //! the end of a wake-up. At low load a datagram thus carries one event and leaves at once;
 //! under load datagrams fill up by themselves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use super::counters::{Counters, DropReason};
 use super::deadlines::DeadlineQueue;
 use super::limits::{Bucket, PasswordThrottle};
 use super::token::{self, Token, TokenMap, constant_time_eq};
-use super::transmit::Transmit;
+use super::transmit::{Dest, Transmit};
 use crate::protocol::datagram::{ChatDatagram, DatagramError};
 use crate::protocol::event::{Event, EventBuf, EventKind, reason};
 use crate::protocol::frame::{Grant, Request, RoomSummary, encode_list, encode_response};
@@ -83,7 +83,7 @@ struct Room {
     /// Every member key, bound or not.
     members: Vec<usize>,
     /// Destinations of the room's datagrams: the bound members' addresses...
-    bound: Vec<SocketAddr>,
+    bound: Vec<Dest>,
     /// ...and, at the same index, whose address each one is.
     bound_keys: Vec<usize>,
     /// Seq of the last event (0: none yet).
@@ -101,7 +101,7 @@ struct Member {
     name: Box<str>,
     token: Token,
     ip: IpAddr,
-    addr: Option<SocketAddr>,
+    addr: Option<Dest>,
     deadline: Instant,
     bucket: Bucket,
     last_notice: Option<Instant>,
@@ -123,7 +123,9 @@ pub struct Relay<R> {
     cfg: Config,
     rng: R,
     rooms: Slab<Room>,
-    by_name: HashMap<Box<str>, usize>,
+    /// Rooms by name, in byte order of name: LIST walks it in order and stops when the
+    /// reply is full, so a LIST costs O(rooms listed), not a sort of every room.
+    by_name: BTreeMap<Box<str>, usize>,
     members: Slab<Member>,
     by_token: TokenMap,
     deadlines: DeadlineQueue,
@@ -151,7 +153,7 @@ impl<R: Rng> Relay<R> {
             cfg,
             rng,
             rooms: Slab::new(),
-            by_name: HashMap::new(),
+            by_name: BTreeMap::new(),
             members: Slab::new(),
             by_token: TokenMap::default(),
             deadlines: DeadlineQueue::default(),
@@ -446,15 +448,17 @@ impl<R: Rng> Relay<R> {
     }
 
     fn encode_list(&self, out: &mut Vec<u8>) {
-        let mut names: Vec<(&str, &Room)> = self.rooms.iter().map(|(_, r)| (&*r.name, r)).collect();
-        names.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        // `str` orders by bytes, as LIST wants.
         encode_list(
             out,
-            names.into_iter().map(|(name, r)| RoomSummary {
-                name,
-                members: u16::try_from(r.members.len()).unwrap_or(u16::MAX),
-                capacity: r.capacity,
-                password: r.password.is_some(),
+            self.by_name.iter().map(|(name, &key)| {
+                let r = &self.rooms[key];
+                RoomSummary {
+                    name,
+                    members: u16::try_from(r.members.len()).unwrap_or(u16::MAX),
+                    capacity: r.capacity,
+                    password: r.password.is_some(),
+                }
             }),
         );
     }
@@ -465,6 +469,22 @@ impl<R: Rng> Relay<R> {
         &mut self,
         now: Instant,
         from: SocketAddr,
+        bytes: &[u8],
+        tx: &mut impl Transmit,
+    ) -> DatagramOutcome {
+        let from = Dest {
+            addr: from,
+            local: None,
+        };
+        self.handle_datagram_to(now, from, bytes, tx)
+    }
+
+    /// [`Relay::handle_datagram`] for a server that knows which of its addresses the
+    /// datagram was sent to (`from.local`); the member's datagrams will leave from there.
+    pub fn handle_datagram_to(
+        &mut self,
+        now: Instant,
+        from: Dest,
         bytes: &[u8],
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
@@ -481,7 +501,7 @@ impl<R: Rng> Relay<R> {
     fn accept_datagram(
         &mut self,
         now: Instant,
-        from: SocketAddr,
+        from: Dest,
         bytes: &[u8],
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
@@ -497,7 +517,6 @@ impl<R: Rng> Relay<R> {
                 });
             }
         };
-        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let Some(&key) = <&[u8; TOKEN_LEN]>::try_from(d.token)
             .ok()
             .and_then(|t| self.by_token.get(t))
@@ -509,11 +528,11 @@ impl<R: Rng> Relay<R> {
         if self.rooms[room_key].name.as_bytes() != d.room {
             return Dropped(DropReason::WrongRoom);
         }
-        if m.ip != from.ip() {
+        if m.ip != from.addr.ip().to_canonical() {
             return Dropped(DropReason::WrongIp);
         }
         match m.addr {
-            Some(addr) if addr != from => return Dropped(DropReason::WrongAddress),
+            Some(bound) if bound.addr != from.addr => return Dropped(DropReason::WrongAddress),
             _ => {}
         }
         m.deadline = now + self.cfg.idle_timeout;
@@ -526,7 +545,7 @@ impl<R: Rng> Relay<R> {
             room.bound.push(from);
             room.bound_keys.push(key);
             self.counters.members_bound += 1;
-            info!("'{name}' bound in room '{}' from {from}", room.name);
+            info!("'{name}' bound in room '{}' from {}", room.name, from.addr);
             self.emit(room_key, EventKind::Joined, &name, "", tx);
         }
         if d.is_heartbeat() {
@@ -567,7 +586,7 @@ impl<R: Rng> Relay<R> {
         DatagramOutcome::Relayed
     }
 
-    fn send_rate_notice(&mut self, key: usize, to: SocketAddr, tx: &mut impl Transmit) {
+    fn send_rate_notice(&mut self, key: usize, to: Dest, tx: &mut impl Transmit) {
         let ev = Event {
             kind: EventKind::RateLimited as u8,
             seq: 0,

@@ -7,17 +7,28 @@
 //! counts it. That keeps one slow or absent member from costing the others anything.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use log::debug;
 
-/// Sends one payload to many receivers without blocking.
-pub trait Transmit {
-    /// Sends `payload` to each address in `to`; returns how many sends succeeded.
-    fn send(&mut self, payload: &[u8], to: &[SocketAddr]) -> usize;
+/// Where one receiver's datagrams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dest {
+    /// The member's bound address (as the socket reported it).
+    pub addr: SocketAddr,
+    /// The server address the member sends to, when the server is bound to a wildcard
+    /// address and must send from that same address; `None` lets the kernel choose.
+    pub local: Option<IpAddr>,
 }
 
-/// The plain path: one `send_to` per receiver on a non-blocking UDP socket.
+/// Sends one payload to many receivers without blocking.
+pub trait Transmit {
+    /// Sends `payload` to each of `to`; returns how many sends succeeded.
+    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize;
+}
+
+/// The plain path: one `send_to` per receiver on a non-blocking UDP socket (where
+/// `sendmmsg` does not exist; it cannot choose the source address).
 #[derive(Debug)]
 pub struct SendTo<'a> {
     socket: &'a mio::net::UdpSocket,
@@ -31,9 +42,9 @@ impl<'a> SendTo<'a> {
 }
 
 impl Transmit for SendTo<'_> {
-    fn send(&mut self, payload: &[u8], to: &[SocketAddr]) -> usize {
+    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
         let mut sent = 0;
-        for addr in to {
+        for Dest { addr, .. } in to {
             loop {
                 match self.socket.send_to(payload, *addr) {
                     Ok(_) => sent += 1,
@@ -58,9 +69,10 @@ pub struct Recorder {
 }
 
 impl Transmit for Recorder {
-    fn send(&mut self, payload: &[u8], to: &[SocketAddr]) -> usize {
+    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
         let n = self.accept_at_most.map_or(to.len(), |m| m.min(to.len()));
-        self.sent.push((payload.to_vec(), to[..n].to_vec()));
+        let addrs = to[..n].iter().map(|d| d.addr).collect();
+        self.sent.push((payload.to_vec(), addrs));
         n
     }
 }

@@ -20,6 +20,8 @@ pub struct ServerProc {
     pub tcp: SocketAddr,
     /// Data-plane address.
     pub udp: SocketAddr,
+    /// Metrics endpoint, when started with `--metrics`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerProc {
@@ -47,12 +49,27 @@ impl ServerProc {
         };
         assert!(line.starts_with("listening "), "first line: {line:?}");
         let (tcp, udp) = (parse("tcp="), parse("udp="));
+        let metrics = extra.contains(&"--metrics").then(|| {
+            let mut l = String::new();
+            reader.read_line(&mut l).expect("read metrics line");
+            l.trim()
+                .strip_prefix("metrics http://")
+                .and_then(|a| a.strip_suffix("/metrics"))
+                .unwrap_or_else(|| panic!("second line: {l:?}"))
+                .parse()
+                .expect("metrics address")
+        });
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = Vec::new();
             let _ = reader.read_to_end(&mut sink);
         });
-        ServerProc { child, tcp, udp }
+        ServerProc {
+            child,
+            tcp,
+            udp,
+            metrics,
+        }
     }
 
     /// The control-plane address as `host:port`.
@@ -75,6 +92,31 @@ impl ServerProc {
     pub fn member(&self, room: &str, user: &str) -> Member {
         let m = self.control().join(room, user, b"").expect("join");
         Member::bind(m)
+    }
+
+    /// Scrapes `/metrics` over a raw socket; returns the body.
+    pub fn scrape(&self) -> String {
+        let addr = self.metrics.expect("started with --metrics");
+        let (got, closed) = raw_exchange(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n",
+            Duration::from_secs(5),
+        );
+        assert!(closed, "the server closes after the reply");
+        let text = String::from_utf8(got).expect("utf-8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        body.to_string()
+    }
+
+    /// The value of one sample (`name` with its labels, as written) in a scrape.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let body = self.scrape();
+        body.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {sample} in:\n{body}"))
+            .parse()
+            .expect("a number")
     }
 
     /// The process id.

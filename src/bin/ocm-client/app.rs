@@ -1,0 +1,992 @@
+//! The client's state and key handling, with no terminal or network I/O, so every rule
+//! here is unit-tested: what an event looks like on screen, the input line's editing and
+//! history, commands, scrollback.
+//!
+//! [`crate::tui`] feeds it keys and session events and performs the [`Action`]s it returns;
+//! [`crate::view`] draws it.
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, VecDeque};
+use std::fmt;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ocm::client::session::{SessionEvent, check_message};
+use ocm::protocol::MAX_MESSAGE;
+use unicode_width::UnicodeWidthChar;
+
+/// Lines kept in the scrollback; older ones are dropped (a chat client runs for days).
+pub const MAX_ENTRIES: usize = 5000;
+/// Names remembered for "members seen" (a room holds at most 65535 members; this bounds
+/// what a misbehaving server can make us store).
+pub const MAX_MEMBERS_SEEN: usize = 65_536;
+/// Lines kept in the input history.
+pub const MAX_HISTORY: usize = 500;
+
+/// A wall-clock time of day, shown in front of every line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Clock {
+    /// Hours, 0-23.
+    pub h: u8,
+    /// Minutes, 0-59.
+    pub m: u8,
+    /// Seconds, 0-59 (60 on a leap second).
+    pub s: u8,
+}
+
+impl fmt::Display for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02}:{:02}:{:02}", self.h, self.m, self.s)
+    }
+}
+
+/// Replaces what must never reach a terminal: control characters (the protocol refuses
+/// them, but this is the last line of defence for anything printed) and the Unicode
+/// bidirectional overrides and isolates, which can make a line read differently from what
+/// was sent. Each becomes U+FFFD. Borrows when nothing needs replacing.
+pub fn sanitize(s: &str) -> Cow<'_, str> {
+    fn bad(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    }
+    if s.chars().any(bad) {
+        Cow::Owned(
+            s.chars()
+                .map(|c| if bad(c) { '\u{FFFD}' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// What kind of system line an entry is; the view gives each its colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemKind {
+    /// A member joined.
+    Joined,
+    /// A member left or timed out.
+    Departed,
+    /// The room closed.
+    Closed,
+    /// Events were missed, or a message of ours was rate limited.
+    Warning,
+    /// Help, LIST output, and other notes of the client itself.
+    Info,
+    /// Something we tried failed.
+    Error,
+}
+
+/// One line of the message pane (before wrapping). Texts are already sanitized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A chat message.
+    Chat {
+        /// When it arrived.
+        time: Clock,
+        /// Who sent it.
+        user: String,
+        /// What they said.
+        text: String,
+        /// Whether we sent it.
+        own: bool,
+    },
+    /// Something that happened to the room, or a note from the client.
+    System {
+        /// When.
+        time: Clock,
+        /// Which kind (for colour).
+        kind: SystemKind,
+        /// The words, e.g. `bob joined`.
+        text: String,
+    },
+}
+
+/// How a session event reads, shared by the full-screen and the plain front end.
+/// Returns the entry, and whether the event ends our session.
+pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Entry, Option<End>) {
+    let sys = |kind, text: String| Entry::System { time, kind, text };
+    match event {
+        SessionEvent::Message { user, text, .. } => (
+            Entry::Chat {
+                time,
+                user: sanitize(user).into_owned(),
+                text: sanitize(text).into_owned(),
+                own: user == me,
+            },
+            None,
+        ),
+        SessionEvent::Joined { user } => (
+            sys(SystemKind::Joined, format!("{} joined", sanitize(user))),
+            None,
+        ),
+        SessionEvent::Left { user } => (
+            sys(SystemKind::Departed, format!("{} left", sanitize(user))),
+            None,
+        ),
+        SessionEvent::TimedOut { user } if user == me => (
+            sys(
+                SystemKind::Closed,
+                format!("{} timed out (you were silent too long)", sanitize(user)),
+            ),
+            Some(End::TimedOut),
+        ),
+        SessionEvent::TimedOut { user } => (
+            sys(
+                SystemKind::Departed,
+                format!("{} timed out", sanitize(user)),
+            ),
+            None,
+        ),
+        SessionEvent::RoomClosed { reason } => {
+            let reason = sanitize(reason).into_owned();
+            (
+                sys(SystemKind::Closed, format!("room closed: {reason}")),
+                Some(End::Closed(reason)),
+            )
+        }
+        SessionEvent::RateLimited { limit } => (
+            sys(
+                SystemKind::Warning,
+                format!(
+                    "rate limited: {}; a message of yours was dropped",
+                    sanitize(limit)
+                ),
+            ),
+            None,
+        ),
+        SessionEvent::Missed(n) => (
+            sys(
+                SystemKind::Warning,
+                if *n == 1 {
+                    "1 message missed".to_string()
+                } else {
+                    format!("{n} messages missed")
+                },
+            ),
+            None,
+        ),
+    }
+}
+
+/// Why a session ended; decides the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// We chose to leave (a command, Ctrl-C, a signal, end of input).
+    Left,
+    /// The room closed under us; the server's reason.
+    Closed(String),
+    /// The server dropped us for silence.
+    TimedOut,
+    /// The server stopped answering.
+    Lost(String),
+}
+
+/// What the user's line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Send this message.
+    Say(String),
+    /// `/leave`, `/quit`, `/exit`, `/q` or a bare `exit`.
+    Leave,
+    /// `/list`: the server's rooms.
+    List,
+    /// `/help`.
+    Help,
+    /// A `/word` that is not a command.
+    Unknown(String),
+    /// Nothing but spaces.
+    Nothing,
+}
+
+/// Parses one submitted line. A line starting with `//` sends the rest with one `/`, so a
+/// message may start with a slash.
+pub fn parse_command(line: &str) -> Command {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Command::Nothing;
+    }
+    if trimmed == "exit" {
+        return Command::Leave;
+    }
+    if let Some(rest) = line.strip_prefix("//") {
+        return Command::Say(format!("/{rest}"));
+    }
+    if let Some(cmd) = trimmed.strip_prefix('/') {
+        let word = cmd.split_whitespace().next().unwrap_or("");
+        return match word.to_lowercase().as_str() {
+            "leave" | "quit" | "exit" | "q" => Command::Leave,
+            "list" => Command::List,
+            "help" | "?" => Command::Help,
+            _ => Command::Unknown(format!("/{word}")),
+        };
+    }
+    Command::Say(line.to_string())
+}
+
+/// The help text, one line each.
+pub const HELP: &[&str] = &[
+    "Type a message and press Enter to send it to the room.",
+    "/list  rooms on the server   /help  this help",
+    "/leave, /quit, /exit, exit or Ctrl-C  leave the room (the host's leaving closes it)",
+    "//text  sends a message that starts with '/'",
+    "Left/Right/Home/End/Backspace/Delete edit, Ctrl-A/E/U/K/W as in a shell",
+    "Up/Down  input history   PageUp/PageDown  scroll the messages",
+];
+
+/// A one-line text editor: a string and a cursor on a character boundary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineEditor {
+    text: String,
+    cursor: usize,
+}
+
+impl LineEditor {
+    /// The text typed so far.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The cursor as a byte offset into [`LineEditor::text`].
+    #[cfg(test)]
+    pub fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    /// The cursor's column: the display width of the text before it (a CJK character
+    /// takes two columns).
+    pub fn cursor_col(&self) -> usize {
+        str_width(&self.text[..self.cursor])
+    }
+
+    /// Replaces the text and puts the cursor at its end.
+    pub fn set(&mut self, text: String) {
+        self.cursor = text.len();
+        self.text = text;
+    }
+
+    /// Empties the editor and returns what it held.
+    pub fn take(&mut self) -> String {
+        self.cursor = 0;
+        std::mem::take(&mut self.text)
+    }
+
+    /// Inserts `c` at the cursor. Control characters are ignored; returns false when the
+    /// line would exceed [`MAX_MESSAGE`] bytes (nothing is inserted then).
+    pub fn insert(&mut self, c: char) -> bool {
+        if c.is_control() {
+            return true;
+        }
+        if self.text.len() + c.len_utf8() > MAX_MESSAGE {
+            return false;
+        }
+        self.text.insert(self.cursor, c);
+        self.cursor += c.len_utf8();
+        true
+    }
+
+    /// Inserts pasted text: newlines and tabs become spaces, other control characters
+    /// are dropped. Returns false if it was cut at the length limit.
+    pub fn insert_str(&mut self, s: &str) -> bool {
+        for c in s.chars() {
+            let c = match c {
+                '\r' => continue,
+                '\n' | '\t' => ' ',
+                c => c,
+            };
+            if !self.insert(c) {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn prev_boundary(&self) -> Option<usize> {
+        self.text[..self.cursor]
+            .char_indices()
+            .next_back()
+            .map(|(i, _)| i)
+    }
+
+    fn next_boundary(&self) -> Option<usize> {
+        self.text[self.cursor..]
+            .chars()
+            .next()
+            .map(|c| self.cursor + c.len_utf8())
+    }
+
+    /// Moves one character left.
+    pub fn left(&mut self) {
+        if let Some(i) = self.prev_boundary() {
+            self.cursor = i;
+        }
+    }
+
+    /// Moves one character right.
+    pub fn right(&mut self) {
+        if let Some(i) = self.next_boundary() {
+            self.cursor = i;
+        }
+    }
+
+    /// Moves to the start.
+    pub fn home(&mut self) {
+        self.cursor = 0;
+    }
+
+    /// Moves to the end.
+    pub fn end(&mut self) {
+        self.cursor = self.text.len();
+    }
+
+    /// Deletes the character before the cursor.
+    pub fn backspace(&mut self) {
+        if let Some(i) = self.prev_boundary() {
+            self.text.replace_range(i..self.cursor, "");
+            self.cursor = i;
+        }
+    }
+
+    /// Deletes the character under the cursor.
+    pub fn delete(&mut self) {
+        if let Some(i) = self.next_boundary() {
+            self.text.replace_range(self.cursor..i, "");
+        }
+    }
+
+    /// Deletes from the start to the cursor (Ctrl-U).
+    pub fn kill_to_start(&mut self) {
+        self.text.replace_range(..self.cursor, "");
+        self.cursor = 0;
+    }
+
+    /// Deletes from the cursor to the end (Ctrl-K).
+    pub fn kill_to_end(&mut self) {
+        self.text.truncate(self.cursor);
+    }
+
+    /// Deletes the word before the cursor and the spaces after it (Ctrl-W).
+    pub fn delete_word_back(&mut self) {
+        let before = &self.text[..self.cursor];
+        let trimmed = before.trim_end_matches(' ');
+        let start = trimmed
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| c == ' ')
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        self.text.replace_range(start..self.cursor, "");
+        self.cursor = start;
+    }
+
+    /// The part of the line to show in `width` columns so that the cursor is visible, and
+    /// the cursor's column within it.
+    pub fn window(&self, width: usize) -> (&str, usize) {
+        if width == 0 {
+            return ("", 0);
+        }
+        // Drop characters from the left until the cursor fits (leaving its own column).
+        let mut start = 0;
+        let mut col = self.cursor_col();
+        while col >= width {
+            let Some(c) = self.text[start..].chars().next() else {
+                break;
+            };
+            start += c.len_utf8();
+            col -= char_width(c);
+        }
+        let mut end = start;
+        let mut used = 0;
+        for c in self.text[start..].chars() {
+            let w = char_width(c);
+            if used + w > width {
+                break;
+            }
+            used += w;
+            end += c.len_utf8();
+        }
+        (&self.text[start..end], col)
+    }
+}
+
+/// Display width of one character in a terminal (0 for combining marks).
+pub fn char_width(c: char) -> usize {
+    c.width().unwrap_or(0)
+}
+
+/// Display width of a string.
+pub fn str_width(s: &str) -> usize {
+    s.chars().map(char_width).sum()
+}
+
+/// Lines sent before, walked with Up and Down like a shell's history.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    lines: VecDeque<String>,
+    /// Index into `lines` while browsing, `None` while editing a new line.
+    pos: Option<usize>,
+    /// The line being typed before browsing began, restored after the newest entry.
+    draft: String,
+}
+
+impl History {
+    /// Records a submitted line (not a blank one, nor a repeat of the last).
+    pub fn push(&mut self, line: &str) {
+        self.pos = None;
+        self.draft.clear();
+        if line.trim().is_empty() || self.lines.back().is_some_and(|l| l == line) {
+            return;
+        }
+        if self.lines.len() == MAX_HISTORY {
+            self.lines.pop_front();
+        }
+        self.lines.push_back(line.to_string());
+    }
+
+    /// Up: puts the previous line into `editor`.
+    pub fn up(&mut self, editor: &mut LineEditor) {
+        let pos = match self.pos {
+            None if self.lines.is_empty() => return,
+            None => {
+                self.draft = editor.text().to_string();
+                self.lines.len() - 1
+            }
+            Some(0) => return,
+            Some(p) => p - 1,
+        };
+        self.pos = Some(pos);
+        if let Some(line) = self.lines.get(pos) {
+            editor.set(line.clone());
+        }
+    }
+
+    /// Down: the next line, or back to the draft after the newest.
+    pub fn down(&mut self, editor: &mut LineEditor) {
+        let Some(p) = self.pos else {
+            return;
+        };
+        if p + 1 < self.lines.len() {
+            self.pos = Some(p + 1);
+            if let Some(line) = self.lines.get(p + 1) {
+                editor.set(line.clone());
+            }
+        } else {
+            self.pos = None;
+            editor.set(std::mem::take(&mut self.draft));
+        }
+    }
+
+    /// How many lines are kept.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+}
+
+/// What the event loop must do after a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing beyond redrawing.
+    None,
+    /// Send this message.
+    Send(String),
+    /// Ask the server for its rooms.
+    List,
+    /// Leave the room and exit.
+    Leave,
+}
+
+/// The whole state of the full-screen client.
+#[derive(Debug)]
+pub struct App {
+    /// The server address shown in the status bar.
+    pub server: String,
+    /// The room.
+    pub room: String,
+    /// Our user name.
+    pub me: String,
+    /// Whether we are the room's host.
+    pub host: bool,
+    entries: VecDeque<Entry>,
+    /// The input line.
+    pub editor: LineEditor,
+    /// The input history.
+    pub history: History,
+    scroll: usize,
+    max_scroll: usize,
+    page: usize,
+    members: BTreeSet<String>,
+    ended: Option<End>,
+}
+
+impl App {
+    /// A fresh state for member `me` of `room` on `server`.
+    pub fn new(server: &str, room: &str, me: &str, host: bool) -> App {
+        App {
+            server: sanitize(server).into_owned(),
+            room: sanitize(room).into_owned(),
+            me: me.to_string(),
+            host,
+            entries: VecDeque::new(),
+            editor: LineEditor::default(),
+            history: History::default(),
+            scroll: 0,
+            max_scroll: 0,
+            page: 10,
+            members: BTreeSet::new(),
+            ended: None,
+        }
+    }
+
+    /// The pane's lines, oldest first.
+    pub fn entries(&self) -> &VecDeque<Entry> {
+        &self.entries
+    }
+
+    /// Members we know are in the room (seen joining or talking, not seen leaving).
+    pub fn members_seen(&self) -> usize {
+        self.members.len()
+    }
+
+    /// How many rows the pane is scrolled up from the newest line.
+    pub fn scroll(&self) -> usize {
+        self.scroll
+    }
+
+    /// Why the session ended, once it has.
+    pub fn ended(&self) -> Option<&End> {
+        self.ended.as_ref()
+    }
+
+    /// Marks the session as ended (a leave command, a signal, a lost server).
+    pub fn end(&mut self, end: End) {
+        if self.ended.is_none() {
+            self.ended = Some(end);
+        }
+    }
+
+    /// What the last draw learnt: the pane's height and how far it can scroll.
+    pub fn set_view(&mut self, page_rows: usize, max_scroll: usize) {
+        self.page = page_rows.max(1);
+        self.max_scroll = max_scroll;
+        self.scroll = self.scroll.min(max_scroll);
+    }
+
+    /// Adds a line, dropping the oldest beyond [`MAX_ENTRIES`].
+    pub fn push(&mut self, entry: Entry) {
+        if self.entries.len() == MAX_ENTRIES {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(entry);
+    }
+
+    /// Adds a note of the client itself.
+    pub fn info(&mut self, time: Clock, text: impl Into<String>) {
+        self.push(Entry::System {
+            time,
+            kind: SystemKind::Info,
+            text: text.into(),
+        });
+    }
+
+    /// Adds an error note.
+    pub fn error(&mut self, time: Clock, text: impl Into<String>) {
+        self.push(Entry::System {
+            time,
+            kind: SystemKind::Error,
+            text: text.into(),
+        });
+    }
+
+    /// Takes in one event from the session.
+    pub fn on_event(&mut self, event: &SessionEvent, time: Clock) {
+        match event {
+            SessionEvent::Joined { user } | SessionEvent::Message { user, .. }
+                if self.members.len() < MAX_MEMBERS_SEEN =>
+            {
+                self.members.insert(user.clone());
+            }
+            SessionEvent::Left { user } | SessionEvent::TimedOut { user } => {
+                self.members.remove(user);
+            }
+            _ => {}
+        }
+        let (entry, end) = describe(event, &self.me, time);
+        self.push(entry);
+        if let Some(end) = end {
+            self.end(end);
+        }
+    }
+
+    /// Takes in pasted text.
+    pub fn on_paste(&mut self, text: &str, time: Clock) {
+        if !self.editor.insert_str(text) {
+            self.error(
+                time,
+                format!("the input line holds at most {MAX_MESSAGE} bytes; the paste was cut"),
+            );
+        }
+    }
+
+    /// Takes in one key press and says what the event loop must do.
+    pub fn on_key(&mut self, key: KeyEvent, time: Clock) -> Action {
+        if key.kind == KeyEventKind::Release {
+            return Action::None;
+        }
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        let alt = key.modifiers.contains(KeyModifiers::ALT);
+        match key.code {
+            KeyCode::Char('c') if ctrl => return Action::Leave,
+            KeyCode::Char('d') if ctrl => {
+                if self.editor.text().is_empty() {
+                    return Action::Leave;
+                }
+                self.editor.delete();
+            }
+            KeyCode::Char('a') if ctrl => self.editor.home(),
+            KeyCode::Char('e') if ctrl => self.editor.end(),
+            KeyCode::Char('b') if ctrl => self.editor.left(),
+            KeyCode::Char('f') if ctrl => self.editor.right(),
+            KeyCode::Char('u') if ctrl => self.editor.kill_to_start(),
+            KeyCode::Char('k') if ctrl => self.editor.kill_to_end(),
+            KeyCode::Char('w') if ctrl => self.editor.delete_word_back(),
+            KeyCode::Char('h') if ctrl => self.editor.backspace(),
+            KeyCode::Char(_) if ctrl || alt => {}
+            KeyCode::Char(c) => self.type_char(c, time),
+            KeyCode::Left => self.editor.left(),
+            KeyCode::Right => self.editor.right(),
+            KeyCode::Home => self.editor.home(),
+            KeyCode::End => self.editor.end(),
+            KeyCode::Backspace => self.editor.backspace(),
+            KeyCode::Delete => self.editor.delete(),
+            KeyCode::Up => self.history.up(&mut self.editor),
+            KeyCode::Down => self.history.down(&mut self.editor),
+            KeyCode::PageUp => {
+                self.scroll =
+                    (self.scroll + self.page.saturating_sub(1).max(1)).min(self.max_scroll)
+            }
+            KeyCode::PageDown => {
+                self.scroll = self
+                    .scroll
+                    .saturating_sub(self.page.saturating_sub(1).max(1))
+            }
+            KeyCode::Enter => return self.submit(time),
+            _ => {}
+        }
+        Action::None
+    }
+
+    fn type_char(&mut self, c: char, time: Clock) {
+        if !self.editor.insert(c) {
+            self.error(time, format!("a message is at most {MAX_MESSAGE} bytes"));
+        }
+    }
+
+    fn submit(&mut self, time: Clock) -> Action {
+        let line = self.editor.text().to_string();
+        let command = parse_command(&line);
+        if let Command::Say(text) = &command {
+            if let Err(e) = check_message(text) {
+                // Keep the line so it can be fixed.
+                self.error(time, format!("not sent: {e}"));
+                return Action::None;
+            }
+        }
+        self.history.push(&line);
+        self.editor.take();
+        self.scroll = 0;
+        match command {
+            Command::Say(text) => Action::Send(text),
+            Command::Leave => Action::Leave,
+            Command::List => Action::List,
+            Command::Help => {
+                for line in HELP {
+                    self.info(time, *line);
+                }
+                Action::None
+            }
+            Command::Unknown(word) => {
+                self.error(
+                    time,
+                    format!(
+                        "unknown command {}; /help lists them (//text sends a message starting with /)",
+                        sanitize(&word)
+                    ),
+                );
+                Action::None
+            }
+            Command::Nothing => Action::None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Clock = Clock { h: 9, m: 5, s: 7 };
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    fn ctrl(c: char) -> KeyEvent {
+        KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL)
+    }
+
+    fn typed(app: &mut App, s: &str) {
+        for c in s.chars() {
+            app.on_key(key(KeyCode::Char(c)), T);
+        }
+    }
+
+    #[test]
+    fn clock_formats_with_leading_zeros() {
+        assert_eq!(T.to_string(), "09:05:07");
+    }
+
+    #[test]
+    fn editor_moves_and_deletes_by_character_in_utf8() {
+        let mut e = LineEditor::default();
+        for c in "aé日本".chars() {
+            e.insert(c);
+        }
+        assert_eq!(e.cursor_col(), 6);
+        e.left();
+        assert_eq!(e.cursor_col(), 4);
+        e.backspace();
+        assert_eq!(e.text(), "aé本");
+        e.home();
+        e.delete();
+        assert_eq!(e.text(), "é本");
+        e.right();
+        e.insert('x');
+        assert_eq!(e.text(), "éx本");
+        e.end();
+        e.right();
+        e.backspace();
+        e.backspace();
+        e.backspace();
+        e.backspace();
+        assert_eq!(e.text(), "");
+        e.left();
+        e.delete();
+        assert_eq!(e.cursor(), 0);
+    }
+
+    #[test]
+    fn editor_kills_and_words() {
+        let mut e = LineEditor::default();
+        e.set("hello big world".into());
+        e.delete_word_back();
+        assert_eq!(e.text(), "hello big ");
+        e.delete_word_back();
+        assert_eq!(e.text(), "hello ");
+        e.set("abc def".into());
+        e.left();
+        e.left();
+        e.kill_to_end();
+        assert_eq!(e.text(), "abc d");
+        e.left();
+        e.kill_to_start();
+        assert_eq!((e.text(), e.cursor()), ("d", 0));
+    }
+
+    #[test]
+    fn editor_refuses_controls_and_limits_length() {
+        let mut e = LineEditor::default();
+        assert!(e.insert('\u{1b}'));
+        assert_eq!(e.text(), "");
+        assert!(e.insert_str("a\tb\r\nc"));
+        assert_eq!(e.text(), "a b c");
+        e.set("x".repeat(MAX_MESSAGE - 1));
+        assert!(!e.insert('é'));
+        assert!(e.insert('y'));
+        assert!(!e.insert('z'));
+        assert_eq!(e.text().len(), MAX_MESSAGE);
+    }
+
+    #[test]
+    fn editor_window_keeps_the_cursor_visible() {
+        let mut e = LineEditor::default();
+        e.set("0123456789".into());
+        assert_eq!(e.window(20), ("0123456789", 10));
+        assert_eq!(e.window(5), ("6789", 4));
+        e.home();
+        assert_eq!(e.window(5), ("01234", 0));
+        e.set("日本語です".into());
+        assert_eq!(e.window(6), ("です", 4));
+        assert_eq!(e.window(0), ("", 0));
+    }
+
+    #[test]
+    fn history_walks_back_and_restores_the_draft() {
+        let mut h = History::default();
+        let mut e = LineEditor::default();
+        h.push("one");
+        h.push("two");
+        h.push("two");
+        h.push("   ");
+        assert_eq!(h.len(), 2);
+        e.set("draft".into());
+        h.up(&mut e);
+        assert_eq!(e.text(), "two");
+        h.up(&mut e);
+        assert_eq!(e.text(), "one");
+        h.up(&mut e);
+        assert_eq!(e.text(), "one");
+        h.down(&mut e);
+        assert_eq!(e.text(), "two");
+        h.down(&mut e);
+        assert_eq!(e.text(), "draft");
+        h.down(&mut e);
+        assert_eq!(e.text(), "draft");
+    }
+
+    #[test]
+    fn commands() {
+        assert_eq!(parse_command("hello"), Command::Say("hello".into()));
+        assert_eq!(parse_command("  hi  "), Command::Say("  hi  ".into()));
+        for leave in [
+            "/leave",
+            "/quit",
+            "/exit",
+            "/q",
+            "exit",
+            " exit ",
+            "/QUIT now",
+        ] {
+            assert_eq!(parse_command(leave), Command::Leave, "{leave}");
+        }
+        assert_eq!(parse_command("/list"), Command::List);
+        assert_eq!(parse_command("/help"), Command::Help);
+        assert_eq!(parse_command("/nope x"), Command::Unknown("/nope".into()));
+        assert_eq!(
+            parse_command("//etc/hosts"),
+            Command::Say("/etc/hosts".into())
+        );
+        assert_eq!(parse_command("   "), Command::Nothing);
+        assert_eq!(parse_command("exit now"), Command::Say("exit now".into()));
+    }
+
+    #[test]
+    fn keys_edit_submit_and_leave() {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
+        typed(&mut app, "helo");
+        app.on_key(key(KeyCode::Left), T);
+        typed(&mut app, "l");
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter), T),
+            Action::Send("hello".into())
+        );
+        assert_eq!(app.editor.text(), "");
+        app.on_key(key(KeyCode::Up), T);
+        assert_eq!(app.editor.text(), "hello");
+        app.on_key(ctrl('u'), T);
+        typed(&mut app, "/list");
+        assert_eq!(app.on_key(key(KeyCode::Enter), T), Action::List);
+        typed(&mut app, "/help");
+        assert_eq!(app.on_key(key(KeyCode::Enter), T), Action::None);
+        assert_eq!(app.entries().len(), HELP.len());
+        assert_eq!(app.on_key(ctrl('c'), T), Action::Leave);
+        assert_eq!(app.on_key(ctrl('d'), T), Action::Leave);
+        typed(&mut app, "x");
+        assert_eq!(app.on_key(ctrl('d'), T), Action::None);
+        app.on_key(ctrl('u'), T);
+        typed(&mut app, "/bogus");
+        app.on_key(key(KeyCode::Enter), T);
+        assert!(matches!(
+            app.entries().back(),
+            Some(Entry::System { kind: SystemKind::Error, text, .. }) if text.starts_with("unknown command /bogus")
+        ));
+        typed(&mut app, "exit");
+        assert_eq!(app.on_key(key(KeyCode::Enter), T), Action::Leave);
+    }
+
+    #[test]
+    fn scrolling_is_clamped() {
+        let mut app = App::new("s", "r", "me", false);
+        app.set_view(10, 25);
+        app.on_key(key(KeyCode::PageUp), T);
+        assert_eq!(app.scroll(), 9);
+        for _ in 0..5 {
+            app.on_key(key(KeyCode::PageUp), T);
+        }
+        assert_eq!(app.scroll(), 25);
+        app.on_key(key(KeyCode::PageDown), T);
+        assert_eq!(app.scroll(), 16);
+        app.set_view(10, 3);
+        assert_eq!(app.scroll(), 3);
+        typed(&mut app, "x");
+        app.on_key(key(KeyCode::Enter), T);
+        assert_eq!(app.scroll(), 0);
+    }
+
+    #[test]
+    fn events_are_described_and_members_counted() {
+        let mut app = App::new("s", "lobby", "alice", false);
+        let ev = |e: SessionEvent, app: &mut App| app.on_event(&e, T);
+        ev(
+            SessionEvent::Joined {
+                user: "alice".into(),
+            },
+            &mut app,
+        );
+        ev(SessionEvent::Joined { user: "bob".into() }, &mut app);
+        ev(
+            SessionEvent::Message {
+                seq: 3,
+                user: "alice".into(),
+                text: "hi".into(),
+            },
+            &mut app,
+        );
+        ev(SessionEvent::Left { user: "bob".into() }, &mut app);
+        ev(SessionEvent::Missed(3), &mut app);
+        ev(SessionEvent::Missed(1), &mut app);
+        assert_eq!(app.members_seen(), 1);
+        let texts: Vec<String> = app
+            .entries()
+            .iter()
+            .map(|e| match e {
+                Entry::Chat {
+                    user, text, own, ..
+                } => format!("{user}{}: {text}", if *own { "(own)" } else { "" }),
+                Entry::System { text, .. } => text.clone(),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "alice joined",
+                "bob joined",
+                "alice(own): hi",
+                "bob left",
+                "3 messages missed",
+                "1 message missed"
+            ]
+        );
+        assert_eq!(app.ended(), None);
+        ev(
+            SessionEvent::RoomClosed {
+                reason: "host left".into(),
+            },
+            &mut app,
+        );
+        assert_eq!(app.ended(), Some(&End::Closed("host left".into())));
+    }
+
+    #[test]
+    fn our_own_timeout_ends_the_session() {
+        let (_, end) = describe(&SessionEvent::TimedOut { user: "me".into() }, "me", T);
+        assert_eq!(end, Some(End::TimedOut));
+        let (_, end) = describe(&SessionEvent::TimedOut { user: "you".into() }, "me", T);
+        assert_eq!(end, None);
+    }
+
+    #[test]
+    fn sanitize_replaces_controls_and_bidi_overrides() {
+        assert!(matches!(sanitize("plain 日本"), Cow::Borrowed(_)));
+        assert_eq!(sanitize("a\u{1b}[2Jb"), "a\u{FFFD}[2Jb");
+        assert_eq!(sanitize("x\u{202E}y\u{2066}"), "x\u{FFFD}y\u{FFFD}");
+        assert_eq!(sanitize("\u{9b}"), "\u{FFFD}");
+    }
+}

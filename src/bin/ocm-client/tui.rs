@@ -1,0 +1,198 @@
+//! The full-screen event loop: the only part of the client that touches the terminal.
+//!
+//! Each turn it draws if something changed, waits for a key for at most [`TICK`] (or
+//! until the next heartbeat is due), drains the UDP socket without blocking and sends a
+//! heartbeat when one is due. [`TerminalGuard`] puts the terminal back on every exit path,
+//! a panic included.
+
+use std::io::{self, Stdout};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste, Event};
+use crossterm::execute;
+use crossterm::terminal::{
+    Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
+};
+use ocm::client::control;
+use ocm::client::session::Session;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+
+use crate::app::{Action, App, End, sanitize};
+use crate::plain::lost_reason;
+use crate::{clock, view};
+
+/// Longest wait for a key before the socket is looked at again (the latency a received
+/// message can have on screen).
+const TICK: Duration = Duration::from_millis(25);
+/// How long the screen stays up after the room closed, waiting for a key.
+const LINGER: Duration = Duration::from_secs(30);
+/// Terminal events handled per turn before the socket gets its turn (a huge paste cannot
+/// starve the network).
+const MAX_KEYS_PER_TURN: usize = 256;
+
+/// Raw mode, alternate screen and bracketed paste while alive; the normal terminal after.
+pub struct TerminalGuard {
+    _private: (),
+}
+
+fn restore_terminal() {
+    let _ = execute!(io::stdout(), DisableBracketedPaste, LeaveAlternateScreen);
+    let _ = disable_raw_mode();
+}
+
+impl TerminalGuard {
+    /// Switches the terminal to full-screen mode and makes a panic restore it before the
+    /// panic message is printed (so the message is readable and the shell usable).
+    pub fn enter() -> io::Result<TerminalGuard> {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+        enable_raw_mode()?;
+        let guard = TerminalGuard { _private: () };
+        // Cleared here rather than with `Terminal::clear`, which asks the terminal for the
+        // cursor position and fails where nothing answers.
+        execute!(
+            io::stdout(),
+            EnterAlternateScreen,
+            EnableBracketedPaste,
+            Clear(ClearType::All)
+        )?;
+        Ok(guard)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// Runs the full-screen client until the user leaves, the room closes, or `stop` is set.
+/// The caller sends LEAVE afterwards when the result is [`End::Left`].
+pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result<End> {
+    let m = session.membership().clone();
+    let mut app = App::new(server, &m.room, &m.user, m.host);
+    app.info(
+        clock::now(),
+        format!(
+            "{} room {} as {}; /help lists the commands",
+            if m.host { "created" } else { "joined" },
+            sanitize(&m.room),
+            sanitize(&m.user)
+        ),
+    );
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal: Terminal<CrosstermBackend<Stdout>> =
+        Terminal::new(CrosstermBackend::new(io::stdout()))?;
+    let mut dirty = true;
+    loop {
+        if dirty {
+            let mut info = None;
+            terminal.draw(|f| info = Some(view::draw(f, &app)))?;
+            if let Some(i) = info {
+                app.set_view(i.page_rows, i.max_scroll);
+            }
+            dirty = false;
+        }
+        if let Some(end) = app.ended().cloned() {
+            if end != End::Left {
+                linger(&mut terminal, &mut app, stop)?;
+            }
+            return Ok(end);
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Ok(End::Left);
+        }
+        let now = Instant::now();
+        let wait = TICK.min(session.next_heartbeat().saturating_duration_since(now));
+        if event::poll(wait)? {
+            for _ in 0..MAX_KEYS_PER_TURN {
+                let action = match event::read()? {
+                    Event::Key(key) => app.on_key(key, clock::now()),
+                    Event::Paste(text) => {
+                        app.on_paste(&text, clock::now());
+                        Action::None
+                    }
+                    _ => Action::None,
+                };
+                dirty = true;
+                match action {
+                    Action::None => {}
+                    Action::Send(text) => {
+                        if let Err(e) = session.send_message(&text) {
+                            app.error(clock::now(), format!("not sent: {e}"));
+                        }
+                    }
+                    Action::List => list_rooms(&mut app, server),
+                    Action::Leave => app.end(End::Left),
+                }
+                if app.ended().is_some() || !event::poll(Duration::ZERO)? {
+                    break;
+                }
+            }
+        }
+        match session.recv_events(Duration::ZERO) {
+            Ok(events) => {
+                for ev in &events {
+                    app.on_event(ev, clock::now());
+                    dirty = true;
+                }
+            }
+            Err(e) => app.end(End::Lost(lost_reason(&e))),
+        }
+        if let Err(e) = session.poll_heartbeat(Instant::now()) {
+            app.end(End::Lost(lost_reason(&e)));
+        }
+    }
+}
+
+/// After the room closed under us, keeps the screen up (at most [`LINGER`]) so the last
+/// messages and the reason can be read, until a key is pressed.
+fn linger(
+    terminal: &mut Terminal<CrosstermBackend<Stdout>>,
+    app: &mut App,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    app.info(clock::now(), "press any key to exit");
+    terminal.draw(|f| {
+        view::draw(f, app);
+    })?;
+    let end = Instant::now() + LINGER;
+    while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+        if event::poll(TICK * 4)? {
+            if let Event::Key(k) = event::read()? {
+                if k.kind != event::KeyEventKind::Release {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_rooms(app: &mut App, server: &str) {
+    let time = clock::now();
+    match control::list(server) {
+        Ok(rooms) if rooms.is_empty() => app.info(time, "no rooms on the server"),
+        Ok(rooms) => {
+            app.info(time, format!("{} room(s) on the server:", rooms.len()));
+            for r in rooms {
+                app.info(
+                    time,
+                    format!(
+                        "  {}  {}/{} members{}",
+                        sanitize(&r.name),
+                        r.members,
+                        r.capacity,
+                        if r.password { "  (password)" } else { "" }
+                    ),
+                );
+            }
+        }
+        Err(e) => app.error(time, format!("/list failed: {e}")),
+    }
+}

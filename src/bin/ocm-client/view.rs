@@ -1,0 +1,505 @@
+//! Drawing the full-screen client: a pure function of [`App`] onto a ratatui frame, so it
+//! is tested with `TestBackend` and insta snapshots.
+//!
+//! ```text
+//! 09:05:07 alice (you): hi            message pane, newest at the bottom, wrapped
+//! 09:05:09 * bob joined               system lines in their own colours
+//!  room lobby │ alice (host) │ 2 members seen │ 127.0.0.1:9001  status bar
+//! > typed text_                       input line
+//! ```
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Position, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+
+use crate::app::{App, Entry, SystemKind, char_width, sanitize, str_width};
+
+/// Columns a wrapped line's continuation is indented by: under the text, past the time.
+const INDENT: usize = 9;
+/// The input line's prompt.
+const PROMPT: &str = "> ";
+
+/// Colours user names are drawn in; a name always gets the same one.
+const PALETTE: [Color; 12] = [
+    Color::Red,
+    Color::Green,
+    Color::Yellow,
+    Color::Blue,
+    Color::Magenta,
+    Color::Cyan,
+    Color::LightRed,
+    Color::LightGreen,
+    Color::LightYellow,
+    Color::LightBlue,
+    Color::LightMagenta,
+    Color::LightCyan,
+];
+
+/// The colour of a user name: FNV-1a of its bytes (stable across runs and machines, unlike
+/// std's seeded hasher) picks from [`PALETTE`].
+pub fn user_color(name: &str) -> Color {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    PALETTE[(h as usize) % PALETTE.len()]
+}
+
+fn system_style(kind: SystemKind) -> Style {
+    match kind {
+        SystemKind::Joined => Style::new().fg(Color::Green),
+        SystemKind::Departed => Style::new().fg(Color::Yellow),
+        SystemKind::Closed => Style::new().fg(Color::Red).add_modifier(Modifier::BOLD),
+        SystemKind::Warning => Style::new().fg(Color::Magenta),
+        SystemKind::Info => Style::new().fg(Color::Cyan),
+        SystemKind::Error => Style::new().fg(Color::Red),
+    }
+}
+
+/// The styled pieces of one entry, before wrapping.
+fn pieces(entry: &Entry) -> Vec<(String, Style)> {
+    let dim = Style::new().fg(Color::DarkGray);
+    match entry {
+        Entry::Chat {
+            time,
+            user,
+            text,
+            own,
+        } => {
+            let mut v = vec![
+                (format!("{time} "), dim),
+                (
+                    user.clone(),
+                    Style::new()
+                        .fg(user_color(user))
+                        .add_modifier(Modifier::BOLD),
+                ),
+            ];
+            if *own {
+                v.push((" (you)".to_string(), dim));
+            }
+            v.push((": ".to_string(), Style::new()));
+            v.push((text.clone(), Style::new()));
+            v
+        }
+        Entry::System { time, kind, text } => vec![
+            (format!("{time} "), dim),
+            (format!("* {text}"), system_style(*kind)),
+        ],
+    }
+}
+
+/// Wraps styled text into rows of at most `width` columns. Breaks after a space when one
+/// is in the second half of the row, else between any two characters (so CJK text, which
+/// has no spaces, wraps too); continuation rows are indented by [`INDENT`] when the pane is
+/// wide enough. A character wider than the whole row gets a row of its own.
+pub fn wrap(pieces: &[(String, Style)], width: usize) -> Vec<Line<'static>> {
+    if width == 0 {
+        return Vec::new();
+    }
+    let indent = if width >= INDENT * 3 { INDENT } else { 0 };
+    let mut rows: Vec<Vec<(char, Style)>> = Vec::new();
+    let mut row: Vec<(char, Style)> = Vec::new();
+    let mut used = 0;
+    for (text, style) in pieces {
+        for c in sanitize(text).chars() {
+            let w = char_width(c);
+            if used + w > width && used > indent {
+                // Find a space to break after, in the second half of the row.
+                let floor = indent + (width - indent) / 2;
+                let mut col = 0;
+                let mut cut = None;
+                for (i, &(rc, _)) in row.iter().enumerate() {
+                    col += char_width(rc);
+                    if rc == ' ' && col > floor && i + 1 < row.len() {
+                        cut = Some(i + 1);
+                    }
+                }
+                let carry = match cut {
+                    Some(i) => row.split_off(i),
+                    None => Vec::new(),
+                };
+                rows.push(std::mem::take(&mut row));
+                row.extend(std::iter::repeat_n((' ', Style::new()), indent));
+                row.extend(carry);
+                used = row.iter().map(|&(c, _)| char_width(c)).sum();
+            }
+            row.push((c, *style));
+            used += w;
+        }
+    }
+    rows.push(row);
+    rows.into_iter().map(to_line).collect()
+}
+
+fn to_line(row: Vec<(char, Style)>) -> Line<'static> {
+    let mut spans: Vec<Span<'static>> = Vec::new();
+    let mut text = String::new();
+    let mut style = None;
+    for (c, s) in row {
+        if style.is_some_and(|st| st != s) {
+            spans.push(Span::styled(
+                std::mem::take(&mut text),
+                style.unwrap_or_default(),
+            ));
+        }
+        style = Some(s);
+        text.push(c);
+    }
+    if !text.is_empty() {
+        spans.push(Span::styled(text, style.unwrap_or_default()));
+    }
+    Line::from(spans)
+}
+
+/// What a draw learnt that the app needs for scrolling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ViewInfo {
+    /// Rows in the message pane.
+    pub page_rows: usize,
+    /// Rows the pane can scroll up (as far as has been wrapped: it grows as one scrolls).
+    pub max_scroll: usize,
+}
+
+/// Draws the whole client into `frame`.
+pub fn draw(frame: &mut Frame<'_>, app: &App) -> ViewInfo {
+    let [pane, status, input] = Layout::vertical([
+        Constraint::Min(1),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    let info = draw_messages(frame, pane, app);
+    draw_status(frame, status, app);
+    draw_input(frame, input, app);
+    info
+}
+
+fn draw_messages(frame: &mut Frame<'_>, area: Rect, app: &App) -> ViewInfo {
+    let width = usize::from(area.width);
+    let height = usize::from(area.height);
+    // Wrap from the newest entry back, only as far as the view (plus a page, so PageUp
+    // has somewhere to go) needs: a long scrollback of long lines costs nothing per frame.
+    let need = height.saturating_mul(2).saturating_add(app.scroll());
+    let mut chunks: Vec<Vec<Line<'static>>> = Vec::new();
+    let mut count = 0;
+    for entry in app.entries().iter().rev() {
+        if count >= need {
+            break;
+        }
+        let rows = wrap(&pieces(entry), width);
+        count += rows.len();
+        chunks.push(rows);
+    }
+    let mut rows: Vec<Line<'static>> = chunks.into_iter().rev().flatten().collect();
+    if app.entries().is_empty() {
+        rows.push(Line::styled(
+            "Type a message and press Enter; /help lists the commands.",
+            Style::new().fg(Color::DarkGray),
+        ));
+    }
+    let max_scroll = rows.len().saturating_sub(height);
+    let scroll = app.scroll().min(max_scroll);
+    let end = rows.len() - scroll;
+    let start = end.saturating_sub(height);
+    let visible: Vec<Line<'static>> = rows.drain(start..end).collect();
+    // Newest at the bottom: pad above when there are fewer rows than the pane.
+    let pad = height.saturating_sub(visible.len());
+    let area = Rect {
+        y: area.y + pad as u16,
+        height: area.height - pad as u16,
+        ..area
+    };
+    frame.render_widget(Paragraph::new(visible), area);
+    ViewInfo {
+        page_rows: height,
+        max_scroll,
+    }
+}
+
+fn draw_status(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let bar = Style::new().fg(Color::White).bg(Color::Blue);
+    let role = if app.host { "host" } else { "member" };
+    let n = app.members_seen();
+    // Most useful first: a narrow terminal cuts the end.
+    let mut text = String::new();
+    if app.scroll() > 0 {
+        text.push_str(&format!(" ↑{} rows (PgDn) │", app.scroll()));
+    }
+    text.push_str(&format!(
+        " room {} │ {} ({role}) │ {n} member{} seen │ {}",
+        app.room,
+        sanitize(&app.me),
+        if n == 1 { "" } else { "s" },
+        app.server,
+    ));
+    let width = usize::from(area.width);
+    let pad = width.saturating_sub(str_width(&text));
+    text.extend(std::iter::repeat_n(' ', pad));
+    frame.render_widget(Paragraph::new(Line::styled(text, bar)), area);
+}
+
+fn draw_input(frame: &mut Frame<'_>, area: Rect, app: &App) {
+    let prompt_w = PROMPT.len() as u16;
+    let room = usize::from(area.width.saturating_sub(prompt_w));
+    let (shown, col) = app.editor.window(room);
+    let line = Line::from(vec![
+        Span::styled(PROMPT, Style::new().add_modifier(Modifier::BOLD)),
+        Span::raw(shown.to_string()),
+    ]);
+    frame.render_widget(Paragraph::new(line), area);
+    let x = area.x + (prompt_w + col as u16).min(area.width.saturating_sub(1));
+    frame.set_cursor_position(Position::new(x, area.y));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Clock;
+    use ocm::client::SessionEvent;
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    fn at(s: u8) -> Clock {
+        Clock { h: 12, m: 34, s }
+    }
+
+    fn render(app: &mut App, w: u16, h: u16) -> TestBackend {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        let mut info = None;
+        terminal.draw(|f| info = Some(draw(f, app))).unwrap();
+        if let Some(i) = info {
+            app.set_view(i.page_rows, i.max_scroll);
+        }
+        terminal.backend().clone()
+    }
+
+    fn chat(app: &mut App, s: u8, user: &str, text: &str) {
+        app.on_event(
+            &SessionEvent::Message {
+                seq: 1,
+                user: user.into(),
+                text: text.into(),
+            },
+            at(s),
+        );
+    }
+
+    /// A small conversation used by several snapshots (and the README sample).
+    pub fn sample_app() -> App {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
+        app.on_event(
+            &SessionEvent::Joined {
+                user: "alice".into(),
+            },
+            at(0),
+        );
+        app.on_event(&SessionEvent::Joined { user: "bob".into() }, at(2));
+        chat(&mut app, 5, "bob", "hi alice! 👋");
+        chat(&mut app, 9, "alice", "hello bob, welcome to the lobby");
+        app.on_event(
+            &SessionEvent::Joined {
+                user: "けんじ".into(),
+            },
+            at(12),
+        );
+        chat(&mut app, 15, "けんじ", "こんにちは、みなさん。");
+        app.on_event(&SessionEvent::Missed(2), at(20));
+        app.on_event(&SessionEvent::TimedOut { user: "bob".into() }, at(31));
+        for c in "see you".chars() {
+            app.editor.insert(c);
+        }
+        app
+    }
+
+    #[test]
+    fn conversation_snapshot() {
+        let mut app = sample_app();
+        let backend = render(&mut app, 60, 12);
+        insta::assert_snapshot!(backend);
+        // The cursor sits after "> see you".
+        let mut terminal = Terminal::new(backend).unwrap();
+        assert_eq!(
+            terminal.get_cursor_position().unwrap(),
+            Position::new(9, 11)
+        );
+    }
+
+    #[test]
+    fn events_and_room_closed_snapshot() {
+        let mut app = App::new("[::1]:9001", "本の部屋", "bob", false);
+        app.on_event(&SessionEvent::Joined { user: "bob".into() }, at(1));
+        app.on_event(
+            &SessionEvent::RateLimited {
+                limit: "20 messages/s, burst 40".into(),
+            },
+            at(2),
+        );
+        app.on_event(
+            &SessionEvent::Left {
+                user: "carol".into(),
+            },
+            at(3),
+        );
+        app.on_event(
+            &SessionEvent::Left {
+                user: "alice".into(),
+            },
+            at(4),
+        );
+        app.on_event(
+            &SessionEvent::RoomClosed {
+                reason: "host left".into(),
+            },
+            at(4),
+        );
+        app.error(at(5), "not sent: the message is empty");
+        insta::assert_snapshot!(render(&mut app, 50, 10));
+    }
+
+    #[test]
+    fn long_japanese_line_wraps_snapshot() {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", false);
+        chat(
+            &mut app,
+            1,
+            "さくら",
+            "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした所でニャーニャー泣いていた事だけは記憶している。",
+        );
+        chat(
+            &mut app,
+            2,
+            "bob",
+            "a long English line should break between words when it can, not in the middle",
+        );
+        insta::assert_snapshot!(render(&mut app, 40, 12));
+    }
+
+    #[test]
+    fn status_bar_and_input_window_snapshot() {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", false);
+        for i in 0..30 {
+            chat(&mut app, i, "bob", &format!("message {i}"));
+        }
+        app.on_key(
+            crossterm::event::KeyEvent::new(
+                crossterm::event::KeyCode::PageUp,
+                crossterm::event::KeyModifiers::NONE,
+            ),
+            at(0),
+        );
+        // Only after a draw does the app know how far it may scroll.
+        render(&mut app, 70, 8);
+        app.on_key(
+            crossterm::event::KeyEvent::new(
+                crossterm::event::KeyCode::PageUp,
+                crossterm::event::KeyModifiers::NONE,
+            ),
+            at(0),
+        );
+        app.editor
+            .set("日本語の長い入力行はカーソルが見えるように左へずれる。".repeat(2));
+        insta::assert_snapshot!(render(&mut app, 70, 8));
+    }
+
+    /// The sample in README-client.md; keep them in step.
+    #[test]
+    fn readme_sample_snapshot() {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
+        app.info(
+            at(0),
+            "created room lobby as alice; /help lists the commands",
+        );
+        app.on_event(
+            &SessionEvent::Joined {
+                user: "alice".into(),
+            },
+            at(0),
+        );
+        app.on_event(&SessionEvent::Joined { user: "bob".into() }, at(4));
+        chat(&mut app, 6, "bob", "hi alice! 👋");
+        chat(&mut app, 9, "alice", "hello bob, welcome to the lobby");
+        app.on_event(
+            &SessionEvent::Joined {
+                user: "けんじ".into(),
+            },
+            at(12),
+        );
+        chat(
+            &mut app,
+            15,
+            "けんじ",
+            "こんにちは！日本語のメッセージも長ければ、このように折り返して表示されます。",
+        );
+        chat(&mut app, 21, "bob", "nice, wide characters wrap correctly");
+        app.on_event(&SessionEvent::Missed(2), at(30));
+        app.on_event(&SessionEvent::Left { user: "bob".into() }, at(41));
+        for c in "see you tomorrow".chars() {
+            app.editor.insert(c);
+        }
+        insta::assert_snapshot!(render(&mut app, 72, 14));
+    }
+
+    #[test]
+    fn page_up_reaches_the_oldest_line_of_a_long_scrollback() {
+        let mut app = App::new("s", "r", "me", false);
+        for i in 0..200 {
+            chat(&mut app, 0, "bob", &format!("message {i}"));
+        }
+        let page_up = crossterm::event::KeyEvent::new(
+            crossterm::event::KeyCode::PageUp,
+            crossterm::event::KeyModifiers::NONE,
+        );
+        let mut top = String::new();
+        for _ in 0..100 {
+            let backend = render(&mut app, 30, 6);
+            top = (0..30)
+                .map(|x| backend.buffer()[(x, 0)].symbol().to_string())
+                .collect();
+            if top.contains("message 0 ") {
+                break;
+            }
+            app.on_key(page_up, at(0));
+        }
+        assert!(top.starts_with("12:34:00 bob: message 0 "), "{top:?}");
+        assert_eq!(app.scroll(), 200 - 4);
+    }
+
+    #[test]
+    fn tiny_sizes_do_not_panic() {
+        let mut app = sample_app();
+        for (w, h) in [(1, 1), (1, 3), (2, 3), (3, 4), (10, 2), (0, 0), (5, 0)] {
+            render(&mut app, w, h);
+        }
+    }
+
+    #[test]
+    fn wrap_keeps_every_character_and_the_width() {
+        let text = "ab cd 日本語テキスト x".repeat(7);
+        for width in 1..40 {
+            let rows = wrap(&[(text.clone(), Style::new())], width);
+            let joined: String = rows
+                .iter()
+                .flat_map(|l| l.spans.iter().map(|s| s.content.to_string()))
+                .collect::<String>()
+                .replace(' ', "");
+            assert_eq!(joined, text.replace(' ', ""), "width {width}");
+            for r in &rows {
+                assert!(r.width() <= width.max(2), "width {width}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn user_colours_are_stable() {
+        assert_eq!(user_color("alice"), user_color("alice"));
+        let distinct: std::collections::HashSet<_> = ["alice", "bob", "carol", "dave", "けんじ"]
+            .iter()
+            .map(|n| format!("{:?}", user_color(n)))
+            .collect();
+        assert!(distinct.len() >= 3);
+    }
+}

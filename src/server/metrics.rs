@@ -1,0 +1,382 @@
+//! Metrics in the Prometheus text format, and the smallest HTTP that serves them.
+//!
+//! Sans-IO like the rest of the core: [`render`] writes the exposition text from a
+//! [`Snapshot`], [`parse_request`] reads an HTTP request head from bytes, and [`respond`]
+//! writes a whole response. The event loop owns the socket, caps the request size, applies
+//! the same timeouts as TCRP connections, and closes after each reply.
+//!
+//! The format is written by hand: it is a few lines of stable text per metric, and our
+//! counters are plain integers owned by the loop, so a registry crate would only add
+//! indirection.
+
+use std::fmt::Write;
+
+use super::counters::{Counters, DropReason};
+use crate::protocol::{Operation, Status};
+
+/// Largest HTTP request head accepted; longer ones get 431 and a close.
+pub const MAX_HTTP_REQUEST: usize = 2048;
+
+/// Everything a scrape reports, borrowed from the loop at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot<'a> {
+    /// The relay's counters.
+    pub counters: &'a Counters,
+    /// Rooms open.
+    pub rooms: usize,
+    /// Members, bound or not.
+    pub members: usize,
+    /// Members that have bound an address.
+    pub bound: usize,
+    /// Open TCP connections that count against the limits (TCRP and metrics).
+    pub connections: usize,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections refused with SERVER_FULL (or closed unanswered) since start.
+    pub refused: u64,
+    /// TCP peers closed for not reading their replies.
+    pub slow_peers: u64,
+    /// Event-loop wake-ups.
+    pub wakeups: u64,
+    /// Seconds the loop spent working (not waiting in poll).
+    pub busy_seconds: f64,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP ocm_{name} {help}");
+    let _ = writeln!(out, "# TYPE ocm_{name} {kind}");
+}
+
+fn sample(out: &mut String, name: &str, labels: &str, value: impl std::fmt::Display) {
+    if labels.is_empty() {
+        let _ = writeln!(out, "ocm_{name} {value}");
+    } else {
+        let _ = writeln!(out, "ocm_{name}{{{labels}}} {value}");
+    }
+}
+
+fn one(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    family(out, name, kind, help);
+    sample(out, name, "", value);
+}
+
+/// Appends the exposition text for `s` to `out`.
+pub fn render(s: &Snapshot<'_>, out: &mut String) {
+    let c = s.counters;
+    one(out, "rooms", "gauge", "Rooms open.", s.rooms);
+    family(
+        out,
+        "members",
+        "gauge",
+        "Members, by whether they have bound an address.",
+    );
+    sample(out, "members", "state=\"bound\"", s.bound);
+    sample(
+        out,
+        "members",
+        "state=\"unbound\"",
+        s.members - s.bound.min(s.members),
+    );
+    one(
+        out,
+        "tcp_connections",
+        "gauge",
+        "Open TCP connections.",
+        s.connections,
+    );
+    one(
+        out,
+        "tcp_connections_accepted_total",
+        "counter",
+        "TCP connections accepted.",
+        s.accepted,
+    );
+    one(
+        out,
+        "tcp_connections_refused_total",
+        "counter",
+        "TCP connections refused over a limit.",
+        s.refused,
+    );
+    one(
+        out,
+        "tcp_slow_peers_closed_total",
+        "counter",
+        "TCP peers closed for not reading their replies.",
+        s.slow_peers,
+    );
+    family(
+        out,
+        "requests_total",
+        "counter",
+        "TCRP requests answered, by operation and status.",
+    );
+    for op in Operation::ALL {
+        for st in Status::ALL {
+            let n = c.requests[op as usize - 1][st as usize];
+            if n > 0 {
+                let labels = format!("op=\"{}\",status=\"{}\"", op.name(), st.name());
+                sample(out, "requests_total", &labels, n);
+            }
+        }
+    }
+    one(
+        out,
+        "malformed_frames_total",
+        "counter",
+        "Malformed TCRP frames (answered, then closed).",
+        c.malformed_frames,
+    );
+    one(
+        out,
+        "datagrams_received_total",
+        "counter",
+        "Datagrams received on the data plane.",
+        c.datagrams_in,
+    );
+    family(
+        out,
+        "datagrams_dropped_total",
+        "counter",
+        "Received datagrams dropped, by reason.",
+    );
+    for r in DropReason::ALL {
+        sample(
+            out,
+            "datagrams_dropped_total",
+            &format!("reason=\"{}\"", r.name()),
+            c.drops_for(r),
+        );
+    }
+    one(
+        out,
+        "heartbeats_total",
+        "counter",
+        "Heartbeats accepted.",
+        c.heartbeats,
+    );
+    one(
+        out,
+        "messages_total",
+        "counter",
+        "Chat messages accepted and relayed.",
+        c.messages,
+    );
+    one(
+        out,
+        "rate_limited_total",
+        "counter",
+        "Chat messages dropped by the rate limit.",
+        c.drops_for(DropReason::RateLimited),
+    );
+    one(
+        out,
+        "rate_limit_notices_total",
+        "counter",
+        "RATE_LIMITED notices sent.",
+        c.rate_notices,
+    );
+    one(
+        out,
+        "events_total",
+        "counter",
+        "Events appended to room outboxes.",
+        c.events,
+    );
+    one(
+        out,
+        "datagrams_sent_total",
+        "counter",
+        "Server datagrams the socket accepted.",
+        c.datagrams_out,
+    );
+    one(
+        out,
+        "deliveries_total",
+        "counter",
+        "Events delivered (events times receivers).",
+        c.deliveries,
+    );
+    one(
+        out,
+        "send_drops_total",
+        "counter",
+        "Server datagrams dropped because the socket refused them.",
+        c.send_drops,
+    );
+    one(
+        out,
+        "rooms_created_total",
+        "counter",
+        "Rooms created.",
+        c.rooms_created,
+    );
+    one(
+        out,
+        "rooms_closed_total",
+        "counter",
+        "Rooms closed.",
+        c.rooms_closed,
+    );
+    one(
+        out,
+        "members_bound_total",
+        "counter",
+        "Members that bound an address.",
+        c.members_bound,
+    );
+    one(
+        out,
+        "members_left_total",
+        "counter",
+        "Members that left with LEAVE.",
+        c.members_left,
+    );
+    one(
+        out,
+        "members_timed_out_total",
+        "counter",
+        "Members dropped for silence.",
+        c.members_timed_out,
+    );
+    one(
+        out,
+        "loop_wakeups_total",
+        "counter",
+        "Event-loop wake-ups.",
+        s.wakeups,
+    );
+    one(
+        out,
+        "loop_busy_seconds_total",
+        "counter",
+        "Seconds the event loop spent working.",
+        format!("{:.6}", s.busy_seconds),
+    );
+}
+
+/// What an HTTP request asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpRequest {
+    /// `GET /metrics`.
+    Metrics,
+    /// A GET of another path.
+    NotFound,
+    /// Another method.
+    MethodNotAllowed,
+    /// Not an HTTP/1 request line, or a head over [`MAX_HTTP_REQUEST`].
+    Bad,
+}
+
+/// Reads a request head. `None`: the head is not complete yet (and not over the cap).
+pub fn parse_request(buf: &[u8]) -> Option<HttpRequest> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return (buf.len() >= MAX_HTTP_REQUEST).then_some(HttpRequest::Bad);
+    };
+    if end > MAX_HTTP_REQUEST {
+        return Some(HttpRequest::Bad);
+    }
+    let line_end = buf.iter().position(|&b| b == b'\r').unwrap_or(end);
+    let mut parts = buf[..line_end].split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Some(HttpRequest::Bad);
+    };
+    if !version.starts_with(b"HTTP/1.") {
+        return Some(HttpRequest::Bad);
+    }
+    if method != b"GET" && method != b"HEAD" {
+        return Some(HttpRequest::MethodNotAllowed);
+    }
+    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+    Some(if path == b"/metrics" {
+        HttpRequest::Metrics
+    } else {
+        HttpRequest::NotFound
+    })
+}
+
+/// Appends the whole response to `req` to `out`; `body` is the exposition text.
+pub fn respond(req: HttpRequest, body: &str, out: &mut Vec<u8>) {
+    let (status, ctype, body) = match req {
+        HttpRequest::Metrics => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body),
+        HttpRequest::NotFound => ("404 Not Found", "text/plain", "try /metrics\n"),
+        HttpRequest::MethodNotAllowed => ("405 Method Not Allowed", "text/plain", "GET only\n"),
+        HttpRequest::Bad => ("400 Bad Request", "text/plain", "bad request\n"),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(body.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_read_only_when_whole() {
+        assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), None);
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(HttpRequest::Metrics)
+        );
+        assert_eq!(
+            parse_request(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+            Some(HttpRequest::Metrics)
+        );
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\n\r\n"),
+            Some(HttpRequest::NotFound)
+        );
+        assert_eq!(
+            parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Some(HttpRequest::MethodNotAllowed)
+        );
+        assert_eq!(
+            parse_request(b"\x16\x03\x01garbage\r\n\r\n"),
+            Some(HttpRequest::Bad)
+        );
+        assert_eq!(
+            parse_request(&[b'a'; MAX_HTTP_REQUEST]),
+            Some(HttpRequest::Bad)
+        );
+    }
+
+    #[test]
+    fn exposition_names_every_family_with_the_prefix() {
+        let mut c = Counters::default();
+        c.request(Operation::Create, Status::Ok);
+        c.drop(DropReason::UnknownToken);
+        c.drop(DropReason::UnknownToken);
+        let s = Snapshot {
+            counters: &c,
+            rooms: 1,
+            members: 3,
+            bound: 2,
+            connections: 4,
+            accepted: 5,
+            refused: 0,
+            slow_peers: 0,
+            wakeups: 9,
+            busy_seconds: 0.25,
+        };
+        let mut out = String::new();
+        render(&s, &mut out);
+        assert!(out.contains("ocm_requests_total{op=\"create\",status=\"ok\"} 1\n"));
+        assert!(out.contains("ocm_datagrams_dropped_total{reason=\"unknown_token\"} 2\n"));
+        assert!(out.contains("ocm_members{state=\"unbound\"} 1\n"));
+        assert!(out.contains("ocm_loop_busy_seconds_total 0.250000\n"));
+        for line in out.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("ocm_"), "{line}");
+        }
+        let mut resp = Vec::new();
+        respond(HttpRequest::Metrics, &out, &mut resp);
+        let text = String::from_utf8(resp).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(text.contains(&format!("Content-Length: {}\r\n", out.len())));
+    }
+}

@@ -1,0 +1,507 @@
+//! Batched UDP system calls: `recvmmsg` in, `sendmmsg` out, behind a safe interface.
+//!
+//! * [`Receiver`] reads up to [`RECV_BATCH`] datagrams per system call into fixed slots.
+//! * [`BatchTx`] is the relay's [`Transmit`] on Linux: one `sendmmsg` for a whole fan-out,
+//!   every message header pointing at the *same* outbox bytes (no copy per receiver).
+//! * On a wildcard bind (`0.0.0.0`, `::`) both carry the local address in `IP_PKTINFO` /
+//!   `IPV6_PKTINFO`, so that each member's datagrams leave from the address that member
+//!   sends to, as the protocol asks of multi-homed servers.
+//!
+//! All `unsafe` of the server lives here. Each block fills plain C structs that point into
+//! buffers owned by the same struct, for the duration of one system call.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::ptr;
+
+use super::transmit::{Dest, Transmit};
+use crate::protocol::MAX_DATAGRAM;
+
+/// Datagrams read per `recvmmsg`.
+pub const RECV_BATCH: usize = 32;
+/// One byte more than the largest valid datagram, so an oversize one is seen as such.
+const SLOT: usize = MAX_DATAGRAM + 1;
+/// Most messages per `sendmmsg` (the kernel's UIO_MAXIOV).
+const SEND_BATCH: usize = 1024;
+
+/// Room for one packet-info control message, aligned as `cmsghdr` wants.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Ctrl([u8; 64]);
+
+/// Turns on delivery of the local address of each received datagram.
+pub fn enable_pktinfo(socket: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    let opts: &[(libc::c_int, libc::c_int)] = if ipv6 {
+        &[
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO),
+            (libc::IPPROTO_IP, libc::IP_PKTINFO),
+        ]
+    } else {
+        &[(libc::IPPROTO_IP, libc::IP_PKTINFO)]
+    };
+    for &(level, name) in opts {
+        // SAFETY: setsockopt reads one c_int from a valid pointer.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Fixed buffers for `recvmmsg`: [`RECV_BATCH`] slots of one datagram each.
+pub struct Receiver {
+    bufs: Box<[u8]>,
+    names: Box<[libc::sockaddr_storage]>,
+    ctrl: Box<[Ctrl]>,
+    iovs: Box<[libc::iovec]>,
+    msgs: Box<[libc::mmsghdr]>,
+    filled: usize,
+    pktinfo: bool,
+}
+
+impl Receiver {
+    /// Buffers for one batch; `pktinfo` asks for each datagram's local address.
+    pub fn new(pktinfo: bool) -> Self {
+        Receiver {
+            bufs: vec![0u8; RECV_BATCH * SLOT].into_boxed_slice(),
+            names: zeroed_slice(RECV_BATCH),
+            ctrl: vec![Ctrl([0; 64]); RECV_BATCH].into_boxed_slice(),
+            iovs: zeroed_slice(RECV_BATCH),
+            msgs: zeroed_slice(RECV_BATCH),
+            filled: 0,
+            pktinfo,
+        }
+    }
+
+    /// Reads up to [`RECV_BATCH`] datagrams without blocking; `WouldBlock` when none wait.
+    pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+        self.filled = 0;
+        for i in 0..RECV_BATCH {
+            self.iovs[i] = libc::iovec {
+                // SAFETY: i * SLOT + SLOT <= bufs.len(), so the pointer stays in bounds.
+                iov_base: unsafe { self.bufs.as_mut_ptr().add(i * SLOT) }.cast(),
+                iov_len: SLOT,
+            };
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            if self.pktinfo {
+                h.msg_control = self.ctrl[i].0.as_mut_ptr().cast();
+                h.msg_controllen = size_of::<Ctrl>() as _;
+            } else {
+                h.msg_control = ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            h.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+        // SAFETY: every header points into buffers owned by `self` that outlive the call,
+        // with the lengths of those buffers.
+        let r = unsafe {
+            libc::recvmmsg(
+                socket.as_raw_fd(),
+                self.msgs.as_mut_ptr(),
+                RECV_BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.filled = r as usize;
+        Ok(self.filled)
+    }
+
+    /// Datagram `i` of the last batch: source, local address (with pktinfo), bytes.
+    pub fn get(&self, i: usize) -> Option<(SocketAddr, Option<IpAddr>, &[u8])> {
+        if i >= self.filled {
+            return None;
+        }
+        let m = &self.msgs[i];
+        let len = (m.msg_len as usize).min(SLOT);
+        let from = read_sockaddr(&self.names[i])?;
+        let local = if self.pktinfo {
+            // SAFETY: the kernel filled msg_control/msg_controllen for this header.
+            unsafe { read_pktinfo(&m.msg_hdr) }
+        } else {
+            None
+        };
+        Some((from, local, &self.bufs[i * SLOT..i * SLOT + len]))
+    }
+}
+
+/// Scratch for `sendmmsg`, grown to the largest fan-out seen and then reused: the relay's
+/// send path allocates nothing in steady state.
+#[derive(Default)]
+pub struct Sender {
+    names: Vec<libc::sockaddr_storage>,
+    lens: Vec<libc::socklen_t>,
+    ctrl: Vec<Ctrl>,
+    ctrl_lens: Vec<usize>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+/// The relay's [`Transmit`] over `sendmmsg`.
+pub struct BatchTx<'a> {
+    fd: RawFd,
+    scratch: &'a mut Sender,
+    flags: libc::c_int,
+    /// While draining: when waiting for buffer space must stop.
+    drain_until: Option<std::time::Instant>,
+}
+
+impl<'a> BatchTx<'a> {
+    /// Sends through `socket` without ever blocking, using `scratch`.
+    pub fn new(socket: &impl AsRawFd, scratch: &'a mut Sender) -> Self {
+        BatchTx {
+            fd: socket.as_raw_fd(),
+            scratch,
+            flags: libc::MSG_DONTWAIT,
+            drain_until: None,
+        }
+    }
+
+    /// Like [`BatchTx::new`], but until `until` a full buffer makes a send wait (as long
+    /// as the socket's send timeout allows) instead of dropping: for the final drain at
+    /// shutdown, never inside the loop. After `until` it drops again, so exit is bounded.
+    pub fn draining(
+        socket: &impl AsRawFd,
+        scratch: &'a mut Sender,
+        until: std::time::Instant,
+    ) -> Self {
+        BatchTx {
+            flags: 0,
+            drain_until: Some(until),
+            ..BatchTx::new(socket, scratch)
+        }
+    }
+}
+
+impl Transmit for BatchTx<'_> {
+    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+        let n = to.len();
+        let s = &mut *self.scratch;
+        if s.msgs.len() < n {
+            s.names = zeroed_slice(n).into_vec();
+            s.lens.resize(n, 0);
+            s.ctrl.resize(n, Ctrl([0; 64]));
+            s.ctrl_lens.resize(n, 0);
+            s.msgs = zeroed_slice(n).into_vec();
+        }
+        for (i, d) in to.iter().enumerate() {
+            s.lens[i] = write_sockaddr(&d.addr, &mut s.names[i]);
+            s.ctrl_lens[i] = d.local.map_or(0, |ip| write_pktinfo(ip, &mut s.ctrl[i]));
+        }
+        let mut iov = libc::iovec {
+            iov_base: payload.as_ptr() as *mut libc::c_void,
+            iov_len: payload.len(),
+        };
+        for i in 0..n {
+            let h = &mut s.msgs[i].msg_hdr;
+            h.msg_name = (&mut s.names[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_namelen = s.lens[i];
+            // Every message points at the same bytes: encoded once, sent to all.
+            h.msg_iov = &mut iov;
+            h.msg_iovlen = 1;
+            if s.ctrl_lens[i] > 0 {
+                h.msg_control = s.ctrl[i].0.as_mut_ptr().cast();
+                h.msg_controllen = s.ctrl_lens[i] as _;
+            } else {
+                h.msg_control = ptr::null_mut();
+                h.msg_controllen = 0;
+            }
+            h.msg_flags = 0;
+        }
+        if self
+            .drain_until
+            .is_some_and(|t| std::time::Instant::now() >= t)
+        {
+            self.flags = libc::MSG_DONTWAIT;
+        }
+        let (fd, flags) = (self.fd, self.flags);
+        let msgs = &mut s.msgs;
+        drive(n, |start, len| {
+            let len = len.min(SEND_BATCH);
+            // SAFETY: msgs[start..start + len] are initialised headers whose pointers (names,
+            // control, the shared iovec and payload) are alive for this call.
+            let r = unsafe {
+                libc::sendmmsg(fd, msgs.as_mut_ptr().add(start), len as libc::c_uint, flags)
+            };
+            if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            }
+        })
+    }
+}
+
+/// `n` zeroed C structs.
+fn zeroed_slice<T: ZeroIsValid>(n: usize) -> Box<[T]> {
+    // SAFETY: ZeroIsValid is implemented only for plain C structs whose all-zero value
+    // (null pointers, zero lengths) is valid.
+    (0..n).map(|_| unsafe { zeroed() }).collect()
+}
+
+/// C structs for which all-zero bytes is a valid value.
+trait ZeroIsValid {}
+impl ZeroIsValid for libc::sockaddr_storage {}
+impl ZeroIsValid for libc::iovec {}
+impl ZeroIsValid for libc::mmsghdr {}
+
+/// Sends messages `0..total` through `call(start, len)`, which sends some prefix of
+/// `start..start + len` and says how many. A full buffer (`WouldBlock`) drops the rest; an
+/// error on one message (say, an unreachable address) skips that message. Never retries
+/// in a loop, never blocks. Returns how many were sent.
+pub fn drive(total: usize, mut call: impl FnMut(usize, usize) -> io::Result<usize>) -> usize {
+    let (mut next, mut sent) = (0, 0);
+    while next < total {
+        match call(next, total - next) {
+            Ok(0) => break,
+            Ok(k) => {
+                sent += k;
+                next += k;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => next += 1,
+        }
+    }
+    sent
+}
+
+fn write_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    let out: *mut libc::sockaddr_storage = out;
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            unsafe { ptr::write(out.cast(), sin) };
+            size_of::<libc::sockaddr_in>() as libc::socklen_t
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { ptr::write(out.cast(), sin6) };
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t
+        }
+    }
+}
+
+fn read_sockaddr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    let p: *const libc::sockaddr_storage = s;
+    match libc::c_int::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let sin: libc::sockaddr_in = unsafe { ptr::read(p.cast()) };
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let sin6: libc::sockaddr_in6 = unsafe { ptr::read(p.cast()) };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            let flow = u32::from_be(sin6.sin6_flowinfo);
+            Some(SocketAddrV6::new(ip, port, flow, sin6.sin6_scope_id).into())
+        }
+        _ => None,
+    }
+}
+
+/// Writes a packet-info control message that makes the kernel send from `local`; returns
+/// the control length.
+fn write_pktinfo(local: IpAddr, ctrl: &mut Ctrl) -> usize {
+    let c = ctrl.0.as_mut_ptr() as *mut libc::cmsghdr;
+    // SAFETY: `ctrl` is 64 bytes, 8-aligned: room for a cmsghdr (16) and either pktinfo
+    // struct (12 or 20 bytes) after it.
+    unsafe {
+        match local {
+            IpAddr::V4(ip) => {
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(ip).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
+                ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize
+            }
+            IpAddr::V6(ip) => {
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: ip.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                };
+                (*c).cmsg_level = libc::IPPROTO_IPV6;
+                (*c).cmsg_type = libc::IPV6_PKTINFO;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
+                ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
+                libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize
+            }
+        }
+    }
+}
+
+/// The local address from a received message's packet-info control message.
+///
+/// # Safety
+/// `h` must be a header the kernel just filled (control pointer and length valid).
+unsafe fn read_pktinfo(h: &libc::msghdr) -> Option<IpAddr> {
+    // SAFETY: per the contract, the control buffer is valid; CMSG_* walk within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            match ((*c).cmsg_level, (*c).cmsg_type) {
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
+                    let info: libc::in_pktinfo = ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        info.ipi_addr.s_addr,
+                    ))));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
+                    let info: libc::in6_pktinfo = ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    return Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn drive_drops_the_rest_on_would_block_and_skips_failed_messages() {
+        // 10 messages: the socket takes 4, then fails one, then takes 3, then is full.
+        let mut script = vec![
+            Ok(4),
+            Err(io::Error::from(io::ErrorKind::Interrupted)),
+            Err(io::Error::from_raw_os_error(libc::ENETUNREACH)),
+            Ok(3),
+            Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        ]
+        .into_iter();
+        let mut calls = Vec::new();
+        let sent = drive(10, |start, len| {
+            calls.push((start, len));
+            script.next().unwrap()
+        });
+        assert_eq!(sent, 7);
+        assert_eq!(calls, vec![(0, 10), (4, 6), (4, 6), (5, 5), (8, 2)]);
+    }
+
+    #[test]
+    fn sockaddrs_round_trip() {
+        let mut s: libc::sockaddr_storage = unsafe { zeroed() };
+        for a in ["127.0.0.1:9001", "[::1]:80", "[::ffff:127.0.0.2]:5"] {
+            let a: SocketAddr = a.parse().unwrap();
+            write_sockaddr(&a, &mut s);
+            assert_eq!(read_sockaddr(&s), Some(a));
+        }
+    }
+
+    #[test]
+    fn one_sendmmsg_reaches_every_receiver_with_the_same_bytes() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let receivers: Vec<UdpSocket> = (0..5)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let to: Vec<Dest> = receivers
+            .iter()
+            .map(|r| Dest {
+                addr: r.local_addr().unwrap(),
+                local: None,
+            })
+            .collect();
+        let mut scratch = Sender::default();
+        let sent = BatchTx::new(&server, &mut scratch).send(b"same bytes", &to);
+        assert_eq!(sent, 5);
+        for r in &receivers {
+            let mut buf = [0u8; 64];
+            r.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let (n, from) = r.recv_from(&mut buf).unwrap();
+            assert_eq!(
+                (&buf[..n], from),
+                (&b"same bytes"[..], server.local_addr().unwrap())
+            );
+        }
+    }
+
+    #[test]
+    fn recvmmsg_reads_a_batch_with_sources_and_local_addresses() {
+        let server = UdpSocket::bind("0.0.0.0:0").unwrap();
+        enable_pktinfo(&server, false).unwrap();
+        let port = server.local_addr().unwrap().port();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(b"one", ("127.0.0.1", port)).unwrap();
+        client.send_to(&[7u8; 5000], ("127.0.0.2", port)).unwrap();
+        let mut rx = Receiver::new(true);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let n = rx.recv(&server).unwrap();
+        assert_eq!(n, 2);
+        let (from, local, bytes) = rx.get(0).unwrap();
+        assert_eq!(
+            (from, local, bytes),
+            (
+                client.local_addr().unwrap(),
+                Some(IpAddr::from([127, 0, 0, 1])),
+                &b"one"[..]
+            )
+        );
+        let (_, local, bytes) = rx.get(1).unwrap();
+        assert_eq!(local, Some(IpAddr::from([127, 0, 0, 2])));
+        assert_eq!(
+            bytes.len(),
+            SLOT,
+            "an oversize datagram shows as one byte over the limit"
+        );
+        assert!(rx.get(2).is_none());
+        assert_eq!(
+            rx.recv(&server).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+    }
+}
