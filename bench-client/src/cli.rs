@@ -1,0 +1,218 @@
+//! Command-line arguments and their checks.
+
+use argh::FromArgs;
+use ocm::protocol::MAX_MESSAGE;
+
+use crate::body::{MAX_SENDER, MIN_BODY};
+
+/// Open-loop latency and throughput benchmark for ocm-server. Run the server with
+/// `--msg-rate 0` (no flood control), or its rate limit is what you measure.
+#[derive(FromArgs, Debug, Clone, PartialEq)]
+pub struct Args {
+    /// control-plane address of the server, host:port (default: 127.0.0.1:9001)
+    #[argh(option, default = "String::from(\"127.0.0.1:9001\")")]
+    pub server: String,
+
+    /// simulated users, one UDP socket each (default: 500)
+    #[argh(option, default = "500")]
+    pub users: usize,
+
+    /// rooms; the users are spread evenly, the first member of each is its host
+    /// (default: 20)
+    #[argh(option, default = "20")]
+    pub rooms: usize,
+
+    /// aggregate messages per second over all users, on a fixed schedule (default: 20000);
+    /// with --sweep, the first rate tried
+    #[argh(option, default = "20000.0")]
+    pub rate: f64,
+
+    /// seconds of measured load, after the warmup (default: 10)
+    #[argh(option, default = "10.0")]
+    pub duration: f64,
+
+    /// message size in bytes, 28 to 3800 (default: 64)
+    #[argh(option, default = "64")]
+    pub size: usize,
+
+    /// seconds of load before measuring; what is sent then is not counted (default: 1)
+    #[argh(option, default = "1.0")]
+    pub warmup: f64,
+
+    /// also write the figures to this file as JSON
+    #[argh(option)]
+    pub json: Option<String>,
+
+    /// worker threads, each sending and receiving for a slice of the users (default: the
+    /// number of cores, at least 2)
+    #[argh(option)]
+    pub threads: Option<usize>,
+
+    /// step the rate up (doubling, then bisecting) until loss passes 0.1% or p99 passes
+    /// --p99-bound-ms, and print the highest sustainable rate
+    #[argh(switch)]
+    pub sweep: bool,
+
+    /// p99 latency bound for --sweep, in ms (default: 10)
+    #[argh(option, default = "10.0")]
+    pub p99_bound_ms: f64,
+
+    /// most steps of --sweep (default: 12)
+    #[argh(option, default = "12")]
+    pub sweep_steps: u32,
+
+    /// seconds to wait after the last send for deliveries still in flight (default: 1)
+    #[argh(option, default = "1.0")]
+    pub grace: f64,
+
+    /// seconds to wait for every member to bind before giving up (default: 10)
+    #[argh(option, default = "10.0")]
+    pub bind_timeout: f64,
+
+    /// receive buffer of each UDP socket in bytes, so that a moment without CPU does not
+    /// drop deliveries at the bench's side; 0 keeps the kernel's default (default: 1048576)
+    #[argh(option, default = "1 << 20")]
+    pub rcvbuf: usize,
+
+    /// no progress lines on stderr
+    #[argh(switch)]
+    pub quiet: bool,
+}
+
+/// Most worker threads.
+pub const MAX_THREADS: usize = 64;
+/// Longest measured duration or warmup, seconds (every run is bounded).
+pub const MAX_SECONDS: f64 = 3600.0;
+
+impl Args {
+    /// Checks the values against each other and the protocol's limits.
+    pub fn check(&self) -> Result<(), String> {
+        if self.users == 0 || self.rooms == 0 {
+            return Err("--users and --rooms must be at least 1".into());
+        }
+        if self.rooms > self.users {
+            return Err(format!(
+                "--rooms {} is more than --users {}: every room needs a host",
+                self.rooms, self.users
+            ));
+        }
+        if self.users > MAX_SENDER as usize + 1 {
+            return Err(format!("--users is at most {}", MAX_SENDER as usize + 1));
+        }
+        if self.users.div_ceil(self.rooms) > usize::from(u16::MAX) {
+            return Err("rooms that large cannot be asked for (capacity is 16 bits)".into());
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return Err("--rate must be a positive number of messages per second".into());
+        }
+        if !(self.duration > 0.0 && self.duration <= MAX_SECONDS) {
+            return Err(format!("--duration must be in (0, {MAX_SECONDS}] seconds"));
+        }
+        for (name, v) in [
+            ("--warmup", self.warmup),
+            ("--grace", self.grace),
+            ("--bind-timeout", self.bind_timeout),
+        ] {
+            if !(0.0..=MAX_SECONDS).contains(&v) {
+                return Err(format!("{name} must be in [0, {MAX_SECONDS}] seconds"));
+            }
+        }
+        if !(MIN_BODY..=MAX_MESSAGE).contains(&self.size) {
+            return Err(format!(
+                "--size must be {MIN_BODY} to {MAX_MESSAGE} bytes ({MIN_BODY} hold the sender, sequence number and send time)"
+            ));
+        }
+        if let Some(t) = self.threads
+            && !(1..=MAX_THREADS).contains(&t)
+        {
+            return Err(format!("--threads must be 1 to {MAX_THREADS}"));
+        }
+        if !(self.p99_bound_ms.is_finite() && self.p99_bound_ms > 0.0) {
+            return Err("--p99-bound-ms must be positive".into());
+        }
+        if self.sweep && self.sweep_steps == 0 {
+            return Err("--sweep-steps must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Worker threads to use: as asked, else the number of cores (at least 2); never more
+    /// than users.
+    pub fn thread_count(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        self.threads
+            .unwrap_or(cores.max(2))
+            .clamp(1, MAX_THREADS)
+            .min(self.users.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::from_args(&["bench-client"], args).map_err(|e| e.output)
+    }
+
+    #[test]
+    fn defaults() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.server, "127.0.0.1:9001");
+        assert_eq!((a.users, a.rooms, a.size), (500, 20, 64));
+        assert_eq!(a.rate, 20000.0);
+        assert_eq!(a.duration, 10.0);
+        assert!(!a.sweep);
+        assert_eq!(a.check(), Ok(()));
+        assert!(a.thread_count() >= 2);
+    }
+
+    #[test]
+    fn the_documented_command_line() {
+        let a = parse(&[
+            "--server",
+            "127.0.0.1:9001",
+            "--users",
+            "500",
+            "--rooms",
+            "20",
+            "--rate",
+            "20000",
+            "--duration",
+            "10",
+            "--size",
+            "64",
+            "--warmup",
+            "2",
+            "--json",
+            "out.json",
+            "--threads",
+            "3",
+            "--sweep",
+        ])
+        .unwrap();
+        assert_eq!(a.json.as_deref(), Some("out.json"));
+        assert_eq!(a.thread_count(), 3);
+        assert!(a.sweep);
+        assert_eq!(a.check(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let check = |args: &[&str]| parse(args).unwrap().check().unwrap_err();
+        assert!(check(&["--rooms", "0"]).contains("at least 1"));
+        assert!(check(&["--users", "5", "--rooms", "6"]).contains("host"));
+        assert!(check(&["--rate", "0"]).contains("--rate"));
+        assert!(check(&["--size", "10"]).contains("--size"));
+        assert!(check(&["--size", "3801"]).contains("--size"));
+        assert!(check(&["--duration", "0"]).contains("--duration"));
+        assert!(check(&["--threads", "0"]).contains("--threads"));
+        assert!(parse(&["--rate", "fast"]).is_err());
+    }
+
+    #[test]
+    fn threads_never_exceed_users() {
+        let a = parse(&["--users", "1", "--rooms", "1", "--threads", "8"]).unwrap();
+        assert_eq!(a.thread_count(), 1);
+    }
+}

@@ -1,0 +1,41 @@
+//! # bench-client: how fast an OCM relay is, measured honestly
+//!
+//! An open-loop load generator for `ocm-server`. It creates rooms over TCRP, binds one UDP
+//! socket per simulated user, then sends chat messages on a fixed schedule whatever the
+//! server does, and times every delivery from the moment the message was *meant* to leave
+//! (so a stalled server cannot hide its stall by slowing the sender: no coordinated
+//! omission, as in wrk2).
+//!
+//! ```text
+//!   schedule ──► stamp (sender, seq, intended time) ──► datagram ──► server
+//!                                                                      │ fan-out
+//!   histogram ◄── latency = now - intended ◄── order check ◄── events ◄┘ (every member)
+//! ```
+//!
+//! ## Layout
+//!
+//! * [`cli`]: the arguments and their checks.
+//! * [`run`]: the whole run: rooms, sockets, binding, load steps or a sweep, leaving.
+//! * [`worker`]: one thread's users and its mio loop, sending and receiving.
+//! * [`schedule`]: when each message is due.
+//! * [`body`]: the stamp a message carries.
+//! * [`order`]: per-sender order at a receiver (gaps, late, duplicates).
+//! * [`stats`]: counters and histograms, per worker and shared.
+//! * [`report`]: the derived figures, the table and the JSON.
+//! * [`sweep`]: which rate to try next.
+//! * [`topology`]: who is in which room, and the run's clock.
+//! * [`sys`]: the system calls std lacks (`recvmmsg`, timerfd, rlimit, rusage, drops).
+//!
+//! The protocol itself comes from the `ocm` library: this crate has no copy of it.
+
+pub mod body;
+pub mod cli;
+pub mod order;
+pub mod report;
+pub mod run;
+pub mod schedule;
+pub mod stats;
+pub mod sweep;
+pub mod sys;
+pub mod topology;
+pub mod worker;

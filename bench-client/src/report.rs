@@ -1,0 +1,544 @@
+//! The figures of one load step, printed as a wrk2-like table or as flat JSON.
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use crate::stats::Counters;
+use crate::sys::{CpuTime, UdpDrops};
+
+/// Loss above this (percent) fails a `--sweep` step.
+pub const MAX_LOSS_PCT: f64 = 0.1;
+/// A `--sweep` step fails when the bench sent less than this share of the asked rate.
+pub const MIN_ACHIEVED_SHARE: f64 = 0.95;
+
+/// Send lag p99 above this (µs) gets a warning: the bench itself was late.
+pub const SEND_LAG_WARN_US: f64 = 1_000.0;
+
+/// The quantiles shown, as in wrk2.
+pub const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 0.9999];
+
+/// How the run was set up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setup {
+    /// Users (one socket each).
+    pub users: usize,
+    /// Rooms.
+    pub rooms: usize,
+    /// Smallest room.
+    pub room_size_min: u32,
+    /// Largest room.
+    pub room_size_max: u32,
+    /// Message size, bytes.
+    pub size: usize,
+    /// Worker threads.
+    pub threads: usize,
+    /// Measured seconds.
+    pub duration_s: f64,
+    /// Warmup seconds before them.
+    pub warmup_s: f64,
+}
+
+/// Percentiles of a histogram in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// Values recorded.
+    pub count: u64,
+    /// At each of [`QUANTILES`].
+    pub at: [f64; 5],
+    /// Largest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// Reads a histogram of nanoseconds.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let us = |ns: u64| ns as f64 / 1e3;
+        Percentiles {
+            count: h.len(),
+            at: QUANTILES.map(|q| us(h.value_at_quantile(q))),
+            max: us(h.max()),
+            mean: h.mean() / 1e3,
+        }
+    }
+
+    /// p99 in µs.
+    pub fn p99(&self) -> f64 {
+        self.at[2]
+    }
+}
+
+/// Everything one step measured, and the figures derived from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// The run's shape.
+    pub setup: Setup,
+    /// Rate asked, messages/s.
+    pub rate_asked: f64,
+    /// Measured messages sent per second of the measured window (or of the time the bench
+    /// took to send them, when it fell behind).
+    pub rate_achieved: f64,
+    /// Raw counts.
+    pub counters: Counters,
+    /// Latency of measured deliveries.
+    pub latency: Percentiles,
+    /// How late the bench's sends left.
+    pub send_lag: Percentiles,
+    /// The bench's CPU time over the step.
+    pub cpu: CpuTime,
+    /// Wall-clock seconds of the step (warmup, load and drain).
+    pub wall_s: f64,
+    /// Kernel receive-queue drops over the step, where known.
+    pub drops: Option<UdpDrops>,
+}
+
+impl StepReport {
+    /// Deliveries expected but not received.
+    pub fn lost(&self) -> u64 {
+        self.counters
+            .expected
+            .saturating_sub(self.counters.received)
+    }
+
+    /// Lost deliveries, percent of expected.
+    pub fn loss_pct(&self) -> f64 {
+        if self.counters.expected == 0 {
+            return 0.0;
+        }
+        self.lost() as f64 * 100.0 / self.counters.expected as f64
+    }
+
+    /// Measured deliveries received per measured second.
+    pub fn deliveries_per_s(&self) -> f64 {
+        self.counters.received as f64 / self.setup.duration_s
+    }
+
+    /// Datagrams received per second during the measured window.
+    pub fn datagrams_per_s(&self) -> f64 {
+        self.counters.window_datagrams as f64 / self.setup.duration_s
+    }
+
+    /// MESSAGE events per datagram during the measured window.
+    pub fn events_per_datagram(&self) -> f64 {
+        if self.counters.window_datagrams == 0 {
+            return 0.0;
+        }
+        self.counters.window_events as f64 / self.counters.window_datagrams as f64
+    }
+
+    /// Bench CPU, percent of one core, over the step's wall time.
+    pub fn cpu_pct(&self) -> f64 {
+        if self.wall_s <= 0.0 {
+            return 0.0;
+        }
+        (self.cpu.user_s + self.cpu.sys_s) * 100.0 / self.wall_s
+    }
+
+    /// Whether the step is sustainable: `Ok`, or why not.
+    pub fn verdict(&self, p99_bound_ms: f64) -> Result<(), String> {
+        let c = &self.counters;
+        if c.expected == 0 {
+            return Err("nothing was sent".into());
+        }
+        if self.loss_pct() > MAX_LOSS_PCT {
+            return Err(format!("loss {:.3}% > {MAX_LOSS_PCT}%", self.loss_pct()));
+        }
+        if self.latency.p99() > p99_bound_ms * 1e3 {
+            return Err(format!(
+                "p99 {} > {p99_bound_ms} ms",
+                fmt_us(self.latency.p99())
+            ));
+        }
+        if self.rate_achieved < self.rate_asked * MIN_ACHIEVED_SHARE {
+            return Err(format!(
+                "the bench sent only {:.0} of {:.0} msg/s",
+                self.rate_achieved, self.rate_asked
+            ));
+        }
+        if c.timed_out + c.room_closed > 0 {
+            return Err("the server dropped members".into());
+        }
+        Ok(())
+    }
+
+    /// The wrk2-like table.
+    pub fn table(&self) -> String {
+        let s = &self.setup;
+        let c = &self.counters;
+        let mut t = String::new();
+        let per_room = if s.room_size_min == s.room_size_max {
+            format!("{}", s.room_size_min)
+        } else {
+            format!("{}-{}", s.room_size_min, s.room_size_max)
+        };
+        let _ = writeln!(
+            t,
+            "Running {:.1} s (after {:.1} s warmup) @ {:.0} msg/s: {} users in {} rooms ({} per room), {}-byte messages, {} threads",
+            s.duration_s,
+            s.warmup_s,
+            self.rate_asked,
+            s.users,
+            s.rooms,
+            per_room,
+            s.size,
+            s.threads
+        );
+        let _ = writeln!(
+            t,
+            "  Rate          asked {:.0} msg/s, achieved {:.0} msg/s (send lag p50 {}, p99 {}, max {})",
+            self.rate_asked,
+            self.rate_achieved,
+            fmt_us(self.send_lag.at[0]),
+            fmt_us(self.send_lag.p99()),
+            fmt_us(self.send_lag.max)
+        );
+        let _ = writeln!(
+            t,
+            "  Messages      {} sent in the measured window ({} with warmup; {} send errors, {} given up)",
+            c.sent_measured, c.sent, c.send_failed, c.unsent
+        );
+        let _ = writeln!(
+            t,
+            "  Deliveries    expected {}, received {}, lost {} ({:.3}%), duplicates {}, out of order {}",
+            c.expected,
+            c.received,
+            self.lost(),
+            self.loss_pct(),
+            c.duplicates,
+            c.out_of_order
+        );
+        let _ = writeln!(
+            t,
+            "  Throughput    {:.0} deliveries/s, {:.0} datagrams/s, {:.2} events/datagram",
+            self.deliveries_per_s(),
+            self.datagrams_per_s(),
+            self.events_per_datagram()
+        );
+        let _ = writeln!(
+            t,
+            "  Latency       receive time - intended send time, {} samples, mean {}",
+            self.latency.count,
+            fmt_us(self.latency.mean)
+        );
+        for (q, v) in QUANTILES.iter().zip(self.latency.at) {
+            let _ = writeln!(t, "    {:>8.3}%  {:>10}", q * 100.0, fmt_us(v));
+        }
+        let _ = writeln!(t, "    {:>8.3}%  {:>10}", 100.0, fmt_us(self.latency.max));
+        let _ = writeln!(
+            t,
+            "  Bench CPU     user {:.2} s, sys {:.2} s = {:.0}% of one core over {:.1} s",
+            self.cpu.user_s,
+            self.cpu.sys_s,
+            self.cpu_pct(),
+            self.wall_s
+        );
+        if let Some(d) = self.drops {
+            let _ = writeln!(
+                t,
+                "  Kernel drops  {} at the bench's sockets, {} at the server's socket (full receive queues)",
+                d.bench, d.server
+            );
+        }
+        for w in self.warnings() {
+            let _ = writeln!(t, "  WARNING: {w}");
+        }
+        t
+    }
+
+    /// What a reader must know about this step beyond the figures.
+    pub fn warnings(&self) -> Vec<String> {
+        let c = &self.counters;
+        let mut w = Vec::new();
+        if self.send_lag.p99() > SEND_LAG_WARN_US {
+            w.push(format!(
+                "the bench itself sent late (send lag p99 {}): that lateness is counted as latency; the machine may be short of CPU (see Bench CPU, try --threads)",
+                fmt_us(self.send_lag.p99())
+            ));
+        }
+        if c.rate_limited > 0 {
+            w.push(format!(
+                "the server's flood control dropped messages ({} RATE_LIMITED events): run it with --msg-rate 0",
+                c.rate_limited
+            ));
+        }
+        if c.timed_out + c.room_closed + c.left > 0 {
+            w.push(format!(
+                "members left the rooms during the run ({} TIMED_OUT, {} LEFT, {} ROOM_CLOSED)",
+                c.timed_out, c.left, c.room_closed
+            ));
+        }
+        if c.foreign + c.malformed > 0 {
+            w.push(format!(
+                "{} foreign messages and {} malformed datagrams",
+                c.foreign, c.malformed
+            ));
+        }
+        if c.send_failed + c.unsent > 0 || c.recv_errors > 0 {
+            w.push(format!(
+                "{} send errors, {} sends given up, {} receive errors",
+                c.send_failed, c.unsent, c.recv_errors
+            ));
+        }
+        w
+    }
+
+    /// The same figures as a flat JSON object.
+    pub fn json(&self) -> String {
+        let s = &self.setup;
+        let c = &self.counters;
+        let mut j = Json::default();
+        j.int("users", s.users as u64);
+        j.int("rooms", s.rooms as u64);
+        j.int("room_size_min", u64::from(s.room_size_min));
+        j.int("room_size_max", u64::from(s.room_size_max));
+        j.int("size", s.size as u64);
+        j.int("threads", s.threads as u64);
+        j.num("duration_s", s.duration_s);
+        j.num("warmup_s", s.warmup_s);
+        j.num("rate_asked", self.rate_asked);
+        j.num("rate_achieved", self.rate_achieved);
+        j.int("sent", c.sent_measured);
+        j.int("sent_with_warmup", c.sent);
+        j.int("send_failed", c.send_failed);
+        j.int("unsent", c.unsent);
+        j.int("expected", c.expected);
+        j.int("received", c.received);
+        j.int("lost", self.lost());
+        j.num("loss_pct", self.loss_pct());
+        j.int("duplicates", c.duplicates);
+        j.int("out_of_order", c.out_of_order);
+        j.int("stale", c.stale);
+        j.int("foreign", c.foreign);
+        j.int("malformed", c.malformed);
+        j.int("recv_errors", c.recv_errors);
+        j.int("events", c.events);
+        j.int("datagrams", c.datagrams);
+        j.int("timed_out", c.timed_out);
+        j.int("room_closed", c.room_closed);
+        j.int("rate_limited", c.rate_limited);
+        j.int("heartbeats", c.heartbeats);
+        j.num("deliveries_per_s", self.deliveries_per_s());
+        j.num("datagrams_per_s", self.datagrams_per_s());
+        j.num("events_per_datagram", self.events_per_datagram());
+        j.int("latency_samples", self.latency.count);
+        for (name, v) in ["p50", "p90", "p99", "p999", "p9999"]
+            .iter()
+            .zip(self.latency.at)
+        {
+            j.num(&format!("latency_{name}_us"), v);
+        }
+        j.num("latency_max_us", self.latency.max);
+        j.num("latency_mean_us", self.latency.mean);
+        j.num("send_lag_p50_us", self.send_lag.at[0]);
+        j.num("send_lag_p99_us", self.send_lag.p99());
+        j.num("send_lag_max_us", self.send_lag.max);
+        j.num("cpu_user_s", self.cpu.user_s);
+        j.num("cpu_sys_s", self.cpu.sys_s);
+        j.num("cpu_pct_one_core", self.cpu_pct());
+        j.num("wall_s", self.wall_s);
+        match self.drops {
+            Some(d) => {
+                j.int("kernel_drops_bench", d.bench);
+                j.int("kernel_drops_server", d.server);
+            }
+            None => {
+                j.raw("kernel_drops_bench", "null");
+                j.raw("kernel_drops_server", "null");
+            }
+        }
+        j.finish()
+    }
+}
+
+/// A µs value in the unit that reads best: `850.0us`, `1.23ms`, `2.10s`.
+pub fn fmt_us(us: f64) -> String {
+    if us < 1_000.0 {
+        format!("{us:.1}us")
+    } else if us < 1_000_000.0 {
+        format!("{:.2}ms", us / 1e3)
+    } else {
+        format!("{:.2}s", us / 1e6)
+    }
+}
+
+/// A flat JSON object written by hand (numbers, and strings of our own).
+#[derive(Debug, Default)]
+pub struct Json {
+    out: String,
+}
+
+impl Json {
+    fn key(&mut self, k: &str) {
+        self.out
+            .push_str(if self.out.is_empty() { "{" } else { "," });
+        self.out.push('"');
+        escape_into(&mut self.out, k);
+        self.out.push_str("\":");
+    }
+
+    /// An unsigned integer.
+    pub fn int(&mut self, k: &str, v: u64) {
+        self.key(k);
+        let _ = write!(self.out, "{v}");
+    }
+
+    /// A number; not finite becomes `null`.
+    pub fn num(&mut self, k: &str, v: f64) {
+        self.key(k);
+        if v.is_finite() {
+            let _ = write!(self.out, "{v}");
+        } else {
+            self.out.push_str("null");
+        }
+    }
+
+    /// A string.
+    pub fn str(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.out.push('"');
+        escape_into(&mut self.out, v);
+        self.out.push('"');
+    }
+
+    /// Already-encoded JSON (`null`, `true`, an object, an array).
+    pub fn raw(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.out.push_str(v);
+    }
+
+    /// The object's text.
+    pub fn finish(mut self) -> String {
+        if self.out.is_empty() {
+            self.out.push('{');
+        }
+        self.out.push('}');
+        self.out
+    }
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats;
+
+    fn sample() -> StepReport {
+        let mut h = stats::latency_histogram();
+        for v in 1..=10_000u64 {
+            stats::record(&mut h, v * 1_000);
+        }
+        StepReport {
+            setup: Setup {
+                users: 20,
+                rooms: 4,
+                room_size_min: 5,
+                room_size_max: 5,
+                size: 64,
+                threads: 2,
+                duration_s: 2.0,
+                warmup_s: 1.0,
+            },
+            rate_asked: 200.0,
+            rate_achieved: 200.0,
+            counters: Counters {
+                sent: 600,
+                sent_measured: 400,
+                expected: 2000,
+                received: 1998,
+                window_events: 2000,
+                window_datagrams: 1000,
+                ..Counters::default()
+            },
+            latency: Percentiles::of(&h),
+            send_lag: Percentiles::default(),
+            cpu: CpuTime {
+                user_s: 0.5,
+                sys_s: 0.25,
+            },
+            wall_s: 3.0,
+            drops: None,
+        }
+    }
+
+    #[test]
+    fn derived_figures() {
+        let r = sample();
+        assert_eq!(r.lost(), 2);
+        assert!((r.loss_pct() - 0.1).abs() < 1e-9);
+        assert_eq!(r.deliveries_per_s(), 999.0);
+        assert_eq!(r.datagrams_per_s(), 500.0);
+        assert_eq!(r.events_per_datagram(), 2.0);
+        assert_eq!(r.cpu_pct(), 25.0);
+        let p = r.latency.at;
+        assert!(p.windows(2).all(|w| w[0] <= w[1]) && p[4] <= r.latency.max);
+        assert!((p[0] - 5_000.0).abs() / 5_000.0 < 0.002, "{p:?}");
+    }
+
+    #[test]
+    fn verdicts() {
+        let mut r = sample();
+        assert_eq!(r.verdict(10.0), Ok(()));
+        assert!(r.verdict(5.0).unwrap_err().starts_with("p99"));
+        r.counters.received = 1990;
+        assert!(r.verdict(10.0).unwrap_err().starts_with("loss"));
+        r.counters.received = 2000;
+        r.rate_achieved = 150.0;
+        assert!(r.verdict(10.0).unwrap_err().contains("bench sent only"));
+        assert!(r.warnings().is_empty());
+        r.send_lag.at[2] = 5_000.0;
+        assert!(r.warnings()[0].contains("sent late"));
+    }
+
+    #[test]
+    fn table_and_json_carry_the_figures() {
+        let r = sample();
+        let t = r.table();
+        assert!(
+            t.contains("expected 2000, received 1998, lost 2 (0.100%)"),
+            "{t}"
+        );
+        assert!(t.contains("99.990%"), "{t}");
+        let j = r.json();
+        assert!(j.starts_with("{\"users\":20,") && j.ends_with('}'), "{j}");
+        assert!(j.contains("\"kernel_drops_bench\":null"), "{j}");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["expected"], 2000);
+        assert_eq!(v["lost"], 2);
+    }
+
+    #[test]
+    fn json_escapes_and_nulls() {
+        let mut j = Json::default();
+        j.str("s", "a\"b\\c\n");
+        j.num("nan", f64::NAN);
+        let text = j.finish();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["s"], "a\"b\\c\n");
+        assert!(v["nan"].is_null());
+        assert_eq!(Json::default().finish(), "{}");
+    }
+
+    #[test]
+    fn units() {
+        assert_eq!(fmt_us(85.25), "85.2us");
+        assert_eq!(fmt_us(1_234.0), "1.23ms");
+        assert_eq!(fmt_us(2_100_000.0), "2.10s");
+    }
+}

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# One command for a benchmark of OCM on this machine:
+#   builds ocm-server and bench-client in release mode, starts ocm-server on free loopback
+#   ports, runs bench-client against it, stops the server, and prints the server's CPU time.
+#
+# Usage: scripts/bench.sh [bench-client args]
+#        (default: --users 500 --rooms 20 --rate 20000 --duration 10)
+# Extra server flags: OCM_SERVER_ARGS="--batch-max 1" scripts/bench.sh --rate 50000
+#
+# The server runs with --msg-rate 0 (no per-member flood control, or the bench would
+# measure the rate limit) and --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+if [ "$#" -eq 0 ]; then
+    set -- --users 500 --rooms 20 --rate 20000 --duration 10
+fi
+
+echo "bench.sh: building (cargo build --release -p ocm -p bench-client)" >&2
+cargo build --release --quiet -p ocm -p bench-client
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+server_bin="$target_dir/release/ocm-server"
+bench_bin="$target_dir/release/bench-client"
+
+tmp="$(mktemp -d)"
+server_pid=""
+cleanup() {
+    if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$server_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$server_pid" 2>/dev/null || true
+    fi
+    rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0)
+# shellcheck disable=SC2206 # word splitting of the extra flags is wanted
+server_args+=(${OCM_SERVER_ARGS:-})
+echo "bench.sh: starting $server_bin ${server_args[*]}" >&2
+"$server_bin" "${server_args[@]}" >"$tmp/server.out" 2>"$tmp/server.err" &
+server_pid=$!
+
+listening=""
+for _ in $(seq 100); do
+    listening="$(grep -m1 '^listening ' "$tmp/server.out" || true)"
+    [ -n "$listening" ] && break
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "bench.sh: ocm-server exited before listening:" >&2
+        cat "$tmp/server.err" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+if [ -z "$listening" ]; then
+    echo "bench.sh: ocm-server printed no 'listening' line within 10 s" >&2
+    exit 1
+fi
+tcp="$(sed -n 's/^listening tcp=\([^ ]*\) .*/\1/p' <<<"$listening")"
+echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0)" >&2
+
+# utime and stime of a process, in clock ticks: fields 14 and 15 of /proc/PID/stat,
+# counted after the command name (which is in parentheses and may hold spaces).
+cpu_ticks() {
+    sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'
+}
+read -r utime0 stime0 < <(cpu_ticks "$server_pid")
+start_ns="$(date +%s%N)"
+
+set +e
+"$bench_bin" --server "$tcp" "$@"
+bench_rc=$?
+set -e
+
+if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "bench.sh: ocm-server died during the run:" >&2
+    cat "$tmp/server.err" >&2
+    exit 1
+fi
+read -r utime1 stime1 < <(cpu_ticks "$server_pid")
+end_ns="$(date +%s%N)"
+hz="$(getconf CLK_TCK)"
+awk -v u="$((utime1 - utime0))" -v s="$((stime1 - stime0))" -v hz="$hz" \
+    -v wall="$(((end_ns - start_ns) / 1000000))" 'BEGIN {
+        us = u / hz; ss = s / hz; w = wall / 1000;
+        printf "Server CPU    user %.2f s, sys %.2f s = %.0f%% of one core over %.1f s (bench-client run, setup included)\n",
+            us, ss, (w > 0 ? (us + ss) * 100 / w : 0), w
+    }'
+exit "$bench_rc"
