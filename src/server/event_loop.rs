@@ -56,6 +56,11 @@ pub const MAX_OUTPUT: usize = 256 * 1024;
 const MAX_REFUSED: usize = 1024;
 /// Datagrams read per wake-up before the loop looks at TCP and timers again.
 const UDP_BATCH: usize = 1024;
+/// Reads from one connection per turn; a peer with more to say waits for the next turn,
+/// so one busy connection cannot keep the loop from the others.
+const READS_PER_TURN: usize = 16;
+/// Connections accepted per turn, for the same reason.
+const ACCEPTS_PER_TURN: usize = 128;
 /// How long `accept` rests after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Socket buffer sizes asked for on the UDP socket: bursts are absorbed, not dropped.
@@ -176,6 +181,9 @@ pub struct Server {
     per_ip: HashMap<IpAddr, u32>,
     accept_paused_until: Option<Instant>,
     udp_pending: bool,
+    /// Sources that still had input when their turn's budget ran out: served first next
+    /// turn, and the poll does not wait while any is here.
+    backlog: Vec<Token>,
     receiver: Receiver,
     sender: Sender,
 }
@@ -299,6 +307,7 @@ impl Server {
             per_ip: HashMap::new(),
             accept_paused_until: None,
             udp_pending: true,
+            backlog: Vec::new(),
             receiver: Receiver::new(pktinfo),
             sender: Sender::default(),
         })
@@ -332,6 +341,14 @@ impl Server {
             let now = Instant::now();
             self.stats.wakeups += 1;
             let mut stop = false;
+            for token in std::mem::take(&mut self.backlog) {
+                match token {
+                    LISTENER => self.accept(now, Kind::Tcrp),
+                    METRICS => self.accept(now, Kind::Http),
+                    Token(t) if t >= CONN_BASE => self.on_readable(t - CONN_BASE, now),
+                    Token(_) => {}
+                }
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now, Kind::Tcrp),
@@ -369,7 +386,7 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.udp_pending {
+        if self.udp_pending || !self.backlog.is_empty() {
             return Some(Duration::ZERO);
         }
         let next = [
@@ -431,7 +448,7 @@ impl Server {
             return;
         }
         self.accept_paused_until = None;
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             let listener = match kind {
                 Kind::Tcrp => &self.listener,
                 Kind::Http => match &self.metrics {
@@ -452,6 +469,10 @@ impl Server {
                 Err(e) => debug!("accept: {e}"),
             }
         }
+        self.backlog.push(match kind {
+            Kind::Tcrp => LISTENER,
+            Kind::Http => METRICS,
+        });
     }
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant, kind: Kind) {
@@ -523,10 +544,14 @@ impl Server {
 
     fn on_readable(&mut self, key: usize, now: Instant) {
         let mut scratch = [0u8; 512];
-        loop {
+        for reads in 0.. {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
+            if reads == READS_PER_TURN {
+                self.backlog.push(Token(key + CONN_BASE));
+                break;
+            }
             let result = if conn.phase == Phase::Open {
                 let start = conn.input.len();
                 let cap = conn.kind.input_cap();
