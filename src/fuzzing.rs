@@ -337,6 +337,7 @@ fn check_events(data: &[u8]) {
     let mut at = 0;
     let mut buf = EventBuf::default();
     let mut buffered = 0;
+    let mut full = false;
     let mut scratch = [0u8; EVENT_OVERHEAD + 255 + 65535];
     loop {
         match it.next() {
@@ -354,11 +355,14 @@ fn check_events(data: &[u8]) {
                     "event {ev:?} re-encodes differently"
                 );
                 assert_eq!(ev.known_kind().map(|k| k as u8), known(ev.kind));
-                if buf.fits(&ev) {
+                // Push until the first event that does not fit; after it, a smaller event
+                // could fit again, but the buffer would then no longer be a prefix.
+                if !full && buf.fits(&ev) {
                     assert!(buf.push(&ev));
                     buffered = at + n;
-                } else {
+                } else if !full {
                     assert!(!buf.push(&ev));
+                    full = true;
                 }
                 at += n;
             }
