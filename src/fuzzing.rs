@@ -701,6 +701,8 @@ pub fn relay(data: &[u8]) {
         max_capacity: 1 + u16::from(c[3] % 4),
         max_rooms: 1 + usize::from(c[5] % 4),
         max_members: 1 + usize::from(c[6] % 8),
+        // 0 (no limit) most of the time, else 1-3 members per IP.
+        max_members_per_ip: u32::from(c[6] / 8 % 8).saturating_sub(4),
         max_rooms_per_ip: u32::from(c[7] % 3),
         msg_rate: u32::from(c[8] % 4),
         msg_burst: 1 + u32::from(c[9] % 3),

@@ -305,6 +305,16 @@ fn ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
 }
 
 #[test]
+fn metrics_scrapes_do_not_take_chat_connection_slots() {
+    let srv = ServerProc::start(&["--max-connections", "1", "--metrics", "127.0.0.1:0"]);
+    let mut held = srv.control();
+    // The one chat slot is taken, yet scrapes work...
+    assert_eq!(srv.metric("ocm_tcp_connections"), 1.0);
+    // ...and the chat connection still works after them.
+    assert!(held.list().is_ok());
+}
+
+#[test]
 fn metrics_count_what_happened() {
     let srv = ServerProc::start(&["--metrics", "127.0.0.1:0"]);
     let mut c = srv.control();

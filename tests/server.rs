@@ -338,6 +338,41 @@ fn a_huge_payload_header_is_refused_and_closed() {
 }
 
 #[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_reply() {
+    let srv = ServerProc::start(&[]);
+    let req = request(&Request::Create {
+        room: "half",
+        user: "u",
+        password: b"",
+        capacity: 0,
+    });
+    let mut s = TcpStream::connect(srv.tcp).unwrap();
+    s.write_all(&req).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, closed) = read_until_close(&mut s, Duration::from_secs(5));
+    assert!(closed, "closed once the replies are out");
+    // RESPONSE (33 + 4 bytes of name) then COMPLETE with a 32-byte token.
+    assert_eq!(
+        got.len(),
+        (HEADER_LEN + 4 + 1) + (HEADER_LEN + 4 + 37),
+        "{got:?}"
+    );
+    assert_eq!(got[HEADER_LEN + 4], 0);
+    // A malformed header followed by FIN is still answered.
+    let mut bad = vec![0u8; HEADER_LEN];
+    bad[1] = 99;
+    let mut s = TcpStream::connect(srv.tcp).unwrap();
+    s.write_all(&bad).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let (got, closed) = read_until_close(&mut s, Duration::from_secs(5));
+    assert!(closed);
+    assert_eq!(
+        (got.len(), got[1], got[HEADER_LEN]),
+        (HEADER_LEN + 1, 99, 6)
+    );
+}
+
+#[test]
 fn pipelined_requests_are_answered_in_order() {
     let srv = ServerProc::start(&[]);
     let mut bytes = request(&Request::Create {

@@ -55,13 +55,18 @@ struct Args {
     #[argh(option, default = "20")]
     msg_rate: u32,
 
-    /// burst of chat messages per member (default: 40)
+    /// burst of chat messages per member; 0 turns the limit off (default: 40)
     #[argh(option, default = "40")]
     msg_burst: u32,
 
     /// most open TCP connections from one IP; 0 turns the limit off (default: 64)
     #[argh(option, default = "64")]
     max_connections_per_ip: u32,
+
+    /// most members (in all rooms) whose tokens went to one IP; 0 turns the limit off
+    /// (default: 1024)
+    #[argh(option, default = "1024")]
+    max_members_per_ip: u32,
 
     /// most rooms created from one IP at once; 0 turns the limit off (default: 16)
     #[argh(option, default = "16")]
@@ -95,6 +100,7 @@ impl Args {
             max_capacity: self.max_capacity,
             max_rooms: self.max_rooms,
             max_members: self.max_members,
+            max_members_per_ip: self.max_members_per_ip,
             max_rooms_per_ip: self.max_rooms_per_ip,
             msg_rate: self.msg_rate,
             msg_burst: self.msg_burst,

@@ -17,7 +17,12 @@ use std::time::Instant;
 #[derive(Debug, Default)]
 pub struct DeadlineQueue {
     heap: BinaryHeap<Reverse<(Instant, usize, u64)>>,
+    /// Entries whose item is gone (about; recounted exactly at each compaction).
+    stale: usize,
 }
+
+/// Below this many stale entries, compaction is not worth a pass.
+const COMPACT_MIN: usize = 1024;
 
 impl DeadlineQueue {
     /// Schedules `key` (generation `id`) at `at`.
@@ -35,6 +40,27 @@ impl DeadlineQueue {
         match self.heap.peek() {
             Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse(e)| e),
             _ => None,
+        }
+    }
+
+    /// Notes that an item with a pending entry is gone, so that entry is garbage now.
+    pub fn forget(&mut self) {
+        self.stale += 1;
+    }
+
+    /// Notes that a popped entry was garbage.
+    pub fn popped_stale(&mut self) {
+        self.stale = self.stale.saturating_sub(1);
+    }
+
+    /// Drops garbage entries once they outnumber live ones, so that items created and
+    /// removed faster than their deadlines pass (a CREATE/LEAVE loop, connection churn)
+    /// cannot grow the heap without bound. `live(key, id)` says which entries to keep.
+    /// Each pass is paid for by as many `forget`s: amortised O(log n) per item.
+    pub fn compact_if_needed(&mut self, live: impl Fn(usize, u64) -> bool) {
+        if self.stale > COMPACT_MIN && self.stale * 2 > self.heap.len() {
+            self.heap.retain(|Reverse((_, key, id))| live(*key, *id));
+            self.stale = 0;
         }
     }
 
@@ -68,5 +94,26 @@ mod tests {
         assert_eq!(q.pop_due(due).map(|e| (e.1, e.2)), Some((2, 7)));
         assert_eq!(q.pop_due(due), None);
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn garbage_is_compacted_once_it_dominates() {
+        let t0 = Instant::now();
+        let mut q = DeadlineQueue::default();
+        for key in 0..3000 {
+            q.schedule(t0 + Duration::from_secs(60), key, 0);
+        }
+        // Items 0..2000 go away; below the threshold nothing happens yet.
+        for _ in 0..1000 {
+            q.forget();
+        }
+        q.compact_if_needed(|key, _| key >= 2000);
+        assert_eq!(q.len(), 3000);
+        for _ in 0..1000 {
+            q.forget();
+        }
+        q.compact_if_needed(|key, _| key >= 2000);
+        assert_eq!(q.len(), 1000);
+        assert_eq!(q.next(), Some(t0 + Duration::from_secs(60)));
     }
 }

@@ -61,6 +61,9 @@ const UDP_BATCH: usize = 1024;
 const READS_PER_TURN: usize = 16;
 /// Connections accepted per turn, for the same reason.
 const ACCEPTS_PER_TURN: usize = 128;
+/// Metrics connections open at once; they do not count against the chat limits, so a
+/// scrape never costs a chat client its slot.
+const MAX_METRICS_CONNECTIONS: usize = 16;
 /// How long `accept` rests after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Socket buffer sizes asked for on the UDP socket: bursts are absorbed, not dropped.
@@ -141,7 +144,7 @@ struct Conn {
     output: Vec<u8>,
     written: usize,
     phase: Phase,
-    /// Counts against the connection limits (refused ones do not).
+    /// Admitted (refused ones count only against the refusal cap).
     counted: bool,
     /// When the first byte of a still-incomplete request arrived.
     request_since: Option<Instant>,
@@ -150,6 +153,9 @@ struct Conn {
     /// The earliest entry this connection has in the deadline queue.
     scheduled: Instant,
     wants_write: bool,
+    /// The peer shut its side (read gave end of stream): close once the replies owed
+    /// have been written.
+    peer_done: bool,
 }
 
 impl Conn {
@@ -178,6 +184,10 @@ pub struct Server {
     conn_deadlines: DeadlineQueue,
     next_conn_id: u64,
     counted: usize,
+    /// Refused connections still draining their SERVER_FULL answer.
+    refused_open: usize,
+    /// Open metrics connections.
+    metrics_open: usize,
     per_ip: HashMap<IpAddr, u32>,
     accept_paused_until: Option<Instant>,
     udp_pending: bool,
@@ -304,6 +314,8 @@ impl Server {
             conn_deadlines: DeadlineQueue::default(),
             next_conn_id: 0,
             counted: 0,
+            refused_open: 0,
+            metrics_open: 0,
             per_ip: HashMap::new(),
             accept_paused_until: None,
             udp_pending: true,
@@ -479,14 +491,19 @@ impl Server {
         let ip = peer.ip().to_canonical();
         let from_ip = self.per_ip.get(&ip).copied().unwrap_or(0);
         let per_ip_cap = self.limits.max_connections_per_ip;
-        let full = self.counted >= self.limits.max_connections
-            || (per_ip_cap != 0 && from_ip >= per_ip_cap);
+        let full = match kind {
+            Kind::Tcrp => {
+                self.counted >= self.limits.max_connections
+                    || (per_ip_cap != 0 && from_ip >= per_ip_cap)
+            }
+            Kind::Http => self.metrics_open >= MAX_METRICS_CONNECTIONS,
+        };
         if full {
             self.stats.refused += 1;
         } else {
             self.stats.accepted += 1;
         }
-        if full && self.conns.len() - self.counted >= MAX_REFUSED {
+        if full && self.refused_open >= MAX_REFUSED {
             debug!("refusing {peer} unanswered: too many refusals pending");
             return;
         }
@@ -508,6 +525,7 @@ impl Server {
             linger_until: None,
             scheduled: now,
             wants_write: false,
+            peer_done: false,
         };
         if full {
             debug!("connection from {peer} refused: server full");
@@ -518,10 +536,16 @@ impl Server {
                 ),
             }
             conn.phase = Phase::Closing;
+            self.refused_open += 1;
         } else {
             conn.input.reserve_exact(kind.input_cap());
-            self.counted += 1;
-            *self.per_ip.entry(ip).or_default() += 1;
+            match kind {
+                Kind::Tcrp => {
+                    self.counted += 1;
+                    *self.per_ip.entry(ip).or_default() += 1;
+                }
+                Kind::Http => self.metrics_open += 1,
+            }
         }
         let entry = self.conns.vacant_entry();
         let key = entry.key();
@@ -569,6 +593,12 @@ impl Server {
                 conn.stream.read(&mut scratch)
             };
             match result {
+                Ok(0) if conn.written < conn.output.len() => {
+                    // A half-close after the last request: the replies are still owed.
+                    conn.peer_done = true;
+                    conn.phase = Phase::Closing;
+                    break;
+                }
                 Ok(0) => {
                     self.close(key);
                     return;
@@ -617,7 +647,8 @@ impl Server {
         let peer = conn.peer.ip();
         let mut tx = Tx::new(&*udp, sender);
         let mut consumed = 0;
-        loop {
+        // Past the output cap, stop answering: the caller closes a peer that does not read.
+        while conn.output.len() <= MAX_OUTPUT {
             match split_request(&conn.input[consumed..]) {
                 Ok(None) => break,
                 Ok(Some((frame, n))) => {
@@ -716,6 +747,10 @@ impl Server {
             if conn.output.capacity() > 64 * 1024 {
                 conn.output.shrink_to(4096);
             }
+            if conn.peer_done {
+                self.close(key);
+                return;
+            }
             if conn.phase == Phase::Closing {
                 let _ = conn.stream.shutdown(Shutdown::Write);
                 conn.phase = Phase::Draining;
@@ -762,6 +797,7 @@ impl Server {
             .handle_timeout(now, &mut Tx::new(&self.udp, &mut self.sender));
         while let Some((at, key, id)) = self.conn_deadlines.pop_due(now) {
             let Some(conn) = self.conns.get_mut(key).filter(|c| c.id == id) else {
+                self.conn_deadlines.popped_stale();
                 continue;
             };
             if at != conn.scheduled {
@@ -792,16 +828,25 @@ impl Server {
             return;
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        if conn.counted {
-            self.counted -= 1;
-            let ip = conn.peer.ip().to_canonical();
-            if let Some(n) = self.per_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.per_ip.remove(&ip);
+        match (conn.counted, conn.kind) {
+            (false, _) => self.refused_open -= 1,
+            (true, Kind::Http) => self.metrics_open -= 1,
+            (true, Kind::Tcrp) => {
+                self.counted -= 1;
+                let ip = conn.peer.ip().to_canonical();
+                if let Some(n) = self.per_ip.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_ip.remove(&ip);
+                    }
                 }
             }
         }
+        // Its deadline entry is garbage now; drop garbage once it dominates.
+        self.conn_deadlines.forget();
+        let conns = &self.conns;
+        self.conn_deadlines
+            .compact_if_needed(|key, id| conns.get(key).is_some_and(|c| c.id == id));
     }
 }
 

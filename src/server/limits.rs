@@ -22,9 +22,9 @@ impl Bucket {
         }
     }
 
-    /// Takes a token if one is there. `rate` 0 means no limit.
+    /// Takes a token if one is there. `rate` 0 or `burst` 0 means no limit.
     pub fn take(&mut self, rate: u32, burst: u32, now: Instant) -> bool {
-        if rate == 0 {
+        if rate == 0 || burst == 0 {
             return true;
         }
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -106,8 +106,10 @@ mod tests {
         let much_later = t0 + Duration::from_secs(100);
         assert!((0..3).all(|_| b.take(2, 3, much_later)));
         assert!(!b.take(2, 3, much_later));
-        // Rate 0: unlimited.
+        // Rate 0 or burst 0: unlimited.
         assert!((0..1000).all(|_| b.take(0, 3, much_later)));
+        let mut none = Bucket::full(0, t0);
+        assert!((0..1000).all(|_| none.take(20, 0, t0)));
     }
 
     #[test]

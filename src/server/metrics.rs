@@ -28,7 +28,7 @@ pub struct Snapshot<'a> {
     pub members: usize,
     /// Members that have bound an address.
     pub bound: usize,
-    /// Open TCP connections that count against the limits (TCRP and metrics).
+    /// Open TCRP connections (those that count against the connection limits).
     pub connections: usize,
     /// Connections accepted since start.
     pub accepted: u64,
@@ -81,7 +81,7 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
         out,
         "tcp_connections",
         "gauge",
-        "Open TCP connections.",
+        "Open TCRP connections.",
         s.connections,
     );
     one(

@@ -46,6 +46,9 @@ pub struct Config {
     pub max_rooms: usize,
     /// Members over all rooms.
     pub max_members: usize,
+    /// Members whose tokens were issued to one IP (0: no limit): one address cannot fill
+    /// every room and the whole server.
+    pub max_members_per_ip: u32,
     /// Rooms that one IP may have created at once (0: no limit).
     pub max_rooms_per_ip: u32,
     /// Chat messages per second per member (0: no limit).
@@ -65,6 +68,7 @@ impl Default for Config {
             max_capacity: 256,
             max_rooms: 10_000,
             max_members: 100_000,
+            max_members_per_ip: 1024,
             max_rooms_per_ip: 16,
             msg_rate: 20,
             msg_burst: 40,
@@ -133,6 +137,7 @@ pub struct Relay<R> {
     /// Rooms whose outbox holds events, to be sent at the end of this wake-up.
     queued: Vec<usize>,
     rooms_per_ip: HashMap<IpAddr, u32>,
+    members_per_ip: HashMap<IpAddr, u32>,
     throttle: PasswordThrottle,
     next_prune: Option<Instant>,
     rate_body: String,
@@ -160,6 +165,7 @@ impl<R: Rng> Relay<R> {
             next_id: 0,
             queued: Vec::new(),
             rooms_per_ip: HashMap::new(),
+            members_per_ip: HashMap::new(),
             throttle: PasswordThrottle::default(),
             next_prune: None,
             rate_body,
@@ -253,6 +259,15 @@ impl<R: Rng> Relay<R> {
         {
             return Err("per-IP room counts are off".into());
         }
+        if self
+            .members_per_ip
+            .values()
+            .map(|&n| n as usize)
+            .sum::<usize>()
+            != self.members.len()
+        {
+            return Err("per-IP member counts are off".into());
+        }
         let c = &self.counters;
         if c.rooms_created - c.rooms_closed != self.rooms.len() as u64 {
             return Err("rooms created - closed != rooms open".into());
@@ -329,6 +344,7 @@ impl<R: Rng> Relay<R> {
         let per_ip = self.rooms_per_ip.get(&peer).copied().unwrap_or(0);
         if self.rooms.len() >= self.cfg.max_rooms
             || self.members.len() >= self.cfg.max_members
+            || self.ip_has_max_members(peer)
             || (self.cfg.max_rooms_per_ip != 0 && per_ip >= self.cfg.max_rooms_per_ip)
         {
             return Err(Status::ServerFull);
@@ -387,7 +403,7 @@ impl<R: Rng> Relay<R> {
         if r.members.len() >= usize::from(r.capacity) {
             return Err(Status::RoomFull);
         }
-        if self.members.len() >= self.cfg.max_members {
+        if self.members.len() >= self.cfg.max_members || self.ip_has_max_members(peer) {
             return Err(Status::ServerFull);
         }
         let m = self.add_member(now, key, peer, user);
@@ -395,7 +411,13 @@ impl<R: Rng> Relay<R> {
         Ok(Some(m))
     }
 
+    fn ip_has_max_members(&self, ip: IpAddr) -> bool {
+        let cap = self.cfg.max_members_per_ip;
+        cap != 0 && self.members_per_ip.get(&ip).copied().unwrap_or(0) >= cap
+    }
+
     fn add_member(&mut self, now: Instant, room: usize, ip: IpAddr, name: &str) -> usize {
+        *self.members_per_ip.entry(ip).or_default() += 1;
         let token = loop {
             let t = token::generate(&mut self.rng);
             if !self.by_token.contains_key(&t) {
@@ -439,6 +461,7 @@ impl<R: Rng> Relay<R> {
         info!("'{name}' left room '{room}'");
         self.counters.members_left += 1;
         self.remove_member(member, tx);
+        self.forget_deadline();
         self.emit(key, EventKind::Left, &name, "", tx);
         if self.rooms[key].host == member {
             self.emit(key, EventKind::RoomClosed, "", reason::HOST_LEFT, tx);
@@ -607,6 +630,7 @@ impl<R: Rng> Relay<R> {
     pub fn handle_timeout(&mut self, now: Instant, tx: &mut impl Transmit) {
         while let Some((_, key, id)) = self.deadlines.pop_due(now) {
             let Some(m) = self.members.get(key).filter(|m| m.id == id) else {
+                self.deadlines.popped_stale();
                 continue;
             };
             if m.deadline > now {
@@ -709,14 +733,38 @@ impl<R: Rng> Relay<R> {
     /// its bound set changes.
     fn remove_member(&mut self, key: usize, tx: &mut impl Transmit) {
         let m = self.members.remove(key);
-        self.by_token.remove(&m.token);
-        let room = &mut self.rooms[m.room];
-        send_outbox(room, &mut self.counters, tx);
+        let room_key = m.room;
+        let bound = m.addr.is_some();
+        self.forget_member(m);
+        let room = &mut self.rooms[room_key];
+        if bound {
+            send_outbox(room, &mut self.counters, tx);
+        }
         room.members.retain(|&k| k != key);
         if let Some(i) = room.bound_keys.iter().position(|&k| k == key) {
             room.bound_keys.swap_remove(i);
             room.bound.swap_remove(i);
         }
+    }
+
+    /// Voids a removed member's token and its count against its IP.
+    fn forget_member(&mut self, m: Member) {
+        self.by_token.remove(&m.token);
+        if let Some(n) = self.members_per_ip.get_mut(&m.ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.members_per_ip.remove(&m.ip);
+            }
+        }
+    }
+
+    /// Notes that a removed member's deadline entry is garbage, and compacts the queue
+    /// when garbage dominates.
+    fn forget_deadline(&mut self) {
+        self.deadlines.forget();
+        let members = &self.members;
+        self.deadlines
+            .compact_if_needed(|key, id| members.get(key).is_some_and(|m| m.id == id));
     }
 
     /// Sends what the room still holds, voids every token and frees the name.
@@ -726,7 +774,8 @@ impl<R: Rng> Relay<R> {
         for m in room.members {
             if self.members.contains(m) {
                 let m = self.members.remove(m);
-                self.by_token.remove(&m.token);
+                self.forget_member(m);
+                self.forget_deadline();
             }
         }
         self.by_name.remove(&room.name);

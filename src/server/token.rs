@@ -58,7 +58,8 @@ impl Hasher for TokenHasher {
     }
 
     fn finish(&self) -> u64 {
-        self.0
+        // The table picks buckets from the low bits: fold the well-mixed high half down.
+        self.0 ^ (self.0 >> 32)
     }
 }
 

@@ -390,9 +390,10 @@ unsafe fn read_pktinfo(h: &libc::msghdr) -> Option<IpAddr> {
             match ((*c).cmsg_level, (*c).cmsg_type) {
                 (libc::IPPROTO_IP, libc::IP_PKTINFO) => {
                     let info: libc::in_pktinfo = ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    return Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                        info.ipi_addr.s_addr,
-                    ))));
+                    // The local address the packet arrived on (for a broadcast, the
+                    // interface's address, not the broadcast address).
+                    let local = u32::from_be(info.ipi_spec_dst.s_addr);
+                    return Some(IpAddr::V4(Ipv4Addr::from(local)));
                 }
                 (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) => {
                     let info: libc::in6_pktinfo = ptr::read_unaligned(libc::CMSG_DATA(c).cast());

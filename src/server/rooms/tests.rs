@@ -436,3 +436,37 @@ fn capacity_limits_and_status_order() {
     assert_eq!(w.request(0, ip(2), create("a", 0)).0, Status::RoomExists);
     assert_eq!(w.request(0, ip(2), create("c", 0)).0, Status::ServerFull);
 }
+
+#[test]
+fn one_ip_cannot_hold_more_than_its_share_of_members() {
+    let cfg = Config {
+        max_members_per_ip: 2,
+        ..Config::default()
+    };
+    let mut w = World::new(cfg);
+    w.create("r", "a");
+    w.join("r", "b");
+    let join = |user| Request::Join {
+        room: "r",
+        user,
+        password: b"",
+    };
+    assert_eq!(w.request(0, ip(1), join("c")).0, Status::ServerFull);
+    assert_eq!(w.request(0, ip(2), join("c")).0, Status::Ok);
+    // A member leaving frees a slot for its IP.
+    let tb = w.relay.by_token.keys().copied().find(|t| {
+        let k = w.relay.by_token[t];
+        &*w.relay.members[k].name == "b"
+    });
+    let (s, _) = w.request(
+        0,
+        ip(1),
+        Request::Leave {
+            room: "r",
+            token: &tb.unwrap(),
+        },
+    );
+    assert_eq!(s, Status::Ok);
+    assert_eq!(w.request(0, ip(1), join("d")).0, Status::Ok);
+    w.relay.check_invariants().unwrap();
+}
