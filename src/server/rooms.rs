@@ -734,12 +734,11 @@ impl<R: Rng> Relay<R> {
     fn remove_member(&mut self, key: usize, tx: &mut impl Transmit) {
         let m = self.members.remove(key);
         let room_key = m.room;
-        let bound = m.addr.is_some();
         self.forget_member(m);
+        // Send what is queued first: the events so far were for the old membership (and a
+        // TIMED_OUT for this member leaves before a newcomer can take its name).
         let room = &mut self.rooms[room_key];
-        if bound {
-            send_outbox(room, &mut self.counters, tx);
-        }
+        send_outbox(room, &mut self.counters, tx);
         room.members.retain(|&k| k != key);
         if let Some(i) = room.bound_keys.iter().position(|&k| k == key) {
             room.bound_keys.swap_remove(i);
