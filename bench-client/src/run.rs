@@ -215,13 +215,7 @@ fn bind_all(
                 .iter_mut()
                 .map(|w| s.spawn(move || w.bind(clock, topo, shared, stage, deadline)))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("worker panicked")))
-                })
-                .collect()
+            join_all(handles)
         });
         for r in results {
             r.map_err(|e| format!("bind phase: {e}"))?;
@@ -295,13 +289,7 @@ fn step(
             })
             .collect();
         progress(&handles, ctx, &plan);
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("worker panicked")))
-            })
-            .collect()
+        join_all(handles)
     });
     let wall_s = wall0.elapsed().as_secs_f64();
     let cpu = CpuTime::now().since(cpu0);
@@ -472,4 +460,17 @@ fn sweep(workers: &mut [Worker], ctx: &StepCtx<'_>, args: &Args) -> Result<(), S
         write_file(path, &j.finish())?;
     }
     Ok(())
+}
+
+/// Joins worker threads, turning a panicked worker into an error.
+fn join_all<T>(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, std::io::Result<T>>>,
+) -> Vec<std::io::Result<T>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("worker panicked")))
+        })
+        .collect()
 }

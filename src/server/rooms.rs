@@ -250,22 +250,12 @@ impl<R: Rng> Relay<R> {
         if self.by_name.len() != self.rooms.len() {
             return Err("room names and rooms differ".into());
         }
-        if self
-            .rooms_per_ip
-            .values()
-            .map(|&n| n as usize)
-            .sum::<usize>()
-            != per_ip
-        {
+        let total =
+            |per_ip: &HashMap<IpAddr, u32>| per_ip.values().map(|&n| n as usize).sum::<usize>();
+        if total(&self.rooms_per_ip) != per_ip {
             return Err("per-IP room counts are off".into());
         }
-        if self
-            .members_per_ip
-            .values()
-            .map(|&n| n as usize)
-            .sum::<usize>()
-            != self.members.len()
-        {
+        if total(&self.members_per_ip) != self.members.len() {
             return Err("per-IP member counts are off".into());
         }
         let c = &self.counters;
