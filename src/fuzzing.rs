@@ -29,11 +29,11 @@ use crate::protocol::frame::{
     split_request,
 };
 use crate::protocol::{
-    MAX_DATAGRAM, MAX_MESSAGE, MAX_PAYLOAD, Operation, State, Status, TOKEN_LEN, text,
+    MAX_DATAGRAM, MAX_MESSAGE, MAX_PAYLOAD, Operation, State, Status, TOKEN_LEN, next_seq, text,
 };
 use crate::server::counters::DropReason;
-use crate::server::rooms::{Config, DatagramOutcome, Relay};
 use crate::server::transmit::{Dest, Recorder, Transmit};
+use crate::server::{Config, DatagramOutcome, Relay};
 
 // ---------------------------------------------------------------------------------------
 // 1. TCRP stream
@@ -600,13 +600,6 @@ struct AddrState {
     fresh_user: Option<&'static str>,
     /// The room instance of every token bound here.
     rid: Option<u32>,
-}
-
-fn next_seq(s: u32) -> u32 {
-    match s.wrapping_add(1) {
-        0 => 1,
-        n => n,
-    }
 }
 
 struct Harness {

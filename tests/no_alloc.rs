@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ocm::server::rooms::DatagramOutcome;
+use ocm::server::DatagramOutcome;
 use relay_fixture::Null;
 
 struct Counting;

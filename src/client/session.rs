@@ -184,9 +184,9 @@ impl SeqTracker {
         self.last
     }
 
-    /// The Seq that follows `seq` in the room's sequence.
+    /// The Seq that follows `seq` in the room's sequence ([`crate::protocol::next_seq`]).
     pub fn successor(seq: u32) -> u32 {
-        if seq == u32::MAX { 1 } else { seq + 1 }
+        crate::protocol::next_seq(seq)
     }
 
     /// Takes note of one event's Seq and says whether events were missed before it.

@@ -30,6 +30,15 @@ pub const MAX_DATAGRAM: usize = 4096;
 /// Largest chat message; chosen so that any single event fits in one datagram.
 pub const MAX_MESSAGE: usize = 3800;
 
+/// The Seq that follows `seq` in a room's sequence: +1, and after 0xFFFFFFFF comes 1, since
+/// Seq 0 is never a room event (it marks notices outside the sequence).
+pub const fn next_seq(seq: u32) -> u32 {
+    match seq.wrapping_add(1) {
+        0 => 1,
+        s => s,
+    }
+}
+
 /// TCRP operations (header byte 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -2,6 +2,7 @@
 //!
 //! * [`rooms`]: rooms, members, tokens, Seq and outboxes; takes `now` as an argument.
 //! * [`deadlines`]: idle expiry in O(expired).
+//! * [`per_ip`]: counts per client IP, for the per-IP limits.
 //! * [`limits`]: message buckets and password-failure throttling.
 //! * [`token`]: token generation, constant-time compare, the token table's hasher.
 //! * [`counters`]: what the server counts (drops by reason, traffic, requests).
@@ -15,6 +16,7 @@ pub mod deadlines;
 pub mod event_loop;
 pub mod limits;
 pub mod metrics;
+pub mod per_ip;
 pub mod rooms;
 pub mod token;
 pub mod transmit;
@@ -22,4 +24,4 @@ pub mod transmit;
 pub mod udp;
 
 pub use event_loop::{Limits, Server};
-pub use rooms::{Config, Relay};
+pub use rooms::{Config, DatagramOutcome, Relay};

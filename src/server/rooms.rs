@@ -29,7 +29,7 @@ use super::transmit::{Dest, Transmit};
 use crate::protocol::datagram::{ChatDatagram, DatagramError};
 use crate::protocol::event::{Event, EventBuf, EventKind, reason};
 use crate::protocol::frame::{Grant, Request, RoomSummary, encode_list, encode_response};
-use crate::protocol::{MAX_DATAGRAM, Operation, Status, TOKEN_LEN};
+use crate::protocol::{MAX_DATAGRAM, Operation, Status, TOKEN_LEN, next_seq};
 
 /// The relay's limits and settings (the server's command line, minus the sockets).
 #[derive(Debug, Clone)]
@@ -795,10 +795,7 @@ fn emit_into(
     tx: &mut impl Transmit,
 ) {
     let room = &mut rooms[key];
-    room.seq = match room.seq.wrapping_add(1) {
-        0 => 1,
-        s => s,
-    };
+    room.seq = next_seq(room.seq);
     let ev = Event {
         kind: kind as u8,
         seq: room.seq,

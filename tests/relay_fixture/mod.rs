@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use ocm::protocol::datagram::ChatDatagram;
 use ocm::protocol::frame::{Grant, Request, split_reply};
-use ocm::server::rooms::{Config, Relay};
 use ocm::server::transmit::{Dest, Transmit};
+use ocm::server::{Config, Relay};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
