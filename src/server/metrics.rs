@@ -2,8 +2,9 @@
 //!
 //! Sans-IO like the rest of the core: [`render`] writes the exposition text from a
 //! [`Snapshot`], [`parse_request`] reads an HTTP request head from bytes, and [`respond`]
-//! writes a whole response. The event loop owns the socket, caps the request size, applies
-//! the same timeouts as TCRP connections, and closes after each reply.
+//! writes a whole response. The connection around them is [`super::conn::http`]: the same
+//! [`Conn`](super::conn::Conn) as TCRP (request-size cap, timeouts, close after the reply),
+//! with the event loop owning the socket.
 //!
 //! The format is written by hand: it is a few lines of stable text per metric, and our
 //! counters are plain integers owned by the loop, so a registry crate would only add
