@@ -8,8 +8,9 @@
 //!
 //! Where I/O happens: this file reads and writes the TCP sockets, accepts, and drives the
 //! UDP socket through [`crate::sys::udp`] (`recvmmsg`/`sendmmsg`), which is also where the
-//! relay's [`Transmit`](super::transmit::Transmit) sends. Socket set-up is
-//! [`crate::sys::socket`]. No `unsafe` here: all of it is under [`crate::sys`].
+//! relay's [`Transmit`](super::transmit::Transmit) sends; `tcp.rs` beside this file does the
+//! TCP side. Socket set-up is [`crate::sys::socket`]. No `unsafe` here: all of it is under
+//! [`crate::sys`].
 //!
 //! Nothing here blocks or lets one peer hurt another:
 //! * a connection's buffers, timers and closing are [`Conn`]'s (bounded input, capped
@@ -18,6 +19,8 @@
 //!   running out of file descriptors backs off instead of spinning;
 //! * reads and accepts are budgeted per turn, and UDP is read in bounded batches, so TCP is
 //!   served during a flood; UDP sends that the socket refuses are dropped and counted.
+//!
+//! [`Conn`]: super::conn::Conn
 
 use std::io;
 use std::net::SocketAddr;
@@ -41,7 +44,6 @@ use tcp::Client;
 mod tcp;
 
 pub use super::conn::admission::Limits;
-pub use super::conn::{IDLE_TIMEOUT, MAX_OUTPUT, REQUEST_TIMEOUT};
 
 /// Datagrams read per wake-up before the loop looks at TCP and timers again.
 const UDP_BATCH: usize = 1024;
@@ -117,9 +119,6 @@ pub struct Server {
     /// turn, and the poll does not wait while any is here.
     backlog: Vec<Token>,
 }
-
-/// Binds the TCP listener and the UDP socket (see [`crate::sys::socket::bind`]).
-pub use crate::sys::socket::bind;
 
 impl Server {
     /// A server over already-bound, non-blocking sockets, with an optional listener for

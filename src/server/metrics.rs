@@ -63,7 +63,14 @@ fn one(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fm
 
 /// Appends the exposition text for `s` to `out`.
 pub fn render(s: &Snapshot<'_>, out: &mut String) {
-    let c = s.counters;
+    render_connections(s, out);
+    render_requests(s.counters, out);
+    render_data_plane(s.counters, out);
+    render_lifecycle(s, out);
+}
+
+/// Rooms, members and TCP connections.
+fn render_connections(s: &Snapshot<'_>, out: &mut String) {
     one(out, "rooms", "gauge", "Rooms open.", s.rooms);
     family(
         out,
@@ -106,6 +113,10 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
         "TCP peers closed for not reading their replies.",
         s.slow_peers,
     );
+}
+
+/// TCRP requests by operation and status, and malformed frames.
+fn render_requests(c: &Counters, out: &mut String) {
     family(
         out,
         "requests_total",
@@ -128,6 +139,10 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
         "Malformed TCRP frames (answered, then closed).",
         c.malformed_frames,
     );
+}
+
+/// Datagrams in and out, drops, messages and events.
+fn render_data_plane(c: &Counters, out: &mut String) {
     one(
         out,
         "datagrams_received_total",
@@ -205,6 +220,11 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
         "Server datagrams dropped because the socket refused them.",
         c.send_drops,
     );
+}
+
+/// Rooms and members over time, and the loop's own work.
+fn render_lifecycle(s: &Snapshot<'_>, out: &mut String) {
+    let c = s.counters;
     one(
         out,
         "rooms_created_total",
