@@ -295,3 +295,41 @@ fn a_refused_connection_is_told_server_full_then_drains() {
     assert!(shut);
     assert_eq!(c.phase(), Phase::Draining);
 }
+
+#[test]
+fn a_scrape_is_answered_once_its_head_is_whole_then_drains() {
+    use super::http::{self, Scrape};
+    use crate::server::counters::Counters;
+    use crate::server::metrics::Snapshot;
+    let t0 = Instant::now();
+    let counters = Counters::default();
+    let mut scrape = Scrape {
+        snapshot: Snapshot {
+            counters: &counters,
+            rooms: 2,
+            members: 0,
+            bound: 0,
+            connections: 1,
+            accepted: 1,
+            refused: 0,
+            slow_peers: 0,
+            wakeups: 1,
+            busy_seconds: 0.0,
+        },
+    };
+    let mut c = Conn::new(t0, http::INPUT_CAP);
+    let req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (i, b) in req.iter().enumerate() {
+        assert!(!c.wants_write(), "answered early, at byte {i}");
+        let buf = c.read_buf().unwrap();
+        buf[0] = *b;
+        c.on_read(t0, 1, &mut scrape);
+    }
+    assert_eq!(c.phase(), Phase::Closing);
+    let (out, shut) = drain(&mut c, t0);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\nocm_rooms 2\n"), "{text}");
+    assert!(shut);
+    assert_eq!(c.phase(), Phase::Draining);
+}
