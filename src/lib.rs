@@ -28,8 +28,11 @@
 //!   clock ──► Relay::handle_timeout ──► TIMED_OUT / ROOM_CLOSED events
 //! ```
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod protocol;
 pub mod server;
+pub mod sys;

@@ -24,9 +24,12 @@
 //! * [`report`]: the derived figures, the table and the JSON.
 //! * [`sweep`]: which rate to try next.
 //! * [`topology`]: who is in which room, and the run's clock.
-//! * [`sys`]: the system calls std lacks (`recvmmsg`, timerfd, rlimit, rusage, drops).
+//! * [`sys`]: the system calls std lacks (timerfd, rusage, drops); the ones the server
+//!   shares (rlimit, buffers, `recvmmsg`) come from `ocm::sys`.
 //!
 //! The protocol itself comes from the `ocm` library: this crate has no copy of it.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod body;
 pub mod cli;

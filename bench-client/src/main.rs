@@ -1,6 +1,8 @@
 //! `bench-client`: open-loop latency and throughput benchmark for `ocm-server`.
 //! See the library's documentation, or `bench-client --help`.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use std::process::ExitCode;
 
 fn main() -> ExitCode {

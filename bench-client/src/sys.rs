@@ -1,38 +1,19 @@
 //! The few system calls the bench needs that std and mio do not offer, each behind a small
-//! safe function: the open-file limit, CPU time, `recvmmsg`, a timerfd for precise pacing,
-//! socket receive buffers, and the kernel's per-socket UDP drop counters.
+//! safe function: CPU time, a timerfd for precise pacing, the timer slack, and the kernel's
+//! per-socket UDP drop counters.
+//!
+//! What the bench shares with the server comes from [`ocm::sys`], not from a copy here: the
+//! open-file limit ([`raise_nofile_limit`]), receive buffers (`ocm::sys::socket`) and the
+//! batched receive (`ocm::sys::udp::Receiver`). This file holds `unsafe` (rusage, prctl,
+//! timerfd), each block with its `SAFETY:` comment.
 
 use std::collections::HashSet;
 use std::io;
+#[cfg(target_os = "linux")]
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
-use ocm::protocol::MAX_DATAGRAM;
-
-/// Raises the soft open-file limit to the hard limit (500+ UDP sockets need it).
-/// Returns the soft limit now in force.
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass, which lives for the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if lim.rlim_cur < lim.rlim_max {
-        let want = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit only reads the struct.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        lim.rlim_cur = lim.rlim_max;
-    }
-    Ok(lim.rlim_cur)
-}
+pub use ocm::sys::rlimit::raise_nofile_limit;
 
 /// User and system CPU time this process has used so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -76,167 +57,6 @@ pub fn tight_timer_slack() {
     }
 }
 
-/// Sets a socket's receive buffer to `bytes`: SO_RCVBUFFORCE when permitted (root),
-/// SO_RCVBUF otherwise (capped by `net.core.rmem_max`). Returns the size now in force.
-pub fn set_rcvbuf(sock: &impl AsRawFd, bytes: usize) -> io::Result<usize> {
-    let fd = sock.as_raw_fd();
-    let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    let set = |opt| {
-        // SAFETY: the option value is a c_int that lives for the call.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&val as *const libc::c_int).cast(),
-                len,
-            )
-        }
-    };
-    #[cfg(target_os = "linux")]
-    let forced = set(libc::SO_RCVBUFFORCE) == 0;
-    #[cfg(not(target_os = "linux"))]
-    let forced = false;
-    if !forced && set(libc::SO_RCVBUF) != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    rcvbuf(sock)
-}
-
-/// A socket's receive buffer size as the kernel reports it.
-pub fn rcvbuf(sock: &impl AsRawFd) -> io::Result<usize> {
-    let fd = sock.as_raw_fd();
-    let mut got: libc::c_int = 0;
-    let mut got_len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `got_len` bytes into `got`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&mut got as *mut libc::c_int).cast(),
-            &mut got_len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(usize::try_from(got).unwrap_or(0))
-}
-
-/// How many datagrams one [`RecvBatch::recv`] reads at most.
-pub const RECV_BATCH: usize = 32;
-
-/// Buffers for reading up to [`RECV_BATCH`] datagrams from a socket in one system call
-/// (`recvmmsg` on Linux, a loop of `recv` elsewhere).
-pub struct RecvBatch {
-    bufs: Box<[u8]>,
-    lens: [usize; RECV_BATCH],
-    truncated: [bool; RECV_BATCH],
-}
-
-impl Default for RecvBatch {
-    fn default() -> Self {
-        RecvBatch {
-            bufs: vec![0u8; RECV_BATCH * MAX_DATAGRAM].into_boxed_slice(),
-            lens: [0; RECV_BATCH],
-            truncated: [false; RECV_BATCH],
-        }
-    }
-}
-
-impl RecvBatch {
-    /// Reads what is queued on the non-blocking, connected socket `fd`, up to
-    /// [`RECV_BATCH`] datagrams. Returns how many were read; `WouldBlock` when none was
-    /// queued. Fewer than [`RECV_BATCH`] means the queue was empty when the call returned.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
-        #[cfg(target_os = "linux")]
-        {
-            self.recv_mmsg(fd)
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            self.recv_loop(fd)
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    fn recv_mmsg(&mut self, fd: RawFd) -> io::Result<usize> {
-        // SAFETY (zeroed): iovec and mmsghdr are plain C structs; all-zero is valid.
-        let mut iov: [libc::iovec; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
-        for (i, (v, h)) in iov.iter_mut().zip(hdrs.iter_mut()).enumerate() {
-            v.iov_base = self.bufs[i * MAX_DATAGRAM..].as_mut_ptr().cast();
-            v.iov_len = MAX_DATAGRAM;
-            h.msg_hdr.msg_iov = v;
-            h.msg_hdr.msg_iovlen = 1;
-        }
-        let n = loop {
-            // SAFETY: every header points at one iovec of ours, each iovec at a distinct
-            // MAX_DATAGRAM-byte slice of `self.bufs`; all outlive the call. No name or
-            // control buffers are given (the socket is connected).
-            let rc = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdrs.as_mut_ptr(),
-                    RECV_BATCH as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
-            };
-            if rc >= 0 {
-                break rc as usize;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        };
-        for (i, h) in hdrs.iter().take(n).enumerate() {
-            self.lens[i] = (h.msg_len as usize).min(MAX_DATAGRAM);
-            self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        }
-        Ok(n)
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn recv_loop(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut n = 0;
-        while n < RECV_BATCH {
-            let buf = &mut self.bufs[n * MAX_DATAGRAM..(n + 1) * MAX_DATAGRAM];
-            // SAFETY: recv writes at most buf.len() bytes into buf.
-            let rc = unsafe {
-                libc::recv(
-                    fd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock if n > 0 => break,
-                    _ => return Err(e),
-                }
-            }
-            self.lens[n] = (rc as usize).min(MAX_DATAGRAM);
-            self.truncated[n] = rc as usize > MAX_DATAGRAM;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// Datagram `i` of the last read, and whether the kernel cut it short (it was longer
-    /// than [`MAX_DATAGRAM`], which no OCM server sends).
-    pub fn get(&self, i: usize) -> (&[u8], bool) {
-        let start = i * MAX_DATAGRAM;
-        (&self.bufs[start..start + self.lens[i]], self.truncated[i])
-    }
-}
-
 /// A one-shot monotonic timer with nanosecond resolution, readable through mio (a Linux
 /// timerfd). mio's own poll timeout has millisecond resolution, too coarse to pace sends
 /// 50 µs apart. Where timerfd does not exist, [`Timer::new`] fails and the caller falls back
@@ -263,9 +83,8 @@ impl Timer {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: fd is a fresh descriptor nobody else owns.
-        Ok(Timer {
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        Ok(Timer { fd })
     }
 
     /// A disarmed timer (unsupported on this system).
@@ -415,32 +234,6 @@ mod tests {
                 server: 7
             }
         );
-    }
-
-    #[test]
-    fn recv_batch_reads_several_datagrams_at_once() {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        a.connect(b.local_addr().unwrap()).unwrap();
-        b.connect(a.local_addr().unwrap()).unwrap();
-        let mut batch = RecvBatch::default();
-        let e = batch.recv(b.as_raw_fd()).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
-        for i in 0..5u8 {
-            a.send(&[i; 3]).unwrap();
-        }
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while got.len() < 5 && std::time::Instant::now() < deadline {
-            if let Ok(n) = batch.recv(b.as_raw_fd()) {
-                for i in 0..n {
-                    let (d, cut) = batch.get(i);
-                    assert!(!cut);
-                    got.push(d.to_vec());
-                }
-            }
-        }
-        assert_eq!(got, (0..5u8).map(|i| vec![i; 3]).collect::<Vec<_>>());
     }
 
     #[test]

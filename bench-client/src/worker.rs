@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -21,8 +20,10 @@ use crate::body::Stamp;
 use crate::order::{Arrival, OrderTracker};
 use crate::schedule::Schedule;
 use crate::stats::{self, Counters, Published, Shared};
-use crate::sys::{MAX_POLL_WAIT, RECV_BATCH, RecvBatch, Timer};
+use crate::sys::{MAX_POLL_WAIT, Timer};
 use crate::topology::{Clock, Topology};
+use ocm::sys::socket;
+use ocm::sys::udp::{RECV_BATCH, Receiver};
 
 const TIMER: Token = Token(usize::MAX - 1);
 /// How often heartbeats are checked for (each user sends one only when due).
@@ -70,7 +71,7 @@ impl User {
         std_sock.set_nonblocking(true)?;
         if rcvbuf > 0 {
             // Best effort: the size in force is reported, and drops are counted anyway.
-            let _ = crate::sys::set_rcvbuf(&std_sock, rcvbuf);
+            let _ = socket::set_recv_buffer(&std_sock, rcvbuf);
         }
         let local_port = std_sock.local_addr()?.port();
         Ok(User {
@@ -89,7 +90,7 @@ impl User {
 
     /// The socket's receive buffer size as the kernel reports it.
     pub fn rcvbuf(&self) -> io::Result<usize> {
-        crate::sys::rcvbuf(&self.sock)
+        socket::recv_buffer(&self.sock)
     }
 
     fn send(&mut self, out: &mut [u8], message: &str, now_ns: u64) -> io::Result<()> {
@@ -162,7 +163,7 @@ pub struct Worker {
     poll: Poll,
     events: Events,
     timer: Option<Timer>,
-    batch: RecvBatch,
+    batch: Receiver,
     out: Vec<u8>,
     body: Vec<u8>,
     pending: Vec<usize>,
@@ -192,7 +193,7 @@ impl Worker {
             poll,
             events: Events::with_capacity(1024),
             timer,
-            batch: RecvBatch::default(),
+            batch: Receiver::new(false),
             out: vec![0; MAX_DATAGRAM],
             body: Vec::new(),
             pending: Vec::new(),
@@ -265,12 +266,16 @@ impl Worker {
             return true;
         };
         for _ in 0..MAX_BATCHES_PER_VISIT {
-            match self.batch.recv(user.sock.as_raw_fd()) {
+            match self.batch.recv(&user.sock) {
                 Ok(n) => {
                     let now = clock.now_ns();
                     for k in 0..n {
-                        let (data, cut) = self.batch.get(k);
-                        sink.datagram(user, data, cut, now);
+                        if let Some((_, _, data)) = self.batch.get(k) {
+                            // A datagram longer than any OCM server sends reads one byte
+                            // over the limit: report it cut, at the limit.
+                            let cut = data.len() > MAX_DATAGRAM;
+                            sink.datagram(user, &data[..data.len().min(MAX_DATAGRAM)], cut, now);
+                        }
                     }
                     if n < RECV_BATCH {
                         // recvmmsg stopped because the queue was empty; a datagram that

@@ -1,4 +1,10 @@
 //! `ocm-server`: parse flags, set up logging, bind, and run the relay.
+//!
+//! Flag defaults are read from [`Config::default`] and [`Limits::default`], the one place
+//! they are written; `--help` states them in words (argh shows none by itself), and a test
+//! checks that those words match.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
@@ -6,16 +12,25 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
-use ocm::server::{self, Config, Limits, Server};
+use ocm::server::{Config, Limits, Server};
+use ocm::sys;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
+
+/// The TCP port when none is given (PROTOCOL.md's default port).
+const DEFAULT_PORT: u16 = 9001;
+
+/// `--idle-timeout`'s default, in the flag's unit (whole seconds).
+fn default_idle_timeout() -> u16 {
+    u16::try_from(Config::default().idle_timeout.as_secs()).unwrap_or(u16::MAX)
+}
 
 /// OCM chat relay: rooms over TCP (TCRP), chat over UDP.
 #[derive(FromArgs, Debug)]
 struct Args {
     /// TCP port, and the UDP port unless --udp-port is given; 0 picks free ports
     /// (default: 9001)
-    #[argh(option, default = "9001")]
+    #[argh(option, default = "DEFAULT_PORT")]
     port: u16,
 
     /// UDP port of the data plane (default: the same as --port)
@@ -28,53 +43,53 @@ struct Args {
     bind: IpAddr,
 
     /// seconds of silence after which a member is dropped, 1-65535 (default: 60)
-    #[argh(option, default = "60")]
+    #[argh(option, default = "default_idle_timeout()")]
     idle_timeout: u16,
 
     /// capacity of a room created with capacity 0 (default: 32)
-    #[argh(option, default = "32")]
+    #[argh(option, default = "Config::default().default_capacity")]
     default_capacity: u16,
 
     /// largest room, host included; larger requests are lowered (default: 256)
-    #[argh(option, default = "256")]
+    #[argh(option, default = "Config::default().max_capacity")]
     max_capacity: u16,
 
     /// most rooms at once (default: 10000)
-    #[argh(option, default = "10000")]
+    #[argh(option, default = "Config::default().max_rooms")]
     max_rooms: usize,
 
     /// most members at once over all rooms (default: 100000)
-    #[argh(option, default = "100000")]
+    #[argh(option, default = "Config::default().max_members")]
     max_members: usize,
 
     /// most open TCP connections (default: 4096)
-    #[argh(option, default = "4096")]
+    #[argh(option, default = "Limits::default().max_connections")]
     max_connections: usize,
 
     /// chat messages per second per member; 0 turns the limit off (default: 20)
-    #[argh(option, default = "20")]
+    #[argh(option, default = "Config::default().msg_rate")]
     msg_rate: u32,
 
     /// burst of chat messages per member; 0 turns the limit off (default: 40)
-    #[argh(option, default = "40")]
+    #[argh(option, default = "Config::default().msg_burst")]
     msg_burst: u32,
 
     /// most open TCP connections from one IP; 0 turns the limit off (default: 64)
-    #[argh(option, default = "64")]
+    #[argh(option, default = "Limits::default().max_connections_per_ip")]
     max_connections_per_ip: u32,
 
     /// most members (in all rooms) whose tokens went to one IP; 0 turns the limit off
     /// (default: 1024)
-    #[argh(option, default = "1024")]
+    #[argh(option, default = "Config::default().max_members_per_ip")]
     max_members_per_ip: u32,
 
     /// most rooms created from one IP at once; 0 turns the limit off (default: 16)
-    #[argh(option, default = "16")]
+    #[argh(option, default = "Config::default().max_rooms_per_ip")]
     max_rooms_per_ip: u32,
 
     /// most events packed into one server datagram; 1 turns coalescing off
     /// (default: 64)
-    #[argh(option, default = "64")]
+    #[argh(option, default = "Config::default().batch_max")]
     batch_max: usize,
 
     /// serve Prometheus metrics over HTTP at ADDR:PORT (GET /metrics); off unless given
@@ -128,8 +143,11 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<(), String> {
     let (config, limits) = args.config()?;
-    raise_fd_limit();
-    let (tcp, udp) = server::event_loop::bind(args.bind, args.port, args.udp_port)
+    // Every TCP connection is a descriptor; a failure leaves the limit as it was.
+    if let Err(e) = sys::rlimit::raise_nofile_limit() {
+        log::debug!("cannot raise the open-file limit: {e}");
+    }
+    let (tcp, udp) = sys::socket::bind(args.bind, args.port, args.udp_port)
         .map_err(|e| format!("cannot listen on {} port {}: {e}", args.bind, args.port))?;
     let signals = Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("signals: {e}"))?;
     let metrics = match args.metrics {
@@ -160,21 +178,6 @@ fn run(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Raises the soft open-file limit to the hard one: every TCP connection is a descriptor.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +193,73 @@ mod tests {
         assert_eq!(c.max_capacity, 256);
         assert_eq!(c.max_rooms_per_ip, 16);
         assert_eq!(l.max_connections_per_ip, 64);
+    }
+
+    /// The "(default: N)" of each flag in `--help`, by flag name.
+    fn stated_defaults() -> Vec<(String, String)> {
+        let help = match Args::from_args(&["ocm-server"], &["--help"]) {
+            Err(exit) => exit.output,
+            Ok(_) => panic!("--help parsed as a run"),
+        };
+        // One entry per option: its first line starts with "--", the rest are indented.
+        let mut entries: Vec<String> = Vec::new();
+        for line in help.lines() {
+            let t = line.trim_start();
+            if t.starts_with("--") {
+                entries.push(t.to_string());
+            } else if let Some(last) = entries.last_mut() {
+                last.push(' ');
+                last.push_str(t);
+            }
+        }
+        entries
+            .iter()
+            .filter_map(|e| {
+                let flag = e.split_whitespace().next()?.trim_start_matches("--");
+                let (_, rest) = e.split_once("(default: ")?;
+                let value = rest.split(')').next()?;
+                Some((flag.to_string(), value.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn help_states_the_defaults_that_apply() {
+        let c = Config::default();
+        let l = Limits::default();
+        let want: Vec<(&str, String)> = vec![
+            ("port", DEFAULT_PORT.to_string()),
+            ("udp-port", "the same as --port".into()),
+            ("bind", "127.0.0.1".into()),
+            ("idle-timeout", c.idle_timeout.as_secs().to_string()),
+            ("default-capacity", c.default_capacity.to_string()),
+            ("max-capacity", c.max_capacity.to_string()),
+            ("max-rooms", c.max_rooms.to_string()),
+            ("max-members", c.max_members.to_string()),
+            ("max-connections", l.max_connections.to_string()),
+            ("msg-rate", c.msg_rate.to_string()),
+            ("msg-burst", c.msg_burst.to_string()),
+            (
+                "max-connections-per-ip",
+                l.max_connections_per_ip.to_string(),
+            ),
+            ("max-members-per-ip", c.max_members_per_ip.to_string()),
+            ("max-rooms-per-ip", c.max_rooms_per_ip.to_string()),
+            ("batch-max", c.batch_max.to_string()),
+        ];
+        let got = stated_defaults();
+        let want: Vec<(String, String)> =
+            want.into_iter().map(|(f, v)| (f.to_string(), v)).collect();
+        assert_eq!(got, want, "--help must state the defaults that apply");
+        // And the parsed defaults are those values.
+        let args = Args::from_args(&["ocm-server"], &[]).unwrap();
+        assert_eq!(args.bind.to_string(), "127.0.0.1");
+        let (pc, pl) = args.config().unwrap();
+        assert_eq!(
+            format!("{pc:?}"),
+            format!("{:?}", Config { udp_port: 0, ..c })
+        );
+        assert_eq!(format!("{pl:?}"), format!("{l:?}"));
     }
 
     #[test]

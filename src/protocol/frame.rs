@@ -476,7 +476,10 @@ pub fn encode_list<'a>(out: &mut Vec<u8>, rooms: impl IntoIterator<Item = RoomSu
     }
     out[count_at..count_at + 2].copy_from_slice(&count.to_be_bytes());
     let payload_len = (out.len() - count_at) as u64;
-    out[start + 24..start + 32].copy_from_slice(&payload_len.to_be_bytes());
+    // The payload size, now known, fills the header's last 8 bytes: the low end of its
+    // 29-byte size field, as `encode_header` wrote it.
+    let size_at = start + HEADER_LEN - size_of::<u64>();
+    out[size_at..start + HEADER_LEN].copy_from_slice(&payload_len.to_be_bytes());
     count
 }
 

@@ -2,8 +2,9 @@
 //!
 //! Sans-IO like the rest of the core: [`render`] writes the exposition text from a
 //! [`Snapshot`], [`parse_request`] reads an HTTP request head from bytes, and [`respond`]
-//! writes a whole response. The event loop owns the socket, caps the request size, applies
-//! the same timeouts as TCRP connections, and closes after each reply.
+//! writes a whole response. The connection around them is [`super::conn::http`]: the same
+//! [`Conn`](super::conn::Conn) as TCRP (request-size cap, timeouts, close after the reply),
+//! with the event loop owning the socket.
 //!
 //! The format is written by hand: it is a few lines of stable text per metric, and our
 //! counters are plain integers owned by the loop, so a registry crate would only add
@@ -62,7 +63,14 @@ fn one(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fm
 
 /// Appends the exposition text for `s` to `out`.
 pub fn render(s: &Snapshot<'_>, out: &mut String) {
-    let c = s.counters;
+    render_connections(s, out);
+    render_requests(s.counters, out);
+    render_data_plane(s.counters, out);
+    render_lifecycle(s, out);
+}
+
+/// Rooms, members and TCP connections.
+fn render_connections(s: &Snapshot<'_>, out: &mut String) {
     one(out, "rooms", "gauge", "Rooms open.", s.rooms);
     family(
         out,
@@ -105,6 +113,10 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
         "TCP peers closed for not reading their replies.",
         s.slow_peers,
     );
+}
+
+/// TCRP requests by operation and status, and malformed frames.
+fn render_requests(c: &Counters, out: &mut String) {
     family(
         out,
         "requests_total",
@@ -127,6 +139,10 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
         "Malformed TCRP frames (answered, then closed).",
         c.malformed_frames,
     );
+}
+
+/// Datagrams in and out, drops, messages and events.
+fn render_data_plane(c: &Counters, out: &mut String) {
     one(
         out,
         "datagrams_received_total",
@@ -204,6 +220,11 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
         "Server datagrams dropped because the socket refused them.",
         c.send_drops,
     );
+}
+
+/// Rooms and members over time, and the loop's own work.
+fn render_lifecycle(s: &Snapshot<'_>, out: &mut String) {
+    let c = s.counters;
     one(
         out,
         "rooms_created_total",

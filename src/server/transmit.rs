@@ -6,20 +6,10 @@
 //! retry: a receiver the socket refuses (buffer full, or any error) is dropped, and the core
 //! counts it. That keeps one slow or absent member from costing the others anything.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use log::debug;
-
-/// Where one receiver's datagrams go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dest {
-    /// The member's bound address (as the socket reported it).
-    pub addr: SocketAddr,
-    /// The server address the member sends to, when the server is bound to a wildcard
-    /// address and must send from that same address; `None` lets the kernel choose.
-    pub local: Option<IpAddr>,
-}
+use crate::sys::udp::BatchTx;
+pub use crate::sys::udp::Dest;
 
 /// Sends one payload to many receivers without blocking.
 pub trait Transmit {
@@ -27,34 +17,11 @@ pub trait Transmit {
     fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize;
 }
 
-/// The plain path: one `send_to` per receiver on a non-blocking UDP socket (where
-/// `sendmmsg` does not exist; it cannot choose the source address).
-#[derive(Debug)]
-pub struct SendTo<'a> {
-    socket: &'a mio::net::UdpSocket,
-}
-
-impl<'a> SendTo<'a> {
-    /// Sends through `socket` (which must be non-blocking).
-    pub fn new(socket: &'a mio::net::UdpSocket) -> Self {
-        SendTo { socket }
-    }
-}
-
-impl Transmit for SendTo<'_> {
+/// The socket path: `sendmmsg` on Linux, one `send_to` per receiver elsewhere (see
+/// [`crate::sys::udp`], where the system calls live).
+impl Transmit for BatchTx<'_> {
     fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
-        let mut sent = 0;
-        for Dest { addr, .. } in to {
-            loop {
-                match self.socket.send_to(payload, *addr) {
-                    Ok(_) => sent += 1,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => debug!("send to {addr} dropped: {e}"),
-                }
-                break;
-            }
-        }
-        sent
+        BatchTx::send(self, payload, to)
     }
 }
 

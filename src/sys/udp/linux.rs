@@ -1,28 +1,23 @@
-//! Batched UDP system calls: `recvmmsg` in, `sendmmsg` out, behind a safe interface.
+//! Batched UDP system calls on Linux: `recvmmsg` in, `sendmmsg` out, behind a safe
+//! interface.
 //!
 //! * [`Receiver`] reads up to [`RECV_BATCH`] datagrams per system call into fixed slots.
-//! * [`BatchTx`] is the relay's [`Transmit`] on Linux: one `sendmmsg` for a whole fan-out,
-//!   every message header pointing at the *same* outbox bytes (no copy per receiver).
+//! * [`BatchTx`] sends one payload to a whole fan-out with one `sendmmsg`, every message
+//!   header pointing at the *same* bytes (no copy per receiver).
 //! * On a wildcard bind (`0.0.0.0`, `::`) both carry the local address in `IP_PKTINFO` /
 //!   `IPV6_PKTINFO`, so that each member's datagrams leave from the address that member
 //!   sends to, as the protocol asks of multi-homed servers.
 //!
-//! All `unsafe` of the server lives here. Each block fills plain C structs that point into
-//! buffers owned by the same struct, for the duration of one system call.
+//! This file holds `unsafe`: each block fills plain C structs that point into buffers owned
+//! by the same struct, for the duration of one system call.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::ptr;
 
-use super::transmit::{Dest, Transmit};
-use crate::protocol::MAX_DATAGRAM;
-
-/// Datagrams read per `recvmmsg`.
-pub const RECV_BATCH: usize = 32;
-/// One byte more than the largest valid datagram, so an oversize one is seen as such.
-const SLOT: usize = MAX_DATAGRAM + 1;
+use super::{Dest, RECV_BATCH, SLOT, drive};
 /// Most messages per `sendmmsg` (the kernel's UIO_MAXIOV).
 const SEND_BATCH: usize = 1024;
 
@@ -71,6 +66,11 @@ pub struct Receiver {
     pktinfo: bool,
 }
 
+// SAFETY: the raw pointers inside the C headers point only into buffers this Receiver owns
+// (boxed, so they do not move with it), and they are all rewritten before each `recvmmsg`;
+// nothing reads them between calls. Moving the Receiver to another thread is thus sound.
+unsafe impl Send for Receiver {}
+
 impl Receiver {
     /// Buffers for one batch; `pktinfo` asks for each datagram's local address.
     pub fn new(pktinfo: bool) -> Self {
@@ -86,7 +86,7 @@ impl Receiver {
     }
 
     /// Reads up to [`RECV_BATCH`] datagrams without blocking; `WouldBlock` when none wait.
-    pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
+    pub fn recv(&mut self, socket: &impl AsFd) -> io::Result<usize> {
         self.filled = 0;
         for i in 0..RECV_BATCH {
             self.iovs[i] = libc::iovec {
@@ -113,7 +113,7 @@ impl Receiver {
         // with the lengths of those buffers.
         let r = unsafe {
             libc::recvmmsg(
-                socket.as_raw_fd(),
+                socket.as_fd().as_raw_fd(),
                 self.msgs.as_mut_ptr(),
                 RECV_BATCH as libc::c_uint,
                 libc::MSG_DONTWAIT,
@@ -156,7 +156,11 @@ pub struct Sender {
     msgs: Vec<libc::mmsghdr>,
 }
 
-/// The relay's [`Transmit`] over `sendmmsg`.
+// SAFETY: as for Receiver: every pointer in the headers is rewritten before each
+// `sendmmsg` and never read between calls (the shared iovec lives only for one send).
+unsafe impl Send for Sender {}
+
+/// Sends one payload to many receivers over `sendmmsg` (the server's `Transmit`).
 pub struct BatchTx<'a> {
     fd: RawFd,
     scratch: &'a mut Sender,
@@ -167,9 +171,9 @@ pub struct BatchTx<'a> {
 
 impl<'a> BatchTx<'a> {
     /// Sends through `socket` without ever blocking, using `scratch`.
-    pub fn new(socket: &impl AsRawFd, scratch: &'a mut Sender) -> Self {
+    pub fn new(socket: &impl AsFd, scratch: &'a mut Sender) -> Self {
         BatchTx {
-            fd: socket.as_raw_fd(),
+            fd: socket.as_fd().as_raw_fd(),
             scratch,
             flags: libc::MSG_DONTWAIT,
             drain_until: None,
@@ -180,7 +184,7 @@ impl<'a> BatchTx<'a> {
     /// as the socket's send timeout allows) instead of dropping: for the final drain at
     /// shutdown, never inside the loop. After `until` it drops again, so exit is bounded.
     pub fn draining(
-        socket: &impl AsRawFd,
+        socket: &impl AsFd,
         scratch: &'a mut Sender,
         until: std::time::Instant,
     ) -> Self {
@@ -192,8 +196,10 @@ impl<'a> BatchTx<'a> {
     }
 }
 
-impl Transmit for BatchTx<'_> {
-    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+impl BatchTx<'_> {
+    /// Sends `payload` to each of `to` without blocking (except while draining); returns
+    /// how many sends the socket took. Refused receivers are dropped, never retried.
+    pub fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
         let n = to.len();
         let s = &mut *self.scratch;
         if s.msgs.len() < n {
@@ -263,27 +269,6 @@ trait ZeroIsValid {}
 impl ZeroIsValid for libc::sockaddr_storage {}
 impl ZeroIsValid for libc::iovec {}
 impl ZeroIsValid for libc::mmsghdr {}
-
-/// Sends messages `0..total` through `call(start, len)`, which sends some prefix of
-/// `start..start + len` and says how many. A full buffer (`WouldBlock`) drops the rest; an
-/// error on one message (say, an unreachable address) skips that message. Never retries
-/// in a loop, never blocks. Returns how many were sent.
-pub fn drive(total: usize, mut call: impl FnMut(usize, usize) -> io::Result<usize>) -> usize {
-    let (mut next, mut sent) = (0, 0);
-    while next < total {
-        match call(next, total - next) {
-            Ok(0) => break,
-            Ok(k) => {
-                sent += k;
-                next += k;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => next += 1,
-        }
-    }
-    sent
-}
 
 fn write_sockaddr(addr: &SocketAddr, out: &mut libc::sockaddr_storage) -> libc::socklen_t {
     let out: *mut libc::sockaddr_storage = out;
@@ -413,27 +398,8 @@ mod tests {
     use std::net::UdpSocket;
 
     #[test]
-    fn drive_drops_the_rest_on_would_block_and_skips_failed_messages() {
-        // 10 messages: the socket takes 4, then fails one, then takes 3, then is full.
-        let mut script = vec![
-            Ok(4),
-            Err(io::Error::from(io::ErrorKind::Interrupted)),
-            Err(io::Error::from_raw_os_error(libc::ENETUNREACH)),
-            Ok(3),
-            Err(io::Error::from(io::ErrorKind::WouldBlock)),
-        ]
-        .into_iter();
-        let mut calls = Vec::new();
-        let sent = drive(10, |start, len| {
-            calls.push((start, len));
-            script.next().unwrap()
-        });
-        assert_eq!(sent, 7);
-        assert_eq!(calls, vec![(0, 10), (4, 6), (4, 6), (5, 5), (8, 2)]);
-    }
-
-    #[test]
     fn sockaddrs_round_trip() {
+        // SAFETY: all-zero is a valid sockaddr_storage.
         let mut s: libc::sockaddr_storage = unsafe { zeroed() };
         for a in ["127.0.0.1:9001", "[::1]:80", "[::ffff:127.0.0.2]:5"] {
             let a: SocketAddr = a.parse().unwrap();
