@@ -344,14 +344,10 @@ impl Worker {
     fn drain_clients(&mut self, buf: &mut [u8]) {
         let mut errors = 0;
         loop {
-            let (n, from) = match self.listen.recv_from(buf) {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) if errors < MAX_ERRORS_PER_DRAIN => {
-                    errors += 1;
-                    continue;
-                }
-                Err(_) => return,
+            let (n, from) = match next(self.listen.recv_from(buf), &mut errors) {
+                Next::Got(got) => got,
+                Next::Skip => continue,
+                Next::Stop => return,
             };
             let Some(i) = self.path_for(from) else {
                 self.shared.stats.lock().expect("stats").refused_clients += 1;
@@ -380,15 +376,10 @@ impl Worker {
         }
         let mut errors = 0;
         loop {
-            let n = match self.paths[i].upstream.recv(buf) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // ECONNREFUSED and the like are reported once; keep draining.
-                Err(_) if errors < MAX_ERRORS_PER_DRAIN => {
-                    errors += 1;
-                    continue;
-                }
-                Err(_) => return,
+            let n = match next(self.paths[i].upstream.recv(buf), &mut errors) {
+                Next::Got(n) => n,
+                Next::Skip => continue,
+                Next::Stop => return,
             };
             self.pass(Dir::Down, i, &buf[..n]);
         }
@@ -536,6 +527,28 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// What a drain loop does with one receive.
+enum Next<T> {
+    /// A datagram: pass it on.
+    Got(T),
+    /// An error reported once (ECONNREFUSED from an ICMP message and the like): go on.
+    Skip,
+    /// Nothing left to read, or too many errors in a row: wait for the next wake-up.
+    Stop,
+}
+
+fn next<T>(received: io::Result<T>, errors: &mut u32) -> Next<T> {
+    match received {
+        Ok(got) => Next::Got(got),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Next::Stop,
+        Err(_) if *errors < MAX_ERRORS_PER_DRAIN => {
+            *errors += 1;
+            Next::Skip
+        }
+        Err(_) => Next::Stop,
     }
 }
 
