@@ -146,7 +146,7 @@ pub struct DirStats {
     pub held: u64,
     /// Held datagrams that a later one overtook (the rest went out when `hold` passed).
     pub reordered: u64,
-    /// Datagrams handed to the kernel, copies included.
+    /// Datagrams handed to the kernel, copies included (counted just before the send).
     pub sent: u64,
     /// Sends the kernel refused (for example an ICMP port unreachable pending).
     pub send_errors: u64,
@@ -489,17 +489,18 @@ impl Worker {
     }
 
     /// Sends `copies` copies of `bytes` on path `i` in direction `dir`, counting them.
+    /// Each is counted before it goes, so a test that has received it sees it counted.
     fn send(&mut self, dir: Dir, i: usize, bytes: &[u8], copies: u8) {
         for _ in 0..copies {
+            dir_stats(&mut self.shared.stats.lock().expect("stats"), dir).sent += 1;
             let path = &self.paths[i];
             let result = match dir {
                 Dir::Up => path.upstream.send(bytes),
                 Dir::Down => self.listen.send_to(bytes, path.client),
             };
-            let mut stats = self.shared.stats.lock().expect("stats");
-            let s = dir_stats(&mut stats, dir);
-            s.sent += 1;
-            s.send_errors += u64::from(result.is_err());
+            if result.is_err() {
+                dir_stats(&mut self.shared.stats.lock().expect("stats"), dir).send_errors += 1;
+            }
         }
     }
 
