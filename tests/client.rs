@@ -4,18 +4,19 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ExitStatus};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::ServerProc;
+use common::{Captured, ServerProc, spawn_piped, unused_tcp_addr, wait_exit};
 
 /// Generous, for a loaded 2-core machine; each wait normally ends in milliseconds.
 const WAIT: Duration = Duration::from_secs(10);
+/// After the exit, how long stderr may take to be read to its end.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
 /// A running `ocm-client --plain`, killed when dropped.
 struct Client {
@@ -23,19 +24,14 @@ struct Client {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     seen: Vec<String>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Captured,
 }
 
 impl Client {
     fn spawn(server: &str, args: &[&str]) -> Client {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ocm-client"))
-            .args(["--plain", "--server", server])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ocm-client");
+        let mut all = vec!["--plain", "--server", server];
+        all.extend_from_slice(args);
+        let mut child = spawn_piped(Path::new(env!("CARGO_BIN_EXE_ocm-client")), &all, true);
         let stdout = child.stdout.take().expect("stdout");
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -46,26 +42,12 @@ impl Client {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = Arc::clone(&stderr);
-        let mut err = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                if let Ok(mut s) = sink.lock() {
-                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            }
-        });
         Client {
             stdin: child.stdin.take(),
+            stderr: Captured::stderr(&mut child),
             child,
             lines,
             seen: Vec::new(),
-            stderr,
         }
     }
 
@@ -130,17 +112,13 @@ impl Client {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+        self.stderr.text()
     }
 
     /// Waits (bounded) for the client to exit.
     fn wait(&mut self) -> ExitStatus {
-        let end = Instant::now() + WAIT;
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            thread::sleep(Duration::from_millis(10));
+        if let Some(status) = wait_exit(&mut self.child, WAIT) {
+            return status;
         }
         panic!(
             "ocm-client did not exit within {WAIT:?}; stdout: {:#?}; stderr: {}",
@@ -152,11 +130,7 @@ impl Client {
     /// Waits for the exit and for stderr to be fully read.
     fn finish(&mut self) -> (Option<i32>, String) {
         let status = self.wait();
-        let end = Instant::now() + Duration::from_secs(2);
-        while Arc::strong_count(&self.stderr) > 1 && Instant::now() < end {
-            thread::sleep(Duration::from_millis(5));
-        }
-        (status.code(), self.stderr())
+        (status.code(), self.stderr.finish(PIPE_DRAIN))
     }
 }
 
@@ -179,24 +153,35 @@ fn strip_time(line: &str) -> &str {
     &line[9..]
 }
 
+/// Clients in one room: the first creates it, the others join one by one, and each
+/// client already in sees every newcomer join (as does the newcomer) before the next comes.
+fn group<const N: usize>(server: &ServerProc, room: &str, names: [&str; N]) -> [Client; N] {
+    let mut clients: Vec<Client> = Vec::with_capacity(N);
+    for (i, name) in names.iter().enumerate() {
+        let op = if i == 0 { "--create" } else { "--join" };
+        let mut newcomer = Client::start(server, name, op, room, &[]);
+        let joined = format!("* {name} joined");
+        newcomer.expect(&joined);
+        for c in &mut clients {
+            c.expect(&joined);
+        }
+        clients.push(newcomer);
+    }
+    clients
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one client per name"))
+}
+
 /// A host and a member in one room, each having seen the member join.
 fn pair(server: &ServerProc, room: &str) -> (Client, Client) {
-    let mut alice = Client::start(server, "alice", "--create", room, &[]);
-    alice.expect("* alice joined");
-    let mut bob = Client::start(server, "bob", "--join", room, &[]);
-    bob.expect("* bob joined");
-    alice.expect("* bob joined");
+    let [alice, bob] = group(server, room, ["alice", "bob"]);
     (alice, bob)
 }
 
 #[test]
 fn messages_reach_every_client_with_the_senders_name() {
     let server = ServerProc::start(&[]);
-    let (mut alice, mut bob) = pair(&server, "lobby");
-    let mut carol = Client::start(&server, "carol", "--join", "lobby", &[]);
-    carol.expect("* carol joined");
-    alice.expect("* carol joined");
-    bob.expect("* carol joined");
+    let [mut alice, mut bob, mut carol] = group(&server, "lobby", ["alice", "bob", "carol"]);
 
     bob.say("hello alice 👋");
     alice.expect("bob: hello alice 👋");
@@ -364,12 +349,8 @@ fn usage_errors_exit_2_and_an_unreachable_server_is_named() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--create ROOM or --join ROOM"), "{stderr}");
 
-    // A port nobody listens on (bound, then freed).
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // A port nobody listens on.
+    let addr = unused_tcp_addr();
     let mut c = Client::spawn(&addr, &["--name", "bob", "--join", "lobby"]);
     let (code, stderr) = c.finish();
     assert_eq!(code, Some(1), "{stderr}");

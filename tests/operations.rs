@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,12 +21,7 @@ fn burst_while_stopped(extra: &[&str], per_sender: usize) -> Vec<Vec<Vec<Ev>>> {
     let mut args = vec!["--msg-rate", "0"];
     args.extend_from_slice(extra);
     let srv = ServerProc::start(&args);
-    let a = srv.host("burst", "a");
-    let b = srv.member("burst", "b");
-    a.wait_for(|e| e.is(EventKind::Joined, "b"));
-    let c = srv.member("burst", "c");
-    a.wait_for(|e| e.is(EventKind::Joined, "c"));
-    b.wait_for(|e| e.is(EventKind::Joined, "c"));
+    let [a, b, c] = srv.room("burst", ["a", "b", "c"]);
     srv.signal(libc::SIGSTOP);
     for i in 0..per_sender {
         for m in [&a, &b, &c] {
@@ -104,11 +99,7 @@ fn batch_max_one_sends_one_event_per_datagram() {
 #[test]
 fn a_member_that_never_reads_costs_the_others_nothing() {
     let srv = ServerProc::start(&["--msg-rate", "0"]);
-    let a = srv.host("r", "a");
-    let deaf = srv.member("r", "deaf");
-    a.wait_for(|e| e.is(EventKind::Joined, "deaf"));
-    let b = srv.member("r", "b");
-    a.wait_for(|e| e.is(EventKind::Joined, "b"));
+    let [a, deaf, b] = srv.room("r", ["a", "deaf", "b"]);
     // Shrink the deaf member's receive buffer so it overflows at once.
     socket2::SockRef::from(&deaf.sock)
         .set_recv_buffer_size(1024)
@@ -141,9 +132,7 @@ fn a_flooding_member_is_rate_limited_while_others_flow() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let calm = srv.host("r", "calm");
-    let flood = srv.member("r", "flood");
-    calm.wait_for(|e| e.is(EventKind::Joined, "flood"));
+    let [calm, flood] = srv.room("r", ["calm", "flood"]);
     // Ten times the rate for one second: 50 messages.
     let start = Instant::now();
     for i in 0..50 {
@@ -259,14 +248,15 @@ fn a_tcp_peer_that_never_reads_is_closed_while_others_are_served() {
 #[test]
 fn wildcard_binds_answer_from_the_address_each_member_sent_to() {
     let srv = ServerProc::start(&["--bind", "0.0.0.0"]);
-    let port = srv.tcp.port();
     // alice talks to 127.0.0.1, bob to 127.0.0.2; each UDP socket is connected, so it
     // only accepts datagrams from the address it sent to.
-    let alice = ControlClient::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(5))
+    let alice = srv
+        .control_via(Ipv4Addr::new(127, 0, 0, 1).into())
         .unwrap()
         .create("multi", "alice", b"", 0)
         .unwrap();
-    let bob = ControlClient::connect(&format!("127.0.0.2:{port}"), Duration::from_secs(5))
+    let bob = srv
+        .control_via(Ipv4Addr::new(127, 0, 0, 2).into())
         .unwrap()
         .join("multi", "bob", b"")
         .unwrap();
@@ -282,14 +272,13 @@ fn wildcard_binds_answer_from_the_address_each_member_sent_to() {
 #[test]
 fn ipv6_wildcard_serves_ipv4_and_ipv6_clients() {
     let srv = ServerProc::start(&["--bind", "::"]);
-    let port = srv.tcp.port();
-    let v4 = ControlClient::connect(&format!("127.0.0.1:{port}"), Duration::from_secs(5))
+    let v4 = srv
+        .control_via(Ipv4Addr::LOCALHOST.into())
         .unwrap()
         .create("dual", "four", b"", 0)
         .unwrap();
     let four = Member::bind(v4);
-    let Ok(mut c6) = ControlClient::connect(&format!("[::1]:{port}"), Duration::from_secs(5))
-    else {
+    let Ok(mut c6) = srv.control_via(Ipv6Addr::LOCALHOST.into()) else {
         eprintln!("no IPv6 loopback here; IPv4 half checked");
         return;
     };

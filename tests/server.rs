@@ -23,8 +23,7 @@ fn create_bytes_match_the_worked_example() {
         password: b"pw",
         capacity: 10,
     });
-    let mut s = TcpStream::connect(srv.tcp).unwrap();
-    s.write_all(&req).unwrap();
+    let mut s = connect_and_write(srv.tcp, &req);
     let (op, state, room, payload) = read_frame(&mut s);
     assert_eq!(
         (op, state, &room[..], &payload[..]),
@@ -68,10 +67,9 @@ fn every_status_code_is_reachable() {
     );
 
     // INVALID_REQUEST for a bad field keeps the connection open, room echoed.
-    let mut s = TcpStream::connect(srv.tcp).unwrap();
     let mut bad = Vec::new();
     ocm::protocol::frame::encode_frame(&mut bad, 2, State::Request, b"a\x1bb", &[1, b'u', 0]);
-    s.write_all(&bad).unwrap();
+    let mut s = connect_and_write(srv.tcp, &bad);
     assert_eq!(read_frame(&mut s), (2, 1, b"a\x1bb".to_vec(), vec![6]));
     s.write_all(&request(&Request::List)).unwrap();
     assert_eq!(read_frame(&mut s).3, vec![0], "connection still serves");
@@ -104,12 +102,7 @@ fn wrong_passwords_are_throttled_per_ip() {
 #[test]
 fn chat_flows_with_one_seq_for_all_and_rooms_end_with_their_host() {
     let srv = ServerProc::start(&[]);
-    let alice = srv.host("lobby", "alice");
-    let bob = srv.member("lobby", "bob");
-    alice.wait_for(|e| e.is(EventKind::Joined, "bob"));
-    let carol = srv.member("lobby", "carol");
-    alice.wait_for(|e| e.is(EventKind::Joined, "carol"));
-    bob.wait_for(|e| e.is(EventKind::Joined, "carol"));
+    let [alice, bob, carol] = srv.room("lobby", ["alice", "bob", "carol"]);
 
     bob.send("hello 👋 こんにちは");
     let got: Vec<Ev> = [&alice, &bob, &carol]
@@ -228,9 +221,7 @@ fn list_reports_rooms_in_name_order() {
 #[test]
 fn tokens_only_work_from_their_address() {
     let srv = ServerProc::start(&[]);
-    let alice = srv.host("r", "alice");
-    let bob = srv.member("r", "bob");
-    alice.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    let [alice, bob] = srv.room("r", ["alice", "bob"]);
 
     // bob's token from another IP (127.0.0.2): dropped.
     let other_ip = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).expect("bind 127.0.0.2");
@@ -340,14 +331,7 @@ fn a_huge_payload_header_is_refused_and_closed() {
 #[test]
 fn a_client_that_half_closes_after_its_request_still_gets_the_reply() {
     let srv = ServerProc::start(&[]);
-    let req = request(&Request::Create {
-        room: "half",
-        user: "u",
-        password: b"",
-        capacity: 0,
-    });
-    let mut s = TcpStream::connect(srv.tcp).unwrap();
-    s.write_all(&req).unwrap();
+    let mut s = connect_and_write(srv.tcp, &create_request("half", "u"));
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let (got, closed) = read_until_close(&mut s, Duration::from_secs(5));
     assert!(closed, "closed once the replies are out");
@@ -361,8 +345,7 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_reply() {
     // A malformed header followed by FIN is still answered.
     let mut bad = vec![0u8; HEADER_LEN];
     bad[1] = 99;
-    let mut s = TcpStream::connect(srv.tcp).unwrap();
-    s.write_all(&bad).unwrap();
+    let mut s = connect_and_write(srv.tcp, &bad);
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let (got, closed) = read_until_close(&mut s, Duration::from_secs(5));
     assert!(closed);
@@ -375,12 +358,7 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_reply() {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let srv = ServerProc::start(&[]);
-    let mut bytes = request(&Request::Create {
-        room: "a",
-        user: "u",
-        password: b"",
-        capacity: 0,
-    });
+    let mut bytes = create_request("a", "u");
     bytes.extend(request(&Request::Join {
         room: "missing",
         user: "u",
@@ -405,8 +383,7 @@ fn pipelined_requests_are_answered_in_order() {
 fn a_stalled_half_request_is_closed() {
     let srv = ServerProc::start(&[]);
     let bytes = request(&Request::List);
-    let mut s = TcpStream::connect(srv.tcp).unwrap();
-    s.write_all(&bytes[..10]).unwrap();
+    let mut s = connect_and_write(srv.tcp, &bytes[..10]);
     let start = Instant::now();
     let (got, closed) = read_until_close(&mut s, Duration::from_secs(15));
     assert!(closed && got.is_empty(), "closed={closed} got={got:?}");
@@ -455,10 +432,8 @@ fn a_thousand_idle_connections_do_not_stop_a_new_client() {
 #[test]
 fn sigterm_tells_every_member_and_exits_zero() {
     let mut srv = ServerProc::start(&[]);
-    let alice = srv.host("a", "alice");
-    let bob = srv.member("a", "bob");
+    let [alice, bob] = srv.room("a", ["alice", "bob"]);
     let carol = srv.host("b", "carol");
-    alice.wait_for(|e| e.is(EventKind::Joined, "bob"));
     srv.signal(libc::SIGTERM);
     for m in [&alice, &bob, &carol] {
         let e = m.wait_for(|e| e.kind == EventKind::RoomClosed as u8);

@@ -1,143 +1,41 @@
 //! Runs `bench-client` against a real `ocm-server` on loopback and checks that its figures
 //! are self-consistent.
 //!
-//! The server binary belongs to another package, so Cargo gives this test no
-//! `CARGO_BIN_EXE_ocm-server`. It is found, in order: `$OCM_SERVER_BIN`; next to this
-//! test's own profile directory (`cargo test --workspace` builds it there, for the `ocm`
-//! package's tests); else it is built with `cargo build -p ocm --bin ocm-server` into a
-//! target directory of its own (so as not to wait on the lock of the running build).
+//! The server is started by the same helper as the `ocm` package's tests
+//! (`tests/common/mod.rs`, included by path: a test crate of one package cannot depend on
+//! another package's test files, and one source file compiled into both keeps one spawner).
+//! The server binary belongs to the other package, so Cargo gives this test no
+//! `CARGO_BIN_EXE_ocm-server`; [`common::server_binary`] says where it is found instead.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
+
+use common::{Captured, ServerProc, spawn_piped, unused_tcp_addr, wait_exit};
 
 /// The whole test may take this long before it is declared hung.
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-fn server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("OCM_SERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe_name = format!("ocm-server{}", std::env::consts::EXE_SUFFIX);
-    // .../target/<profile>/deps/bench-<hash>: the server is in .../target/<profile>/.
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(profile_dir) = exe.parent().and_then(Path::parent)
-    {
-        let candidate = profile_dir.join(&exe_name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-    let target = std::env::current_exe()
-        .ok()
-        .and_then(|e| {
-            Some(
-                e.parent()?
-                    .parent()?
-                    .parent()?
-                    .join("bench-client-test-server"),
-            )
-        })
-        .unwrap_or_else(|| std::env::temp_dir().join("bench-client-test-server"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "ocm",
-            "--bin",
-            "ocm-server",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("run cargo to build ocm-server");
-    assert!(status.success(), "building ocm-server failed");
-    target.join("debug").join(exe_name)
-}
-
-/// A running server, killed on drop.
-struct Server {
-    child: Child,
-    tcp: String,
-}
-
-impl Server {
-    fn start() -> Server {
-        let bin = server_binary();
-        let mut child = Command::new(&bin)
-            .args(["--port", "0", "--msg-rate", "0", "--max-rooms-per-ip", "0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut reader = BufReader::new(child.stdout.take().expect("server stdout"));
-        let mut line = String::new();
-        reader
-            .read_line(&mut line)
-            .expect("read the listening line");
-        let tcp = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("tcp="))
-            .unwrap_or_else(|| panic!("no tcp= in the server's first line {line:?}"))
-            .to_string();
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
-        Server { child, tcp }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// After the exit, how long the output pipes may take to be read to their end.
+const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs bench-client with `args`, killing it if it outlives [`TIMEOUT`].
 fn bench(args: &[&str]) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bench-client"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bench-client");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for bench-client") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench-client did not finish within {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let bin = Path::new(env!("CARGO_BIN_EXE_bench-client"));
+    let mut child = spawn_piped(bin, args, false);
+    let mut out = Captured::stdout(&mut child);
+    let mut err = Captured::stderr(&mut child);
+    let Some(status) = wait_exit(&mut child, TIMEOUT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("bench-client did not finish within {TIMEOUT:?}");
     };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    (status.success(), stdout, stderr)
+    (
+        status.success(),
+        out.finish(PIPE_DRAIN),
+        err.finish(PIPE_DRAIN),
+    )
 }
 
 fn u(v: &serde_json::Value, key: &str) -> u64 {
@@ -154,14 +52,15 @@ fn f(v: &serde_json::Value, key: &str) -> f64 {
 
 #[test]
 fn small_bench_is_self_consistent() {
-    let server = Server::start();
+    let server = ServerProc::start(&["--msg-rate", "0", "--max-rooms-per-ip", "0"]);
+    let server_addr = server.addr();
     let dir = std::env::temp_dir().join(format!("bench-client-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let json_path = dir.join("out.json");
     let json_arg = json_path.to_str().expect("utf-8 temp path");
     let (ok, stdout, stderr) = bench(&[
         "--server",
-        &server.tcp,
+        &server_addr,
         "--users",
         "20",
         "--rooms",
@@ -260,12 +159,8 @@ fn small_bench_is_self_consistent() {
 
 #[test]
 fn unreachable_server_fails_clearly_and_quickly() {
-    // A port nothing listens on: bind one, note it, drop it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    // A port nothing listens on.
+    let addr = unused_tcp_addr();
     let started = Instant::now();
     let (ok, _, stderr) = bench(&["--server", &addr, "--users", "2", "--rooms", "1"]);
     assert!(!ok);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::client::control::{self, ControlError, Membership};
 use crate::protocol::datagram::{ChatDatagram, DatagramError};
 use crate::protocol::event::{EventKind, Events};
-use crate::protocol::{MAX_DATAGRAM, MAX_MESSAGE, TextError, text};
+use crate::protocol::{MAX_DATAGRAM, MAX_MESSAGE, control_char};
 
 /// Most datagrams one [`Session::recv_events`] call drains after the first, so a flood
 /// cannot keep a caller's loop from drawing the screen or sending heartbeats.
@@ -132,16 +132,10 @@ pub fn check_message(message: &str) -> Result<(), SendError> {
     if message.len() > MAX_MESSAGE {
         return Err(SendError::TooLong { len: message.len() });
     }
-    match text(message.as_bytes()) {
-        Ok(_) => Ok(()),
-        Err(TextError::ControlChar) => {
-            let ch = message.chars().find(|c| c.is_control()).unwrap_or('\0');
-            Err(SendError::ControlChar { ch })
-        }
-        // A `&str` is UTF-8; kept for completeness.
-        Err(TextError::NotUtf8) => Err(SendError::Encode(DatagramError::BadText(
-            TextError::NotUtf8,
-        ))),
+    // A `&str` is UTF-8 already: the protocol's text rule left to check is this one.
+    match control_char(message) {
+        Some(ch) => Err(SendError::ControlChar { ch }),
+        None => Ok(()),
     }
 }
 
@@ -223,7 +217,6 @@ pub struct Session {
     seq: SeqTracker,
     out: Box<[u8; MAX_DATAGRAM]>,
     inbuf: Box<[u8; MAX_DATAGRAM]>,
-    malformed: u64,
 }
 
 impl Session {
@@ -245,7 +238,6 @@ impl Session {
             seq: SeqTracker::new(),
             out: Box::new([0u8; MAX_DATAGRAM]),
             inbuf: Box::new([0u8; MAX_DATAGRAM]),
-            malformed: 0,
         };
         session.send_raw("")?;
         Ok(session)
@@ -259,16 +251,6 @@ impl Session {
     /// The local address of the socket (useful in logs and tests).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
-    }
-
-    /// The underlying socket, for callers that register it with their own poller.
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
-    }
-
-    /// How many received datagrams had a malformed tail (ignored, as the protocol says).
-    pub fn malformed_datagrams(&self) -> u64 {
-        self.malformed
     }
 
     /// Sends one chat message. Refuses, before touching the socket, an empty message (that
@@ -373,7 +355,7 @@ impl Session {
             }
         };
         let bytes = &self.inbuf[..n];
-        decode_datagram(bytes, &mut self.seq, events, &mut self.malformed);
+        decode_datagram(bytes, &mut self.seq, events);
         Ok(())
     }
 
@@ -391,20 +373,15 @@ fn is_no_data(e: &io::Error) -> bool {
 }
 
 /// Decodes one server datagram into events, noting Seq gaps. Pure, so it is tested (and
-/// fuzzed) without sockets. `malformed` counts datagrams whose tail could not be read.
-pub fn decode_datagram(
-    bytes: &[u8],
-    seq: &mut SeqTracker,
-    out: &mut Vec<SessionEvent>,
-    malformed: &mut u64,
-) {
+/// fuzzed) without sockets. Returns whether a malformed tail was ignored (the events
+/// before it are kept, as the protocol says).
+pub fn decode_datagram(bytes: &[u8], seq: &mut SeqTracker, out: &mut Vec<SessionEvent>) -> bool {
     for item in Events::new(bytes) {
         let ev = match item {
             Ok(ev) => ev,
             Err(e) => {
                 log::debug!("ignoring the rest of a server datagram: {e}");
-                *malformed += 1;
-                break;
+                return true;
             }
         };
         // Every non-zero Seq is in the room's sequence, whatever the kind, so a kind this
@@ -432,6 +409,7 @@ pub fn decode_datagram(
         };
         out.push(event);
     }
+    false
 }
 
 #[cfg(test)]
@@ -503,7 +481,6 @@ mod tests {
     fn decodes_events_and_reports_gaps_and_skips_unknown_kinds() {
         let mut seq = SeqTracker::new();
         let mut out = Vec::new();
-        let mut bad = 0;
         let d = datagram(&[
             ev(2, 7, "bob", ""),
             ev(1, 8, "alice", "hi 👋"),
@@ -511,7 +488,7 @@ mod tests {
             ev(1, 12, "bob", "yo"),
             ev(6, 0, "alice", "20 messages/s, burst 40"),
         ]);
-        decode_datagram(&d, &mut seq, &mut out, &mut bad);
+        let bad = decode_datagram(&d, &mut seq, &mut out);
         assert_eq!(
             out,
             vec![
@@ -532,14 +509,14 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(bad, 0);
+        assert!(!bad);
         let d = datagram(&[
             ev(3, 13, "bob", ""),
             ev(4, 14, "carol", ""),
             ev(5, 15, "", "host left"),
         ]);
         out.clear();
-        decode_datagram(&d, &mut seq, &mut out, &mut bad);
+        assert!(!decode_datagram(&d, &mut seq, &mut out));
         assert_eq!(
             out,
             vec![
@@ -558,14 +535,13 @@ mod tests {
     fn hostile_datagrams_never_panic_and_keep_the_good_prefix() {
         let mut seq = SeqTracker::new();
         let mut out = Vec::new();
-        let mut bad = 0;
         let mut d = datagram(&[ev(1, 1, "a", "ok")]);
         d.extend_from_slice(&[1, 0, 0, 0, 2, 1, 0x1b, 0, 0]); // ESC as a user name
-        decode_datagram(&d, &mut seq, &mut out, &mut bad);
+        let bad = decode_datagram(&d, &mut seq, &mut out);
         assert_eq!(out.len(), 1);
-        assert_eq!(bad, 1);
+        assert!(bad);
         for len in 0..d.len() {
-            decode_datagram(&d[..len], &mut seq, &mut out, &mut bad);
+            decode_datagram(&d[..len], &mut seq, &mut out);
         }
     }
 

@@ -199,15 +199,22 @@ impl fmt::Display for TextError {
 /// sequences reach another member's terminal). Borrows, never copies.
 pub fn text(bytes: &[u8]) -> Result<&str, TextError> {
     let s = std::str::from_utf8(bytes).map_err(|_| TextError::NotUtf8)?;
-    let has_control = if s.is_ascii() {
-        bytes.iter().any(|&b| b < 0x20 || b == 0x7f)
-    } else {
-        s.chars().any(char::is_control)
-    };
-    if has_control {
+    if control_char(s).is_some() {
         return Err(TextError::ControlChar);
     }
     Ok(s)
+}
+
+/// The first character of `s` that [`text`] refuses (a control character, U+0000-U+001F
+/// or U+007F-U+009F), if any. The one definition of the rule: [`text`] is built on it, and
+/// front ends call it to check text before sending and to name the character.
+pub fn control_char(s: &str) -> Option<char> {
+    if s.is_ascii() {
+        // The common case, byte by byte: the ASCII controls are exactly these.
+        s.bytes().find(|&b| b < 0x20 || b == 0x7f).map(char::from)
+    } else {
+        s.chars().find(|c| c.is_control())
+    }
 }
 
 #[cfg(test)]
@@ -231,6 +238,24 @@ mod tests {
         assert_eq!(text("\u{9b}31m".as_bytes()), Err(TextError::ControlChar));
         assert_eq!(text(&[0xff, 0x41]), Err(TextError::NotUtf8));
         assert_eq!(text(&[0xe3, 0x81]), Err(TextError::NotUtf8));
+    }
+
+    #[test]
+    fn control_char_names_what_text_refuses() {
+        for (s, want) in [
+            ("hello", None),
+            ("こんにちは 👋", None),
+            ("", None),
+            ("a\tb\nc", Some('\t')),
+            ("red \x1b[31m", Some('\x1b')),
+            ("del\x7f", Some('\x7f')),
+            ("アリス\u{85}", Some('\u{85}')),
+            ("\u{9b}31m", Some('\u{9b}')),
+        ] {
+            assert_eq!(control_char(s), want, "{s:?}");
+            let refused = text(s.as_bytes()) == Err(TextError::ControlChar);
+            assert_eq!(refused, want.is_some(), "{s:?}");
+        }
     }
 
     #[test]

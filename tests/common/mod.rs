@@ -1,12 +1,22 @@
 //! Helpers for whole-process tests: start the real `ocm-server` on free ports, speak to it
-//! over real sockets on 127.0.0.1, and stop it.
+//! over real sockets on 127.0.0.1, and stop it; run other binaries with bounded waits.
+//!
+//! Shared by the `ocm` package's tests (`mod common;`) and by `bench-client`'s
+//! (`#[path = "../../tests/common/mod.rs"] mod common;`): one file, compiled into each test
+//! crate, so there is one server spawner and one way to wait for a process. Nothing here
+//! may need a crate that `bench-client` does not depend on (so the lossy proxy, which needs
+//! `rand`, is `lossy.rs`, included on its own).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ocm::client::ControlError;
 use ocm::client::control::{ControlClient, Membership};
 use ocm::protocol::datagram::ChatDatagram;
 use ocm::protocol::event::{EventKind, Events};
@@ -27,7 +37,7 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts the server on free ports with extra flags.
     pub fn start(extra: &[&str]) -> ServerProc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ocm-server"));
+        let mut cmd = Command::new(server_binary());
         cmd.args(["--port", "0"]).args(extra);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped());
         if std::env::var_os("OCM_TEST_LOG").is_some() {
@@ -60,10 +70,7 @@ impl ServerProc {
                 .expect("metrics address")
         });
         // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         ServerProc {
             child,
             tcp,
@@ -79,7 +86,14 @@ impl ServerProc {
 
     /// A control-plane connection.
     pub fn control(&self) -> ControlClient {
-        ControlClient::connect(&self.addr(), Duration::from_secs(5)).expect("connect")
+        self.control_via(self.tcp.ip()).expect("connect")
+    }
+
+    /// A control-plane connection to the server's port at `ip` (another loopback address
+    /// of a wildcard bind, say).
+    pub fn control_via(&self, ip: IpAddr) -> Result<ControlClient, ControlError> {
+        let addr = SocketAddr::new(ip, self.tcp.port());
+        ControlClient::connect(&addr.to_string(), Duration::from_secs(5))
     }
 
     /// Creates a room and binds its host's data-plane socket (JOINED seen).
@@ -92,6 +106,27 @@ impl ServerProc {
     pub fn member(&self, room: &str, user: &str) -> Member {
         let m = self.control().join(room, user, b"").expect("join");
         Member::bind(m)
+    }
+
+    /// A room of `users`: the first creates it, the others join one by one, and every
+    /// member already in sees each newcomer's JOINED before the next one joins. So when it
+    /// returns, everyone is bound and no JOINED is left pending.
+    pub fn room<const N: usize>(&self, room: &str, users: [&str; N]) -> [Member; N] {
+        let mut members: Vec<Member> = Vec::with_capacity(N);
+        for (i, user) in users.iter().enumerate() {
+            let m = if i == 0 {
+                self.host(room, user)
+            } else {
+                self.member(room, user)
+            };
+            for earlier in &members {
+                earlier.wait_for(|e| e.is(EventKind::Joined, user));
+            }
+            members.push(m);
+        }
+        members
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one member per name"))
     }
 
     /// Scrapes `/metrics` over a raw socket; returns the body.
@@ -134,14 +169,7 @@ impl ServerProc {
 
     /// Waits (bounded) for the server to exit.
     pub fn wait(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_exit(&mut self.child, limit)
     }
 
     /// Whether the process is still running.
@@ -300,12 +328,27 @@ pub fn raw_datagram(room: &[u8], token: &[u8], message: &[u8]) -> Vec<u8> {
     d
 }
 
+/// A fresh connection to `addr` with `bytes` written on it.
+pub fn connect_and_write(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.write_all(bytes).expect("write");
+    s
+}
+
 /// Sends raw bytes on a fresh connection and reads what comes back until the server
 /// closes or `wait` passes.
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (Vec<u8>, bool) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.write_all(bytes).expect("write");
-    read_until_close(&mut s, wait)
+    read_until_close(&mut connect_and_write(addr, bytes), wait)
+}
+
+/// The request bytes of a CREATE without password or capacity.
+pub fn create_request(room: &str, user: &str) -> Vec<u8> {
+    request(&Request::Create {
+        room,
+        user,
+        password: b"",
+        capacity: 0,
+    })
 }
 
 /// Reads until EOF (returns true) or until `wait` passes (false).
@@ -360,4 +403,140 @@ pub fn status_of<T: std::fmt::Debug>(r: Result<T, ocm::client::ControlError>) ->
     r.expect_err("expected a refusal")
         .status()
         .expect("a status answer")
+}
+
+/// `127.0.0.1:port` with a port nothing listens on (bound, noted, freed), for "cannot
+/// reach the server" tests.
+pub fn unused_tcp_addr() -> String {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Where the `ocm-server` binary is. In the `ocm` package's own tests Cargo says
+/// (`CARGO_BIN_EXE_ocm-server`). Another package's tests (bench-client's) get no such
+/// variable, so it is, in order: `$OCM_SERVER_BIN`; next to the running test's profile
+/// directory (`cargo test --workspace` builds it there, for the `ocm` package's tests);
+/// else built with `cargo build -p ocm --bin ocm-server` into a target directory of its own
+/// (so as not to wait on the lock of the running build).
+pub fn server_binary() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_ocm-server") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("OCM_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe_name = format!("ocm-server{}", std::env::consts::EXE_SUFFIX);
+    // .../target/<profile>/deps/<test>-<hash>: the server is in .../target/<profile>/.
+    let profile_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.to_path_buf()));
+    if let Some(candidate) = profile_dir.as_ref().map(|d| d.join(&exe_name))
+        && candidate.is_file()
+    {
+        return candidate;
+    }
+    let target = profile_dir
+        .as_deref()
+        .and_then(Path::parent)
+        .map(|t| t.join("test-server"))
+        .unwrap_or_else(|| std::env::temp_dir().join("ocm-test-server"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Any directory of the workspace will do for cargo to find it.
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "ocm", "--bin", "ocm-server"])
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo to build ocm-server");
+    assert!(status.success(), "building ocm-server failed");
+    target.join("debug").join(exe_name)
+}
+
+/// Starts `bin` with `args`, stdout and stderr piped; stdin piped too when `stdin` (to
+/// type into it), else empty.
+pub fn spawn_piped(bin: &Path, args: &[&str], stdin: bool) -> Child {
+    Command::new(bin)
+        .args(args)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
+/// Waits (bounded) for `child` to exit; `None` if it is still running after `limit`.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child's output pipe, read to its end on a thread of its own (so the child never
+/// blocks on a full pipe) into text that can be looked at while it grows.
+pub struct Captured {
+    text: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Captured {
+    /// Starts reading `pipe`.
+    pub fn spawn(mut pipe: impl Read + Send + 'static) -> Captured {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&text);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            }
+        });
+        Captured {
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    /// A child's stdout.
+    pub fn stdout(child: &mut Child) -> Captured {
+        let pipe: ChildStdout = child.stdout.take().expect("stdout piped");
+        Captured::spawn(pipe)
+    }
+
+    /// A child's stderr.
+    pub fn stderr(child: &mut Child) -> Captured {
+        let pipe: ChildStderr = child.stderr.take().expect("stderr piped");
+        Captured::spawn(pipe)
+    }
+
+    /// What has been read so far.
+    pub fn text(&self) -> String {
+        self.text.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Waits (up to `limit`) for the pipe to close, then returns all that was read.
+    pub fn finish(&mut self, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        while self.reader.as_ref().is_some_and(|r| !r.is_finished()) && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.reader.as_ref().is_some_and(JoinHandle::is_finished) {
+            let _ = self.reader.take().map(JoinHandle::join);
+        }
+        self.text()
+    }
 }

@@ -827,18 +827,20 @@ mod tests {
         h.push("   ");
         assert_eq!(h.len(), 2);
         e.set("draft".into());
-        h.up(&mut e);
-        assert_eq!(e.text(), "two");
-        h.up(&mut e);
-        assert_eq!(e.text(), "one");
-        h.up(&mut e);
-        assert_eq!(e.text(), "one");
-        h.down(&mut e);
-        assert_eq!(e.text(), "two");
-        h.down(&mut e);
-        assert_eq!(e.text(), "draft");
-        h.down(&mut e);
-        assert_eq!(e.text(), "draft");
+        let up = History::up as fn(&mut History, &mut LineEditor);
+        let down = History::down as fn(&mut History, &mut LineEditor);
+        let steps = [
+            (up, "two"),
+            (up, "one"),
+            (up, "one"),
+            (down, "two"),
+            (down, "draft"),
+            (down, "draft"),
+        ];
+        for (i, (step, want)) in steps.into_iter().enumerate() {
+            step(&mut h, &mut e);
+            assert_eq!(e.text(), want, "after step {i}");
+        }
     }
 
     #[test]

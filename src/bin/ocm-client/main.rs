@@ -25,7 +25,7 @@ use std::sync::atomic::AtomicBool;
 use argh::FromArgs;
 use ocm::client::control::{self, ControlError, Membership};
 use ocm::client::session::Session;
-use ocm::protocol::{MAX_ROOM_NAME, MAX_USER_NAME, Status};
+use ocm::protocol::{MAX_ROOM_NAME, MAX_USER_NAME, Status, control_char};
 
 use crate::app::{End, sanitize};
 
@@ -166,7 +166,7 @@ fn check_name(what: &str, s: &str, max: usize) -> Result<(), String> {
             s.len()
         ));
     }
-    if let Some(c) = s.chars().find(|c| c.is_control()) {
+    if let Some(c) = control_char(s) {
         return Err(format!(
             "the {what} contains a control character (U+{:04X})",
             u32::from(c)

@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ocm::client::session::{Session, SessionEvent};
-use ocm::protocol::MAX_MESSAGE;
+use ocm::protocol::{MAX_MESSAGE, control_char};
 
 use crate::app::{End, Entry, describe};
 use crate::clock;
@@ -73,7 +73,7 @@ pub fn clean_line(raw: &[u8]) -> Result<Option<String>, LineProblem> {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     let s = std::str::from_utf8(raw).map_err(|_| LineProblem::NotUtf8)?;
     let s = s.replace('\t', TAB);
-    if let Some(c) = s.chars().find(|c| c.is_control()) {
+    if let Some(c) = control_char(&s) {
         return Err(LineProblem::ControlChar(c));
     }
     if s.len() > MAX_MESSAGE {

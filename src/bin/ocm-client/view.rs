@@ -288,24 +288,19 @@ mod tests {
         );
     }
 
-    /// A small conversation used by several snapshots (and the README sample).
+    fn joined(app: &mut App, s: u8, user: &str) {
+        app.on_event(&SessionEvent::Joined { user: user.into() }, at(s));
+    }
+
+    /// A small conversation used by several snapshots (the README's sample has its own,
+    /// below).
     pub fn sample_app() -> App {
         let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
-        app.on_event(
-            &SessionEvent::Joined {
-                user: "alice".into(),
-            },
-            at(0),
-        );
-        app.on_event(&SessionEvent::Joined { user: "bob".into() }, at(2));
+        joined(&mut app, 0, "alice");
+        joined(&mut app, 2, "bob");
         chat(&mut app, 5, "bob", "hi alice! 👋");
         chat(&mut app, 9, "alice", "hello bob, welcome to the lobby");
-        app.on_event(
-            &SessionEvent::Joined {
-                user: "けんじ".into(),
-            },
-            at(12),
-        );
+        joined(&mut app, 12, "けんじ");
         chat(&mut app, 15, "けんじ", "こんにちは、みなさん。");
         app.on_event(&SessionEvent::Missed(2), at(20));
         app.on_event(&SessionEvent::TimedOut { user: "bob".into() }, at(31));
@@ -331,7 +326,7 @@ mod tests {
     #[test]
     fn events_and_room_closed_snapshot() {
         let mut app = App::new("[::1]:9001", "本の部屋", "bob", false);
-        app.on_event(&SessionEvent::Joined { user: "bob".into() }, at(1));
+        joined(&mut app, 1, "bob");
         app.on_event(
             &SessionEvent::RateLimited {
                 limit: "20 messages/s, burst 40".into(),
@@ -405,29 +400,60 @@ mod tests {
         insta::assert_snapshot!(render(&mut app, 70, 8));
     }
 
-    /// The sample in README-client.md; keep them in step.
+    /// The sample in README.md ("The terminal client"); `readme_shows_this_sample` keeps
+    /// them in step.
     #[test]
     fn readme_sample_snapshot() {
+        let mut app = readme_app();
+        insta::assert_snapshot!(render(&mut app, 72, 14));
+    }
+
+    /// The README's sample screen is what the client draws for that conversation, line for
+    /// line (trailing blanks and the empty top rows aside).
+    #[test]
+    fn readme_shows_this_sample() {
+        let backend = render(&mut readme_app(), 72, 14);
+        let buffer = backend.buffer();
+        let mut drawn = Vec::new();
+        for y in 0..buffer.area.height {
+            let mut line = String::new();
+            let mut x = 0;
+            while x < buffer.area.width {
+                let symbol = buffer[(x, y)].symbol();
+                line.push_str(symbol);
+                // A wide character covers the next cell too.
+                x += str_width(symbol).max(1) as u16;
+            }
+            drawn.push(line.trim_end().to_string());
+        }
+        let first = drawn.iter().position(|l| !l.is_empty()).expect("a line");
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find(&format!("```text\n{}\n", drawn[first]))
+            .expect("the README has a sample starting with the first drawn line");
+        let sample: Vec<&str> = readme[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| *l != "```")
+            .collect();
+        assert_eq!(
+            sample,
+            drawn[first..],
+            "README.md's sample and the drawing differ"
+        );
+    }
+
+    fn readme_app() -> App {
         let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
         app.info(
             at(0),
             "created room lobby as alice; /help lists the commands",
         );
-        app.on_event(
-            &SessionEvent::Joined {
-                user: "alice".into(),
-            },
-            at(0),
-        );
-        app.on_event(&SessionEvent::Joined { user: "bob".into() }, at(4));
+        joined(&mut app, 0, "alice");
+        joined(&mut app, 4, "bob");
         chat(&mut app, 6, "bob", "hi alice! 👋");
         chat(&mut app, 9, "alice", "hello bob, welcome to the lobby");
-        app.on_event(
-            &SessionEvent::Joined {
-                user: "けんじ".into(),
-            },
-            at(12),
-        );
+        joined(&mut app, 12, "けんじ");
         chat(
             &mut app,
             15,
@@ -440,7 +466,7 @@ mod tests {
         for c in "see you tomorrow".chars() {
             app.editor.insert(c);
         }
-        insta::assert_snapshot!(render(&mut app, 72, 14));
+        app
     }
 
     #[test]
