@@ -151,7 +151,8 @@ export class Session {
     else {
       // Offline: it goes out once RESUME (checked by SYNC first) or the new JOIN succeeds.
       if (this.phase === 'rejoining') pending.state = 'held';
-      this.emit({ type: 'pending', clientSeq, text, retry: false });
+      pending.announced = true;
+      this.emit({ type: 'pending', clientSeq, text });
     }
     this.arm();
     return { ok: true, clientSeq };
@@ -402,7 +403,10 @@ export class Session {
     p.round += 1;
     p.checkAt = this.now() + this.config.sendCheckMs * 2 ** (p.round - 1);
     this.sendDatagram(encodeSend({ room: m.room, token: m.token, clientSeq: p.clientSeq, message: p.text }));
-    this.emit({ type: 'pending', clientSeq: p.clientSeq, text: p.text, retry: p.round > 1 });
+    if (!p.announced) {
+      p.announced = true;
+      this.emit({ type: 'pending', clientSeq: p.clientSeq, text: p.text });
+    }
   }
 
   onDatagram(bytes) {
