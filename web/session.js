@@ -108,6 +108,7 @@ export class Session {
     this.timer = null;
     this.timerAt = null;
     this.closed = false;
+    this.entering = false;
 
     /** 'lobby' | 'member' | 'reconnecting' | 'rejoining' | 'leaving' */
     this.phase = 'lobby';
@@ -147,10 +148,13 @@ export class Session {
     const clientSeq = this.member.nextClientSeq++;
     const pending = { clientSeq, text, state: 'sending', round: 0, checkAt: null, syncsBefore: 0 };
     this.pending.push(pending);
-    if (this.phase === 'member') this.transmitSend(pending);
+    // After a new JOIN, older unconfirmed messages go first, once recovery shows which
+    // of them the room already has (checkRecovery): a new one waits behind them.
+    const holding = this.phase === 'rejoining' || (this.recovery !== null && this.recovery.rejoined);
+    if (this.phase === 'member' && !holding) this.transmitSend(pending);
     else {
       // Offline: it goes out once RESUME (checked by SYNC first) or the new JOIN succeeds.
-      if (this.phase === 'rejoining') pending.state = 'held';
+      if (holding) pending.state = 'held';
       pending.announced = true;
       this.emit({ type: 'pending', clientSeq, text });
     }
@@ -193,7 +197,7 @@ export class Session {
   // --- requests (TCRP over channel 1) -----------------------------------------------
 
   async enter(op, fields) {
-    if (this.member) return { ok: false, status: null, error: 'already in a room' };
+    if (this.member || this.entering) return { ok: false, status: null, error: 'already in a room' };
     const resumeKey = this.randomBytes(32);
     let frame;
     try {
@@ -201,8 +205,11 @@ export class Session {
     } catch (err) {
       return { ok: false, status: Status.INVALID_REQUEST, error: err.message };
     }
+    this.entering = true;
     const reply = await this.request(op, frame);
+    this.entering = false;
     if (reply.status !== Status.OK) return { ok: false, status: reply.status, error: reply.error };
+    if (this.closed) return { ok: false, status: null, error: 'session closed' };
     this.resetDelivery();
     this.member = {
       room: fields.room,
@@ -232,9 +239,14 @@ export class Session {
     } catch (err) {
       return { status: null, error: String(err.message ?? err) };
     }
+    if (!this.ws || !this.wsOpen) return { status: null, error: 'connection closed' };
     return new Promise((resolve) => {
       this.requests.push({ op, resolve, awaitingComplete: false, deadline: this.now() + this.config.requestTimeoutMs });
-      this.ws.send(wrapUnit(Channel.FRAME, frame));
+      try {
+        this.ws.send(wrapUnit(Channel.FRAME, frame));
+      } catch {
+        // left to the request deadline (or the close event) to fail it
+      }
       this.arm();
     });
   }
@@ -354,7 +366,11 @@ export class Session {
 
   sendDatagram(bytes) {
     if (!this.ws || !this.wsOpen) return false;
-    this.ws.send(wrapUnit(Channel.DATAGRAM, bytes));
+    try {
+      this.ws.send(wrapUnit(Channel.DATAGRAM, bytes));
+    } catch {
+      return false; // a socket failing under us: its close event starts the reconnect
+    }
     return true;
   }
 
@@ -688,9 +704,11 @@ export class Session {
       this.startDataPlane();
       return;
     }
-    if (reply.status === Status.UNAUTHORIZED) return this.startRejoin('resume refused');
     if (reply.status === Status.ROOM_NOT_FOUND) return this.roomGone();
-    this.scheduleRetry(r);
+    if (reply.status === null || TRANSIENT.has(reply.status)) return this.scheduleRetry(r);
+    // UNAUTHORIZED (the member timed out, or the key is not known) or anything else:
+    // the old membership cannot be moved; JOIN again under the same name (§5.4).
+    this.startRejoin('resume refused');
   }
 
   scheduleRetry(r) {

@@ -65,7 +65,9 @@ class FakeSocket {
     this.onopen = this.onmessage = this.onclose = this.onerror = null;
   }
   send(data) {
-    if (!this.open || this.closed) throw new Error('send on a socket that is not open');
+    // As a browser's WebSocket: an error while CONNECTING, silently lost once closing.
+    if (!this.open) throw new Error('InvalidStateError: still connecting');
+    if (this.closed) return;
     const copy = new Uint8Array(data);
     this.sent.push(copy);
     this.server.clock.setTimeout(() => this.server.receive(this, copy), LATENCY_MS);
@@ -111,6 +113,7 @@ export class FakeServer {
     this.sockets = [];
     this.accepting = true;
     this.answerResume = true;
+    this.answerRequests = true;
     /** (socket, eventBytes, kind) => true drops that server-to-client datagram. */
     this.dropFilter = null;
     /** (datagramBytes) => true drops that client-to-server datagram. */
@@ -169,6 +172,7 @@ export class FakeServer {
   }
 
   onRequest(socket, bytes) {
+    if (!this.answerRequests) return undefined;
     const d = decodeFrame(bytes);
     if (!d.ok || d.frame.state !== State.REQUEST) throw new Error('client sent a bad frame');
     const { op, room: roomBytes, payload } = d.frame;

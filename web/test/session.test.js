@@ -357,3 +357,51 @@ test('hostile events: Seq far ahead and huge GONE stay bounded; Seq 0 room event
   assert.equal(a.rec.of('reconnecting').length, 1);
   assert.ok(a.session.inRoom);
 });
+
+test('one "pending" per message across reconnect and rejoin; a new message waits behind held ones', async () => {
+  const { clock, server, make } = setup();
+  const a = make();
+  const b = make();
+  await run(clock, a.session.create({ room: 'r', user: 'alice' }));
+  await run(clock, b.session.join({ room: 'r', user: 'bob' }));
+  const bobOf = () => [...server.rooms.get('r').members.values()].find((m) => m.user === 'bob');
+  // bob's SENDs are lost, then his socket drops and his membership times out
+  server.dropFromClient = (d) => d[0] === 0 && d[1] === 1;
+  b.session.send('first');
+  await clock.advance(5);
+  bobOf().session.cut();
+  server.timeOut('r', 'bob');
+  b.session.send('second');
+  server.dropFromClient = null;
+  await clock.advance(3);
+  b.session.send('third');
+  await clock.advance(3000);
+  assert.deepEqual(b.rec.of('pending').map((e) => e.text), ['first', 'second', 'third']);
+  assert.deepEqual(messageTexts(a.rec), ['first', 'second', 'third']);
+  assert.deepEqual(messageTexts(b.rec), ['first', 'second', 'third']);
+  assert.equal(b.rec.of('confirmed').length, 3);
+  assert.equal(b.rec.of('failed').length, 0);
+});
+
+test('connection failures and SERVER_FULL come back as statuses, never as throws', async () => {
+  const { clock, server, make } = setup();
+  const a = make();
+  server.accepting = false;
+  assert.deepEqual(await run(clock, a.session.join({ room: 'r', user: 'a' })), { ok: false, status: null, error: 'connection closed' });
+  assert.equal((await run(clock, a.session.list())).ok, false);
+  server.accepting = true;
+  // a connection-limit answer: Operation 0, status 7 (§1.1)
+  server.answerRequests = false;
+  const p = a.session.list();
+  await clock.advance(5);
+  server.socket.deliver(wrapUnit(Channel.FRAME, new Uint8Array([0, 0, 1, ...new Uint8Array(28), 1, 7])));
+  const reply = await run(clock, p);
+  assert.equal(reply.status, Status.SERVER_FULL);
+  // a request the server never answers times out and the socket is dropped
+  const q = a.session.list();
+  const s = server.socket;
+  const late = await run(clock, q, 11000);
+  assert.equal(late.status, null);
+  assert.equal(s.closed, true);
+  assert.equal(a.session.inRoom, false);
+});
