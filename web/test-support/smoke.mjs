@@ -7,7 +7,7 @@
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, extname, normalize } from 'node:path';
+import { join, extname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
@@ -17,10 +17,12 @@ const shots = process.argv[2] ?? tmpdir();
 const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8' };
 
 const http = createServer(async (req, res) => {
-  const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+  const path = new URL(req.url, 'http://x').pathname; // the URL parser already removed any ..
   try {
-    const body = await readFile(join(webDir, path === '/' ? 'index.html' : path));
-    res.writeHead(200, { 'content-type': TYPES[extname(path)] ?? 'application/octet-stream' });
+    const file = join(webDir, path === '/' ? 'index.html' : decodeURIComponent(path));
+    if (!file.startsWith(webDir)) throw new Error('outside web/');
+    const body = await readFile(file);
+    res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' });
     res.end(body);
   } catch {
     res.writeHead(404);
@@ -40,6 +42,17 @@ const browser = await chromium.launch({
 });
 const errors = [];
 try {
+  // The page as served, with nothing at /ws: it renders, says so, and throws nothing.
+  {
+    const page = await browser.newPage({ viewport: { width: 1000, height: 700 } });
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`${base}/`);
+    await page.getByText('Room list: could not reach the server.').waitFor();
+    assert.equal(await page.getByTestId('name-input').evaluate((e) => e === document.activeElement), true);
+    await page.getByTestId('join-button').click();
+    await page.getByText('Your name is empty.').waitFor();
+    await page.close();
+  }
   for (const scheme of ['light', 'dark']) {
     const page = await browser.newPage({ viewport: { width: 1000, height: 700 }, colorScheme: scheme });
     page.on('pageerror', (e) => errors.push(String(e)));

@@ -115,18 +115,21 @@ test('a lost event is NACKed after about 10 ms and delivered once, in order', as
   server.say('r', 'alice', 'one'); // seq 3: lost
   await clock.advance(5);
   server.say('r', 'alice', 'two'); // seq 4: shows the gap
+  const tGap = clock.now() + 1; // it reaches bob after 1 ms
   await clock.advance(3);
   assert.deepEqual(messageTexts(b.rec), []); // held behind the gap
   await clock.advance(30);
   const nacks = server.log.slice(before).filter((l) => l.op === 'NACK');
   assert.equal(nacks.length, 1);
   assert.deepEqual([nacks[0].fromSeq, nacks[0].count], [3, 1]);
-  // the gap was seen at ~t+7 (seq 4 arrived); the NACK went ~10 ms later
+  // the NACK went 10 ms after the gap showed, and took 1 ms to the server
+  assert.equal(nacks[0].at - tGap, 10 + 1);
   assert.deepEqual(messageTexts(b.rec), ['one', 'two']);
   // a duplicate datagram changes nothing
   bob.session.deliver(wrapUnit(Channel.DATAGRAM, encodeEvent({ kind: Kind.MESSAGE, seq: 4, user: 'alice', body: 'two' })));
   await clock.advance(10);
   assert.deepEqual(messageTexts(b.rec), ['one', 'two']);
+  assert.equal(b.session.buffer.size, 0);
 });
 
 test('three later events trigger the NACK before the 10 ms wait', async () => {
