@@ -385,6 +385,10 @@ function start() {
   el.create.addEventListener('click', () => enter(true));
   el.refresh.addEventListener('click', () => refreshRooms());
   el.message.addEventListener('input', updateBytes);
+  el.message.addEventListener('keydown', (ev) => {
+    // Enter that confirms an IME conversion (Japanese input) is not "send".
+    if (ev.key === 'Enter' && (ev.isComposing || ev.keyCode === 229)) ev.preventDefault();
+  });
   el.composer.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const c = updateBytes();

@@ -408,3 +408,34 @@ test('connection failures and SERVER_FULL come back as statuses, never as throws
   assert.equal(s.closed, true);
   assert.equal(a.session.inRoom, false);
 });
+
+test('a tail notice above Delivered is a gap like any other', async () => {
+  const { clock, server, make } = setup();
+  const a = make();
+  const b = make();
+  await run(clock, a.session.create({ room: 'r', user: 'alice' }));
+  await run(clock, b.session.join({ room: 'r', user: 'bob' }));
+  const bob = [...server.rooms.get('r').members.values()].find((m) => m.user === 'bob');
+  server.dropFilter = (m, bytes, kind) => m === bob && kind === Kind.MESSAGE;
+  server.say('r', 'alice', 'last of a burst');
+  await clock.advance(20);
+  assert.deepEqual(messageTexts(b.rec), []);
+  server.dropFilter = null;
+  const tail = new Uint8Array([0, 0, 0, server.rooms.get('r').seq, 0, 0, 0, 0]);
+  bob.session.deliver(wrapUnit(Channel.DATAGRAM, encodeEvent({ kind: Kind.SYNC, seq: 0, user: '', body: tail })));
+  await clock.advance(20);
+  assert.deepEqual(messageTexts(b.rec), ['last of a burst']);
+});
+
+test('history the room no longer holds: a quiet "earlier events" GONE, not a loss', async () => {
+  const { clock, server, make } = setup({ history: 5 });
+  const a = make();
+  await run(clock, a.session.create({ room: 'r', user: 'alice' }));
+  for (let i = 1; i <= 10; i++) a.session.send(`m${i}`);
+  await clock.advance(50);
+  const b = make();
+  await run(clock, b.session.join({ room: 'r', user: 'bob' }));
+  // room: alice's JOINED 1, m1..m10 at 2..11, bob's JOINED 12; the ring of 5 holds 8..12
+  assert.deepEqual(messageTexts(b.rec), ['m7', 'm8', 'm9', 'm10']);
+  assert.deepEqual(b.rec.of('gone').map((e) => [e.count, e.history]), [[7, true]]);
+});
