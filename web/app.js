@@ -385,6 +385,15 @@ function start() {
   el.create.addEventListener('click', () => enter(true));
   el.refresh.addEventListener('click', () => refreshRooms());
   el.message.addEventListener('input', updateBytes);
+  // A reader at the bottom stays at the bottom when the pane changes size (phone rotated,
+  // keyboard shown); one who scrolled up to read stays where they are.
+  let following = true;
+  el.messages.addEventListener('scroll', () => {
+    following = nearBottom();
+  });
+  if (typeof ResizeObserver === 'function') {
+    new ResizeObserver(() => scrollIfFollowing(following)).observe(el.messages);
+  }
   el.message.addEventListener('keydown', (ev) => {
     // Enter that confirms an IME conversion (Japanese input) is not "send".
     if (ev.key === 'Enter' && (ev.isComposing || ev.keyCode === 229)) ev.preventDefault();
