@@ -81,6 +81,9 @@ export function messageCheck(text) {
 
 // --- the page ---------------------------------------------------------------------
 
+/** Messages and notices kept on the page: a long-lived tab does not grow without end. */
+const MAX_SHOWN = 5000;
+
 function start() {
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -142,6 +145,9 @@ function start() {
     const following = nearBottom();
     const firstPending = el.messages.querySelector('li.pending');
     el.messages.insertBefore(node, firstPending);
+    while (el.messages.childElementCount > MAX_SHOWN && el.messages.firstElementChild !== firstPending) {
+      el.messages.firstElementChild.remove();
+    }
     scrollIfFollowing(following);
   }
 

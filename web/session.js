@@ -58,6 +58,8 @@ export const DEFAULT_CONFIG = Object.freeze({
   /** First check of an unconfirmed SEND, doubling after (§5.4 "250 ms, doubling, 5 tries"). */
   sendCheckMs: 250,
   sendTries: 5,
+  /** Unconfirmed messages at most: typing on while offline does not queue without end. */
+  maxPending: 100,
   /** An unanswered SYNC is repeated this soon (§5.4 "three SYNCs ... about a second apart"). */
   syncRetryMs: 1000,
   /** This many unanswered SYNCs in a row mean the WebSocket is dead: reconnect. */
@@ -145,6 +147,9 @@ export class Session {
     }
     const checked = checkText(text, 1, MAX_MESSAGE);
     if (!checked.ok) return { ok: false, error: `message ${checked.error}` };
+    if (this.pending.length >= this.config.maxPending) {
+      return { ok: false, error: 'too many messages not yet sent; wait for the connection' };
+    }
     const clientSeq = this.member.nextClientSeq++;
     const pending = { clientSeq, text, state: 'sending', round: 0, checkAt: null, syncsBefore: 0 };
     this.pending.push(pending);

@@ -439,3 +439,17 @@ test('history the room no longer holds: a quiet "earlier events" GONE, not a los
   assert.deepEqual(messageTexts(b.rec), ['m7', 'm8', 'm9', 'm10']);
   assert.deepEqual(b.rec.of('gone').map((e) => [e.count, e.history]), [[7, true]]);
 });
+
+test('send checks the message and bounds what waits unconfirmed', async () => {
+  const { clock, server, make } = setup();
+  const a = make({ maxPending: 3 });
+  assert.deepEqual(a.session.send('x'), { ok: false, error: 'not in a room' });
+  await run(clock, a.session.create({ room: 'r', user: 'alice' }));
+  assert.equal(a.session.send('').ok, false);
+  assert.equal(a.session.send('m'.repeat(3801)).ok, false);
+  assert.equal(a.session.send('bell\u0007').ok, false);
+  server.dropFromClient = (d) => d[0] === 0 && d[1] === 1;
+  for (let i = 0; i < 3; i++) assert.equal(a.session.send(`q${i}`).ok, true);
+  assert.match(a.session.send('one too many').error, /too many/);
+  assert.equal(server.log.filter((l) => l.op === 'SEND').length, 0);
+});
