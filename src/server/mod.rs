@@ -9,7 +9,8 @@
 //! * [`metrics`]: those counts in the Prometheus text format, over minimal HTTP.
 //! * [`conn`]: a TCP connection as a sans-IO state machine (timers, caps, half-close,
 //!   INVALID_REQUEST), its TCRP and metrics services, and connection admission.
-//! * [`transmit`]: the seam through which outboxes reach the socket.
+//! * [`transmit`]: the seam through which outboxes reach the socket and the sessions.
+//! * [`web`]: the web listener: the page, and WebSocket sessions carrying both planes.
 //! * [`event_loop`]: the mio readiness loop. It and [`crate::sys`] (socket set-up, batched
 //!   UDP system calls, where every `unsafe` lives) are the only code that does I/O.
 
@@ -23,6 +24,7 @@ pub mod per_ip;
 pub mod rooms;
 pub mod token;
 pub mod transmit;
+pub mod web;
 
 pub use event_loop::{Limits, Server};
 pub use rooms::{Config, DatagramOutcome, Relay};
