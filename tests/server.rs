@@ -22,6 +22,7 @@ fn create_bytes_match_the_worked_example() {
         user: "alice",
         password: b"pw",
         capacity: 10,
+        resume_key: None,
     });
     let mut s = TcpStream::connect(srv.tcp).unwrap();
     s.write_all(&req).unwrap();
@@ -345,6 +346,7 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_reply() {
         user: "u",
         password: b"",
         capacity: 0,
+        resume_key: None,
     });
     let mut s = TcpStream::connect(srv.tcp).unwrap();
     s.write_all(&req).unwrap();
@@ -380,11 +382,13 @@ fn pipelined_requests_are_answered_in_order() {
         user: "u",
         password: b"",
         capacity: 0,
+        resume_key: None,
     });
     bytes.extend(request(&Request::Join {
         room: "missing",
         user: "u",
         password: b"",
+        resume_key: None,
     }));
     bytes.extend(request(&Request::List));
     let mut s = TcpStream::connect(srv.tcp).unwrap();
