@@ -249,6 +249,7 @@ pub fn tcrp_stream(data: &[u8]) {
 /// to the same bytes. Then builds a datagram from the input's pieces and checks the other
 /// direction: what `encode` accepts, `parse` reads back unchanged.
 pub fn datagram(data: &[u8]) {
+    check_client_datagram(data);
     let parsed = ChatDatagram::parse(data);
     match expected_datagram_verdict(data) {
         Ok(()) => {
@@ -343,8 +344,11 @@ fn check_events(data: &[u8]) {
     let mut scratch = [0u8; EVENT_OVERHEAD + 255 + 65535];
     check_raw_events(data, &mut scratch);
     loop {
-        // The text view skips GONE and SYNC events (binary bodies).
-        at += skipped_binary(&data[at..]);
+        // The text view skips GONE and SYNC events (binary bodies); the buffer, a copy of
+        // the input's prefix, stops before the first.
+        let skipped = skipped_binary(&data[at..]);
+        at += skipped;
+        full |= skipped > 0;
         match it.next() {
             None => {
                 assert_eq!(at, data.len(), "stopped early without an error");
@@ -383,6 +387,34 @@ fn check_events(data: &[u8]) {
     // Events pushed until the first that did not fit: the same bytes as the input prefix.
     assert_eq!(buf.bytes(), &data[..buffered]);
     assert!(buf.bytes().len() <= MAX_DATAGRAM);
+}
+
+/// v1.1: the one dispatching parse agrees with the parser the first byte picks, and a
+/// control datagram that parses re-encodes to its bytes.
+fn check_client_datagram(data: &[u8]) {
+    use crate::protocol::control::{ClientDatagram, ClientDatagramError, ControlDatagram};
+    match (ClientDatagram::parse(data), data.first()) {
+        (Ok(ClientDatagram::Control(d)), Some(0)) => {
+            assert_eq!(ControlDatagram::parse(data), Ok(d));
+            let mut out = [0u8; MAX_DATAGRAM];
+            let n = d
+                .encode(&mut out)
+                .expect("a parsed control datagram re-encodes");
+            assert_eq!(&out[..n], data, "control re-encoding differs");
+        }
+        (Err(ClientDatagramError::Control(e)), Some(0)) => {
+            assert_eq!(ControlDatagram::parse(data), Err(e));
+        }
+        (Ok(ClientDatagram::Chat(d)), first) => {
+            assert_ne!(first, Some(&0));
+            assert_eq!(ChatDatagram::parse(data), Ok(d));
+        }
+        (Err(ClientDatagramError::Chat(e)), first) => {
+            assert_ne!(first, Some(&0));
+            assert_eq!(ChatDatagram::parse(data), Err(e));
+        }
+        (other, first) => panic!("{other:?} for a datagram starting {first:?}"),
+    }
 }
 
 fn known(kind: u8) -> Option<u8> {

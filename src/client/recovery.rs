@@ -66,6 +66,8 @@ pub const V1_PROBES: u8 = 10;
 /// history (1024), so a client that falls behind a busy room still catches up, while the
 /// buffer holds at most 4096 events (about 16 MiB of the largest events).
 pub const MAX_BUFFERED: usize = 4096;
+/// NACKs of one Seq without an answer after which a SYNC checks the path (about 160 ms).
+const NACKS_BEFORE_SYNC: u8 = 3;
 /// Most NACK datagrams sent in one go; the rest are sent at the next timeout.
 const MAX_NACKS_PER_ROUND: usize = 16;
 /// Number of distinct room Seq values: 1..=0xFFFF_FFFF.
@@ -410,7 +412,11 @@ pub struct Recovery {
     /// latest Seq, then `Some(Some(seq))` until everything up to it is delivered.
     rejoin: Option<Option<u32>>,
     probe: Option<Probe>,
+    /// When a datagram last went out (the v1 heartbeat's clock).
     last_sent: Instant,
+    /// When a SYNC last went out: one goes at least every IdleTimeout/4 even while NACKs
+    /// flow, since only a SYNC's answer shows that the path still works.
+    last_sync: Instant,
     transmits: VecDeque<Transmit>,
     outputs: VecDeque<Output>,
     stats: Stats,
@@ -436,6 +442,7 @@ impl Recovery {
             rejoin: None,
             probe: None,
             last_sent: now,
+            last_sync: now,
             transmits: VecDeque::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
@@ -643,7 +650,17 @@ impl Recovery {
         if self.rejoin.is_none() {
             self.send_unsent(now);
         }
+        self.ask_again(now);
         self.settle(now);
+    }
+
+    /// The path changed: every gap is asked for again at once, not after its backoff.
+    fn ask_again(&mut self, now: Instant) {
+        for slot in &mut self.slots {
+            if let Slot::Missing { due, .. } = slot {
+                *due = now;
+            }
+        }
     }
 
     /// The caller's TCRP RESUME failed (the membership is gone): nothing is sent until
@@ -667,6 +684,7 @@ impl Recovery {
         self.rejoin = Some(None);
         self.transmit(now, Transmit::Heartbeat);
         self.transmit(now, Transmit::Sync);
+        self.ask_again(now);
         self.settle(now);
     }
 
@@ -675,7 +693,7 @@ impl Recovery {
         if self.link != Link::Live {
             return None;
         }
-        let heartbeat = self.last_sent + self.cfg.idle_timeout / 4;
+        let heartbeat = self.heartbeat_due();
         let mut next = heartbeat;
         let mut consider = |t: Instant| next = next.min(t);
         if let Some(p) = self.probe {
@@ -733,7 +751,7 @@ impl Recovery {
                 return;
             }
         }
-        if need_sync || now >= self.last_sent + self.cfg.idle_timeout / 4 {
+        if need_sync || now >= self.heartbeat_due() {
             if self.mode == Mode::V1 {
                 self.transmit(now, Transmit::Heartbeat);
             } else {
@@ -945,6 +963,7 @@ impl Recovery {
             return;
         };
         let mut sent = 0;
+        let mut unanswered = false;
         let mut i = 0;
         while i < self.slots.len() && sent < MAX_NACKS_PER_ROUND {
             let due_here = |s: &Slot| matches!(s, Slot::Missing { due, .. } if *due <= now);
@@ -961,6 +980,7 @@ impl Recovery {
                 if let Slot::Missing { due, tries, .. } = &mut self.slots[i] {
                     *tries = tries.saturating_add(1);
                     *due = now + nack_backoff(retry, cap, *tries);
+                    unanswered |= *tries == NACKS_BEFORE_SYNC;
                 }
                 i += 1;
             }
@@ -973,6 +993,11 @@ impl Recovery {
             );
             self.stats.nacks += 1;
             sent += 1;
+        }
+        // A gap NACKed again and again without any answer: is the path still there? The
+        // SYNC arms the roaming check.
+        if unanswered {
+            self.transmit(now, Transmit::Sync);
         }
     }
 
@@ -1073,11 +1098,11 @@ impl Recovery {
         }
     }
 
-    /// A membership ended: what was sent and not confirmed may or may not have been
-    /// relayed, and the new membership's LastClientSeq says nothing about it.
+    /// A membership ended: what was sent and not known relayed may or may not have been,
+    /// and the new membership's LastClientSeq says nothing about it.
     fn forget_fates(&mut self) {
         for p in &mut self.pending {
-            if p.state != SendState::Unsent {
+            if matches!(p.state, SendState::InFlight { .. } | SendState::Probing) {
                 p.state = SendState::Unknown;
             }
         }
@@ -1091,6 +1116,7 @@ impl Recovery {
                 return;
             }
             self.stats.syncs += 1;
+            self.last_sync = now;
             if self.probe.is_none() {
                 self.probe = Some(Probe {
                     sent: 1,
@@ -1102,10 +1128,22 @@ impl Recovery {
         self.transmits.push_back(t);
     }
 
+    /// When the next heartbeat is due: a SYNC every IdleTimeout/4, or (against a version 1
+    /// server) a v1 heartbeat when nothing else went out for that long.
+    fn heartbeat_due(&self) -> Instant {
+        let quarter = self.cfg.idle_timeout / 4;
+        if self.mode == Mode::V1 {
+            self.last_sent + quarter
+        } else {
+            self.last_sync + quarter
+        }
+    }
+
     /// A probe's SYNC: counted by the probe itself, not re-armed.
     fn push_sync(&mut self, now: Instant) {
         self.stats.syncs += 1;
         self.last_sent = now;
+        self.last_sync = now;
         if self.transmits.back() != Some(&Transmit::Sync) {
             self.transmits.push_back(Transmit::Sync);
         }

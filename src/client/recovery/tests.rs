@@ -219,7 +219,19 @@ fn nack_backoff_grows_and_is_capped() {
     let start = h.now;
     h.msg(5);
     h.msg(7);
-    let log = h.advance_log(ms(4000), start);
+    // The server answers SYNCs (the path works) but never sends Seq 6.
+    let mut log = Vec::new();
+    for _ in 0..4000 {
+        h.advance(ms(1));
+        for t in h.tx() {
+            if t == Transmit::Sync {
+                h.answer(7, 0);
+            }
+            log.push(((h.now - start).as_millis() as u64, t));
+        }
+    }
+    // After the third NACK, a SYNC checks the path.
+    assert!(log.contains(&(160, Transmit::Sync)), "{log:?}");
     let times: Vec<u64> = log
         .iter()
         .filter(|(_, t)| matches!(t, Transmit::Nack { .. }))
@@ -613,7 +625,8 @@ fn falls_back_to_v1_against_a_server_that_never_answers_sync() {
     h.msg(8);
     h.r.send(h.now, "early");
     let log = h.advance_log(ms(10_100), start);
-    // One SYNC about the message at 250 ms, then one a second (the first went at 0).
+    // One SYNC after the third NACK of Seq 7, one about the message at 250 ms, then one a
+    // second (the first went at 0).
     let syncs: Vec<u64> = log
         .iter()
         .filter(|(_, t)| *t == Transmit::Sync)
@@ -621,7 +634,9 @@ fn falls_back_to_v1_against_a_server_that_never_answers_sync() {
         .collect();
     assert_eq!(
         syncs,
-        vec![250, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000],
+        vec![
+            160, 250, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000
+        ],
         "{log:?}"
     );
     let out = h.out();
@@ -990,4 +1005,47 @@ proptest! {
         let want: Vec<u32> = (0..n).map(|i| seq_add(first, i)).collect();
         prop_assert_eq!(got, want);
     }
+}
+
+#[test]
+fn a_message_known_relayed_is_not_sent_again_after_join_again() {
+    let mut h = H::at(4);
+    h.r.send(h.now, "a");
+    h.advance(ms(250));
+    // Relayed as Seq 5 (its event lost), then the link dies.
+    h.answer(5, 1);
+    h.tx();
+    // The next heartbeat SYNC (15 s on) and two more go unanswered.
+    h.advance(ms(18_100));
+    assert!(h.out().contains(&Output::NeedResume));
+    h.r.resume_failed(h.now);
+    h.r.joined_again(h.now);
+    // The gap still open is asked for again at once, without waiting for its backoff.
+    assert_eq!(
+        h.tx(),
+        vec![
+            Transmit::Heartbeat,
+            Transmit::Sync,
+            Transmit::Nack {
+                from_seq: 5,
+                count: 1
+            }
+        ]
+    );
+    h.answer(7, 0);
+    h.advance(ms(10));
+    assert_eq!(nacks(&h.tx()), vec![(6, 2)]);
+    // The history no longer holds Seq 5: the message still counts as relayed.
+    h.r.on_gone(
+        h.now,
+        Gone {
+            from_seq: 5,
+            count: 1,
+        },
+    );
+    h.event(EventKind::TimedOut, 6, ME, "");
+    h.event(EventKind::Joined, 7, ME, "");
+    let out = h.out();
+    assert!(out.contains(&Output::Confirmed { client_seq: 1 }));
+    assert!(!h.tx().iter().any(|t| matches!(t, Transmit::Send { .. })));
 }
