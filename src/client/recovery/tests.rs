@@ -1049,3 +1049,101 @@ fn a_message_known_relayed_is_not_sent_again_after_join_again() {
     assert!(out.contains(&Output::Confirmed { client_seq: 1 }));
     assert!(!h.tx().iter().any(|t| matches!(t, Transmit::Send { .. })));
 }
+
+#[derive(Debug, Clone)]
+enum Input {
+    Event(u8, u32, bool),
+    Gone(u32, u16),
+    Sync(u32, u32, bool),
+    Send,
+    Wait(u16),
+    Resumed,
+    ResumeFailed,
+    JoinedAgain,
+    Datagram(Vec<u8>),
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    // Seqs near the start, near the wrap, and anywhere.
+    let seq = prop_oneof![0u32..40, (u32::MAX - 40)..=u32::MAX, any::<u32>()];
+    prop_oneof![
+        4 => (0u8..12, seq.clone(), any::<bool>()).prop_map(|(k, s, me)| Input::Event(k, s, me)),
+        1 => (seq.clone(), any::<u16>()).prop_map(|(s, c)| Input::Gone(s, c)),
+        1 => (seq.clone(), 0u32..5, any::<bool>()).prop_map(|(s, c, me)| Input::Sync(s, c, me)),
+        1 => Just(Input::Send),
+        2 => any::<u16>().prop_map(Input::Wait),
+        1 => Just(Input::Resumed),
+        1 => Just(Input::ResumeFailed),
+        1 => Just(Input::JoinedAgain),
+        1 => proptest::collection::vec(any::<u8>(), 0..40).prop_map(Input::Datagram),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the server (or a forger on the path) sends, in whatever order: no panic,
+    /// the buffer stays within its bound, each Seq is delivered at most once and in order,
+    /// and every NACK is one the server would accept.
+    #[test]
+    fn hostile_inputs_stay_bounded(inputs in proptest::collection::vec(input(), 1..200)) {
+        let mut cfg = Config::new(ME, Duration::from_secs(8));
+        cfg.history = 20;
+        cfg.max_buffered = 300;
+        let mut now = Instant::now();
+        let mut r = Recovery::new(cfg, now);
+        let mut last: Option<u32> = None;
+        for i in inputs {
+            match i {
+                Input::Event(kind, seq, me) => r.on_event(now, &Event {
+                    kind,
+                    seq,
+                    user: if me { ME } else { "bob" },
+                    body: "m",
+                }),
+                Input::Gone(from, count) => {
+                    if let Ok(g) = Gone::parse(&Gone { from_seq: from, count }.body()) {
+                        r.on_gone(now, g);
+                    }
+                }
+                Input::Sync(last_seq, cs, me) => r.on_sync(now, if me { ME } else { "" }, SyncInfo {
+                    last_seq,
+                    last_client_seq: cs,
+                }),
+                Input::Send => {
+                    r.send(now, "m");
+                }
+                Input::Wait(d) => {
+                    now += Duration::from_millis(u64::from(d));
+                    r.handle_timeout(now);
+                }
+                Input::Resumed => r.resumed(now),
+                Input::ResumeFailed => r.resume_failed(now),
+                Input::JoinedAgain => r.joined_again(now),
+                Input::Datagram(bytes) => {
+                    r.handle_datagram(now, &bytes);
+                }
+            }
+            prop_assert!(r.buffered() <= 300);
+            let mut nacks_now = 0;
+            while let Some(t) = r.poll_transmit() {
+                if let Transmit::Nack { from_seq, count } = t {
+                    prop_assert!(from_seq != 0 && (1..=MAX_NACK_COUNT).contains(&count));
+                    nacks_now += 1;
+                }
+            }
+            prop_assert!(nacks_now <= MAX_NACKS_PER_ROUND + 1);
+            while let Some(o) = r.poll_output() {
+                match o {
+                    Output::Deliver(e) if e.seq != 0 && r.mode() != Mode::V1 => {
+                        if let Some(l) = last {
+                            prop_assert!(ahead(l, e.seq).is_some(), "{} after {}", e.seq, l);
+                        }
+                        last = Some(e.seq);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
