@@ -773,14 +773,15 @@ impl Recovery {
             0
         } else {
             let before = if event.is_some() { seq - 1 } else { seq };
-            let window = u32::try_from(self.cfg.max_buffered.saturating_sub(1)).unwrap_or(u32::MAX);
+            let window = self.cfg.max_buffered.saturating_sub(1);
+            let window = u32::try_from(window).unwrap_or(u32::MAX);
             self.cfg.history.min(before).min(window)
         };
         self.anchored_once = true;
         // With an event, delivery starts at it (after the history); a SYNC only says that
         // everything up to its LastSeq was before this member came.
         let first = if event.is_some() { seq } else { next_seq(seq) };
-        self.delivered = Some(seq_sub(first, history + 1));
+        self.delivered = Some(seq_sub(first, history.saturating_add(1)));
         self.highest = seq;
         self.slots.clear();
         self.history_left = history as usize;
