@@ -22,7 +22,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::protocol::datagram::{ChatDatagram, DatagramError};
-use crate::protocol::event::{EVENT_OVERHEAD, Event, EventBuf, EventError, EventKind, Events};
+use crate::protocol::event::{
+    EVENT_OVERHEAD, Event, EventBuf, EventError, EventKind, Events, Gone, RawEvents, SyncInfo,
+};
 use crate::protocol::frame::{
     Frame, Grant, HEADER_LEN, Header, MAX_REPLY_PAYLOAD, MAX_REQUEST_FRAME, MalformedFrame,
     Request, encode_frame, encode_list, encode_response, parse_list, parse_status, split_reply,
@@ -247,6 +249,7 @@ pub fn tcrp_stream(data: &[u8]) {
 /// to the same bytes. Then builds a datagram from the input's pieces and checks the other
 /// direction: what `encode` accepts, `parse` reads back unchanged.
 pub fn datagram(data: &[u8]) {
+    check_client_datagram(data);
     let parsed = ChatDatagram::parse(data);
     match expected_datagram_verdict(data) {
         Ok(()) => {
@@ -339,7 +342,13 @@ fn check_events(data: &[u8]) {
     let mut buffered = 0;
     let mut full = false;
     let mut scratch = [0u8; EVENT_OVERHEAD + 255 + 65535];
+    check_raw_events(data, &mut scratch);
     loop {
+        // The text view skips GONE and SYNC events (binary bodies); the buffer, a copy of
+        // the input's prefix, stops before the first.
+        let skipped = skipped_binary(&data[at..]);
+        at += skipped;
+        full |= skipped > 0;
         match it.next() {
             None => {
                 assert_eq!(at, data.len(), "stopped early without an error");
@@ -380,8 +389,76 @@ fn check_events(data: &[u8]) {
     assert!(buf.bytes().len() <= MAX_DATAGRAM);
 }
 
+/// v1.1: the one dispatching parse agrees with the parser the first byte picks, and a
+/// control datagram that parses re-encodes to its bytes.
+fn check_client_datagram(data: &[u8]) {
+    use crate::protocol::control::{ClientDatagram, ClientDatagramError, ControlDatagram};
+    match (ClientDatagram::parse(data), data.first()) {
+        (Ok(ClientDatagram::Control(d)), Some(0)) => {
+            assert_eq!(ControlDatagram::parse(data), Ok(d));
+            let mut out = [0u8; MAX_DATAGRAM];
+            let n = d
+                .encode(&mut out)
+                .expect("a parsed control datagram re-encodes");
+            assert_eq!(&out[..n], data, "control re-encoding differs");
+        }
+        (Err(ClientDatagramError::Control(e)), Some(0)) => {
+            assert_eq!(ControlDatagram::parse(data), Err(e));
+        }
+        (Ok(ClientDatagram::Chat(d)), first) => {
+            assert_ne!(first, Some(&0));
+            assert_eq!(ChatDatagram::parse(data), Ok(d));
+        }
+        (Err(ClientDatagramError::Chat(e)), first) => {
+            assert_ne!(first, Some(&0));
+            assert_eq!(ChatDatagram::parse(data), Err(e));
+        }
+        (other, first) => panic!("{other:?} for a datagram starting {first:?}"),
+    }
+}
+
 fn known(kind: u8) -> Option<u8> {
-    (1..=6).contains(&kind).then_some(kind)
+    (1..=9).contains(&kind).then_some(kind)
+}
+
+/// Bytes of the GONE and SYNC events at the start of `rest`, which [`Events`] skips.
+fn skipped_binary(rest: &[u8]) -> usize {
+    let mut n = 0;
+    for ev in RawEvents::new(rest) {
+        match ev {
+            Ok(ev) if matches!(ev.kind, 7 | 8) => n += ev.len(),
+            _ => break,
+        }
+    }
+    n
+}
+
+/// The raw view: every event re-encodes to its bytes; GONE and SYNC bodies decode only
+/// when well formed and re-encode to the same body.
+fn check_raw_events(data: &[u8], scratch: &mut [u8]) {
+    let mut at = 0;
+    for ev in RawEvents::new(data) {
+        let Ok(ev) = ev else { break };
+        let n = ev.encode(scratch).expect("a read event re-encodes");
+        assert_eq!(&scratch[..n], &data[at..at + n]);
+        at += n;
+        match ev.known_kind() {
+            Some(EventKind::Gone) => {
+                if let Ok(g) = Gone::parse(ev.body) {
+                    assert_eq!(&g.body()[..], ev.body);
+                } else {
+                    let b = ev.body;
+                    let well_formed = b.len() == 6 && b[..4] != [0; 4] && b[4..] != [0; 2];
+                    assert!(!well_formed, "a good GONE body was refused");
+                }
+            }
+            Some(EventKind::Sync) => match SyncInfo::parse(ev.body) {
+                Ok(s) => assert_eq!(&s.body()[..], ev.body),
+                Err(_) => assert_ne!(ev.body.len(), SyncInfo::BODY_LEN),
+            },
+            _ => {}
+        }
+    }
 }
 
 /// Why the event at the start of `rest` cannot be read, by PROTOCOL.md §2.2.
@@ -399,8 +476,9 @@ fn expected_event_error(rest: &[u8]) -> EventError {
     }
     let user = &rest[6..6 + ulen];
     let body = &rest[8 + ulen..8 + ulen + blen];
+    let binary = matches!(rest[0], 7 | 8);
     assert!(
-        text(user).is_err() || text(body).is_err(),
+        text(user).is_err() || (!binary && text(body).is_err()),
         "a well-formed event was refused"
     );
     EventError::BadText
@@ -737,6 +815,7 @@ pub fn relay(data: &[u8]) {
                     user: USERS[usize::from(a >> 2) % 4],
                     password: PASSWORDS[usize::from(a >> 4) % 3],
                     capacity: CAPACITIES[usize::from(cap) % CAPACITIES.len()],
+                    resume_key: None,
                 };
                 h.request(ip(i), &req, &mut ctx);
             }
@@ -746,6 +825,7 @@ pub fn relay(data: &[u8]) {
                     room: ROOMS[usize::from(a % 4)],
                     user: USERS[usize::from(a >> 2) % 4],
                     password: PASSWORDS[usize::from(a >> 4) % 3],
+                    resume_key: None,
                 };
                 h.request(ip(i), &req, &mut ctx);
             }

@@ -90,11 +90,13 @@ fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
                     user,
                     password: &password,
                     capacity,
+                    resume_key: None,
                 },
                 1 => Request::Join {
                     room,
                     user,
                     password: &password,
+                    resume_key: None,
                 },
                 2 => Request::Leave {
                     room,

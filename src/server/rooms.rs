@@ -288,14 +288,18 @@ impl<R: Rng> Relay<R> {
                 user,
                 password,
                 capacity,
+                ..
             } => self.create(now, peer, room, user, password, capacity),
             Request::Join {
                 room,
                 user,
                 password,
+                ..
             } => self.join(now, peer, room, user, password),
             Request::Leave { room, token } => self.leave(peer, room, token, tx),
             Request::List => Ok(None),
+            // Answered by the server's v1.1 work.
+            Request::Resume { .. } => Err(Status::InvalidRequest),
         };
         let status = match result {
             Ok(_) => Status::Ok,

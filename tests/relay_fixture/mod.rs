@@ -61,12 +61,14 @@ pub fn room(members: usize, batch_max: usize, message: &str) -> Fixture {
                 user: &user,
                 password: b"",
                 capacity: u16::MAX,
+                resume_key: None,
             }
         } else {
             Request::Join {
                 room: "room",
                 user: &user,
                 password: b"",
+                resume_key: None,
             }
         };
         let mut out = Vec::new();

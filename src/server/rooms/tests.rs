@@ -57,6 +57,7 @@ impl World {
             user,
             password: b"",
             capacity: 0,
+            resume_key: None,
         };
         let (s, t) = self.request(0, ip(1), req);
         assert_eq!(s, Status::Ok);
@@ -68,6 +69,7 @@ impl World {
             room,
             user,
             password: b"",
+            resume_key: None,
         };
         let (s, t) = self.request(0, ip(1), req);
         assert_eq!(s, Status::Ok);
@@ -411,12 +413,14 @@ fn capacity_limits_and_status_order() {
         user: "h",
         password: b"pw",
         capacity: cap,
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), create("a", 100)).0, Status::Ok);
     let join = |user| Request::Join {
         room: "a",
         user,
         password: b"pw",
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), join("x")).0, Status::Ok);
     assert_eq!(w.request(0, ip(1), join("y")).0, Status::Ok);
@@ -428,6 +432,7 @@ fn capacity_limits_and_status_order() {
         room: "a",
         user: "x",
         password: b"no",
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), wrong).0, Status::BadPassword);
     assert_eq!(w.request(0, ip(1), create("b", 0)).0, Status::Ok);
@@ -450,6 +455,7 @@ fn one_ip_cannot_hold_more_than_its_share_of_members() {
         room: "r",
         user,
         password: b"",
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), join("c")).0, Status::ServerFull);
     assert_eq!(w.request(0, ip(2), join("c")).0, Status::Ok);
