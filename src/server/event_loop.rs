@@ -33,10 +33,10 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use super::counters::Counters;
 use super::deadlines::DeadlineQueue;
 use super::metrics::{self, MAX_HTTP_REQUEST, Snapshot};
-use super::rooms::{Config, Relay};
 use super::transmit::Dest;
 #[cfg(target_os = "linux")]
 use super::udp::{BatchTx as Tx, Receiver, Sender};
+use super::{Config, Relay};
 use crate::protocol::frame::{MAX_REQUEST_FRAME, Request, encode_response, split_request};
 use crate::protocol::{Operation, Status};
 #[cfg(not(target_os = "linux"))]

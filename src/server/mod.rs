@@ -1,15 +1,24 @@
-//! The relay server: a sans-IO core and the one place that touches sockets.
+//! The relay server: a sans-IO core, and the event loop with the code that touches sockets.
 //!
-//! * [`rooms`]: rooms, members, tokens, Seq and outboxes; takes `now` as an argument.
+//! The core (no sockets, no clocks; it takes `now` as an argument):
+//!
+//! * [`relay`]: the coordinator: members, tokens, per-IP counts, password throttle, idle
+//!   deadlines and counters; answers requests and datagrams, and times members out.
+//! * [`room`]: one room: its members, bound addresses, Seq and outbox, and the rule that
+//!   the outbox is flushed before the bound set changes.
 //! * [`deadlines`]: idle expiry in O(expired).
 //! * [`per_ip`]: counts per client IP, for the per-IP limits.
 //! * [`limits`]: message buckets and password-failure throttling.
 //! * [`token`]: token generation, constant-time compare, the token table's hasher.
 //! * [`counters`]: what the server counts (drops by reason, traffic, requests).
 //! * [`metrics`]: those counts in the Prometheus text format, over minimal HTTP.
-//! * [`transmit`]: the seam through which outboxes reach the socket.
+//!
+//! Where bytes meet the operating system:
+//!
+//! * [`transmit`]: the seam through which outboxes reach the socket (the core calls a
+//!   [`transmit::Transmit`] it is lent; the implementations send).
 //! * `udp`: `recvmmsg`/`sendmmsg` and packet-info, the batched system calls (Linux).
-//! * [`event_loop`]: the mio readiness loop; the only file that does I/O.
+//! * [`event_loop`]: the mio readiness loop: sockets, connections and timers.
 
 pub mod counters;
 pub mod deadlines;
@@ -17,11 +26,12 @@ pub mod event_loop;
 pub mod limits;
 pub mod metrics;
 pub mod per_ip;
-pub mod rooms;
+pub mod relay;
+mod room;
 pub mod token;
 pub mod transmit;
 #[cfg(target_os = "linux")]
 pub mod udp;
 
 pub use event_loop::{Limits, Server};
-pub use rooms::{Config, DatagramOutcome, Relay};
+pub use relay::{Config, DatagramOutcome, Relay};
