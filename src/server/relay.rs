@@ -10,9 +10,15 @@
 //! entries, the per-IP counts, the password throttle, the idle deadlines, the counters and
 //! the list of rooms to flush at the end of a wake-up. What happens inside one room (Seq,
 //! outbox, who receives it) is [`Room`]'s.
+//!
+//! * `relay.rs`: the tables, timeouts, the end-of-wake-up flush, and the removal of members
+//!   and rooms (each removal does all its bookkeeping in one call).
+//! * `requests.rs`: the control plane (CREATE, JOIN, LEAVE, LIST).
+//! * `datagrams.rs`: the data plane (checking, binding, relaying, rate-limit notices).
+//! * `config.rs`: the settings. `invariants.rs` and `testing.rs`: for tests and fuzzing.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use log::info;
@@ -24,16 +30,15 @@ use super::deadlines::DeadlineQueue;
 use super::limits::{Bucket, FAILURE_WINDOW, PasswordThrottle};
 use super::per_ip::PerIp;
 use super::room::{Outflow, Room};
-use super::token::{self, Token, TokenMap, constant_time_eq};
+use super::token::{Token, TokenMap};
 use super::transmit::{Dest, Transmit};
-use crate::protocol::datagram::{ChatDatagram, DatagramError};
-use crate::protocol::event::{Event, EventBuf, EventKind, reason};
-use crate::protocol::frame::{Grant, Request, RoomSummary, encode_list, encode_response};
-use crate::protocol::{Operation, Status, TOKEN_LEN};
+use crate::protocol::event::{EventBuf, EventKind, reason};
 
 mod config;
+mod datagrams;
 #[cfg(any(test, feature = "fuzzing"))]
 mod invariants;
+mod requests;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod testing;
 
@@ -142,321 +147,6 @@ impl<R: Rng> Relay<R> {
     /// Members that have bound an address.
     pub fn bound_count(&self) -> usize {
         self.rooms.iter().map(|(_, r)| r.bound_len()).sum()
-    }
-
-    /// Answers one TCRP request from `peer` into `out` (a RESPONSE, and a COMPLETE on
-    /// success for CREATE, JOIN and LIST). LEAVE may emit events through `tx`.
-    pub fn handle_request(
-        &mut self,
-        now: Instant,
-        peer: IpAddr,
-        req: &Request<'_>,
-        out: &mut Vec<u8>,
-        tx: &mut impl Transmit,
-    ) -> Status {
-        let peer = peer.to_canonical();
-        let op = req.operation();
-        let room_bytes = req.room().as_bytes();
-        let result = match *req {
-            Request::Create {
-                room,
-                user,
-                password,
-                capacity,
-            } => self.create(now, peer, room, user, password, capacity),
-            Request::Join {
-                room,
-                user,
-                password,
-            } => self.join(now, peer, room, user, password),
-            Request::Leave { room, token } => self.leave(peer, room, token, tx),
-            Request::List => Ok(None),
-        };
-        let status = match result {
-            Ok(_) => Status::Ok,
-            Err(s) => s,
-        };
-        self.counters.request(op, status);
-        encode_response(out, op as u8, room_bytes, status);
-        match result {
-            Ok(Some(member)) => {
-                let grant = Grant {
-                    token: &self.members[member].token,
-                    udp_port: self.cfg.udp_port,
-                    // The field is two bytes; the flag allows no more than 65535 s.
-                    idle_timeout: u16::try_from(self.cfg.idle_timeout.as_secs())
-                        .unwrap_or(u16::MAX),
-                };
-                grant.encode(out, op, room_bytes);
-            }
-            Ok(None) if op == Operation::List => self.encode_list(out),
-            _ => {}
-        }
-        status
-    }
-
-    fn create(
-        &mut self,
-        now: Instant,
-        peer: IpAddr,
-        room: &str,
-        user: &str,
-        password: &[u8],
-        capacity: u16,
-    ) -> Result<Option<usize>, Status> {
-        if self.by_name.contains_key(room) {
-            return Err(Status::RoomExists);
-        }
-        if self.rooms.len() >= self.cfg.max_rooms
-            || self.members.len() >= self.cfg.max_members
-            || self
-                .members_per_ip
-                .at_cap(peer, self.cfg.max_members_per_ip)
-            || self.rooms_per_ip.at_cap(peer, self.cfg.max_rooms_per_ip)
-        {
-            return Err(Status::ServerFull);
-        }
-        let capacity = match capacity {
-            0 => self.cfg.default_capacity,
-            c => c.min(self.cfg.max_capacity),
-        };
-        let key = self.rooms.vacant_key();
-        self.rooms_per_ip.add(peer);
-        let host = self.add_member(now, key, peer, user);
-        let inserted = self
-            .rooms
-            .insert(Room::new(key, room, password, capacity, (host, peer)));
-        debug_assert_eq!(inserted, key);
-        self.by_name.insert(room.into(), key);
-        self.counters.rooms_created += 1;
-        info!("room '{room}' created by '{user}' from {peer} (capacity {capacity})");
-        Ok(Some(host))
-    }
-
-    fn join(
-        &mut self,
-        now: Instant,
-        peer: IpAddr,
-        room: &str,
-        user: &str,
-        password: &[u8],
-    ) -> Result<Option<usize>, Status> {
-        if self.throttle.is_throttled(peer, now) {
-            return Err(Status::TooManyRequests);
-        }
-        let &key = self.by_name.get(room).ok_or(Status::RoomNotFound)?;
-        let r = &self.rooms[key];
-        if let Some(expected) = &r.password {
-            if !constant_time_eq(expected, password) {
-                self.throttle.record_failure(peer, now);
-                if self.next_prune.is_none() {
-                    self.next_prune = Some(now + FAILURE_WINDOW);
-                }
-                return Err(Status::BadPassword);
-            }
-        }
-        if r.members().iter().any(|&m| *self.members[m].name == *user) {
-            return Err(Status::NameTaken);
-        }
-        if r.members().len() >= usize::from(r.capacity) {
-            return Err(Status::RoomFull);
-        }
-        if self.members.len() >= self.cfg.max_members
-            || self
-                .members_per_ip
-                .at_cap(peer, self.cfg.max_members_per_ip)
-        {
-            return Err(Status::ServerFull);
-        }
-        let m = self.add_member(now, key, peer, user);
-        self.rooms[key].admit(m);
-        info!("'{user}' joined room '{room}' from {peer}");
-        Ok(Some(m))
-    }
-
-    /// Enters a member of `room` into the member table, with a fresh token and deadline;
-    /// the room itself is the caller's to tell.
-    fn add_member(&mut self, now: Instant, room: usize, ip: IpAddr, name: &str) -> usize {
-        self.members_per_ip.add(ip);
-        let token = loop {
-            let t = token::generate(&mut self.rng);
-            if !self.by_token.contains_key(&t) {
-                break t;
-            }
-        };
-        let id = self.next_id;
-        self.next_id += 1;
-        let deadline = now + self.cfg.idle_timeout;
-        let key = self.members.insert(Member {
-            id,
-            room,
-            name: name.into(),
-            token,
-            ip,
-            addr: None,
-            deadline,
-            bucket: Bucket::full(self.cfg.msg_burst, now),
-            last_notice: None,
-        });
-        self.by_token.insert(token, key);
-        self.deadlines.schedule(deadline, key, id);
-        key
-    }
-
-    fn leave(
-        &mut self,
-        peer: IpAddr,
-        room: &str,
-        token: &[u8],
-        tx: &mut impl Transmit,
-    ) -> Result<Option<usize>, Status> {
-        let &key = self.by_name.get(room).ok_or(Status::RoomNotFound)?;
-        let member = <&Token>::try_from(token)
-            .ok()
-            .and_then(|t| self.by_token.get(t).copied())
-            .filter(|&m| self.members[m].room == key && self.members[m].ip == peer)
-            .ok_or(Status::Unauthorized)?;
-        self.counters.members_left += 1;
-        let m = self.remove_member(member, Entry::Pending, tx);
-        info!("'{}' left room '{room}'", m.name);
-        self.emit(key, EventKind::Left, &m.name, tx);
-        if self.rooms[key].host == member {
-            self.close_room(key, reason::HOST_LEFT, tx);
-        }
-        Ok(None)
-    }
-
-    fn encode_list(&self, out: &mut Vec<u8>) {
-        // `str` orders by bytes, as LIST wants.
-        encode_list(
-            out,
-            self.by_name.iter().map(|(name, &key)| {
-                let r = &self.rooms[key];
-                RoomSummary {
-                    name,
-                    members: u16::try_from(r.members().len()).unwrap_or(u16::MAX),
-                    capacity: r.capacity,
-                    password: r.password.is_some(),
-                }
-            }),
-        );
-    }
-
-    /// Handles one received datagram from `from`. Rejected datagrams are dropped silently
-    /// and counted; nothing is ever sent back to their source.
-    pub fn handle_datagram(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        bytes: &[u8],
-        tx: &mut impl Transmit,
-    ) -> DatagramOutcome {
-        let from = Dest {
-            addr: from,
-            local: None,
-        };
-        self.handle_datagram_to(now, from, bytes, tx)
-    }
-
-    /// [`Relay::handle_datagram`] for a server that knows which of its addresses the
-    /// datagram was sent to (`from.local`); the member's datagrams will leave from there.
-    pub fn handle_datagram_to(
-        &mut self,
-        now: Instant,
-        from: Dest,
-        bytes: &[u8],
-        tx: &mut impl Transmit,
-    ) -> DatagramOutcome {
-        self.counters.datagrams_in += 1;
-        let outcome = self.accept_datagram(now, from, bytes, tx);
-        match outcome {
-            DatagramOutcome::Dropped(reason) => self.counters.drop(reason),
-            DatagramOutcome::Heartbeat => self.counters.heartbeats += 1,
-            DatagramOutcome::Relayed => self.counters.messages += 1,
-        }
-        outcome
-    }
-
-    fn accept_datagram(
-        &mut self,
-        now: Instant,
-        from: Dest,
-        bytes: &[u8],
-        tx: &mut impl Transmit,
-    ) -> DatagramOutcome {
-        use DatagramOutcome::Dropped;
-        let d = match ChatDatagram::parse(bytes) {
-            Ok(d) => d,
-            Err(e) => return Dropped(drop_reason(e)),
-        };
-        let Some(&key) = <&[u8; TOKEN_LEN]>::try_from(d.token)
-            .ok()
-            .and_then(|t| self.by_token.get(t))
-        else {
-            return Dropped(DropReason::UnknownToken);
-        };
-        let m = &mut self.members[key];
-        if self.rooms[m.room].name.as_bytes() != d.room {
-            return Dropped(DropReason::WrongRoom);
-        }
-        if m.ip != from.addr.ip().to_canonical() {
-            return Dropped(DropReason::WrongIp);
-        }
-        match m.addr {
-            Some(bound) if bound.addr != from.addr => return Dropped(DropReason::WrongAddress),
-            _ => {}
-        }
-        m.deadline = now + self.cfg.idle_timeout;
-        if m.addr.is_none() {
-            self.bind(key, from, tx);
-        }
-        if d.is_heartbeat() {
-            return DatagramOutcome::Heartbeat;
-        }
-        let m = &mut self.members[key];
-        if !m.bucket.take(self.cfg.msg_rate, self.cfg.msg_burst, now) {
-            let due = m
-                .last_notice
-                .is_none_or(|t| now.saturating_duration_since(t) >= RATE_NOTICE_INTERVAL);
-            if due {
-                m.last_notice = Some(now);
-                self.send_rate_notice(key, from, tx);
-            }
-            return Dropped(DropReason::RateLimited);
-        }
-        self.emit_from(key, EventKind::Message, d.message, tx);
-        DatagramOutcome::Relayed
-    }
-
-    /// A member's first datagram: its room's datagrams go to `from` from now on, and the
-    /// room hears its JOINED.
-    fn bind(&mut self, key: usize, from: Dest, tx: &mut impl Transmit) {
-        let m = &mut self.members[key];
-        m.addr = Some(from);
-        let room = &mut self.rooms[m.room];
-        room.bind(key, from, &mut self.counters, tx);
-        self.counters.members_bound += 1;
-        info!(
-            "'{}' bound in room '{}' from {}",
-            m.name, room.name, from.addr
-        );
-        self.emit_from(key, EventKind::Joined, "", tx);
-    }
-
-    fn send_rate_notice(&mut self, key: usize, to: Dest, tx: &mut impl Transmit) {
-        let ev = Event {
-            kind: EventKind::RateLimited as u8,
-            seq: 0,
-            user: &self.members[key].name,
-            body: &self.rate_body,
-        };
-        self.notice.clear();
-        if self.notice.push(&ev) {
-            let sent = tx.send(self.notice.bytes(), std::slice::from_ref(&to));
-            self.counters.rate_notices += 1;
-            self.counters.datagrams_out += sent as u64;
-            self.counters.send_drops += 1 - sent.min(1) as u64;
-        }
     }
 
     /// Drops every member whose deadline has passed (TIMED_OUT to the room and to the
@@ -596,16 +286,6 @@ impl<R: Rng> Relay<R> {
         self.rooms_per_ip.remove(room.creator_ip);
         self.counters.rooms_closed += 1;
         info!("room '{}' closed: {why}", room.name);
-    }
-}
-
-/// The drop counted for a datagram that does not parse.
-fn drop_reason(e: DatagramError) -> DropReason {
-    match e {
-        DatagramError::Oversize => DropReason::Oversize,
-        DatagramError::Malformed => DropReason::Malformed,
-        DatagramError::MessageTooLong => DropReason::MessageTooLong,
-        DatagramError::BadText(_) => DropReason::BadText,
     }
 }
 

@@ -106,57 +106,14 @@ impl Harness {
         self.send_drops += (asked.len() - accepted) as u64;
 
         if evs[0].kind == EventKind::RateLimited as u8 {
-            assert_eq!(evs.len(), 1, "RATE_LIMITED shares a datagram");
-            let ev = evs[0];
-            assert_eq!(ev.seq, 0);
-            let (w, from) = ctx
-                .rate_limited
-                .expect("a notice with no rate-limited message");
-            assert_eq!(
-                asked,
-                vec![from],
-                "RATE_LIMITED to one receiver: the sender"
-            );
-            assert_eq!(ev.user, self.issued[w].user);
-            assert_eq!(ev.body, self.rate_body);
-            ctx.notices += 1;
-            self.notices += 1;
+            self.check_notice(&evs, &asked, ctx);
             return;
         }
         self.deliveries += (accepted * evs.len()) as u64;
 
         // A room's datagram: its events, in Seq order, to receivers of that room.
         assert!(!asked.is_empty(), "a room datagram to nobody");
-        for (j, ev) in evs.iter().enumerate() {
-            let kind = EventKind::from_u8(ev.kind).expect("unknown kind sent");
-            assert_ne!(
-                kind,
-                EventKind::RateLimited,
-                "RATE_LIMITED among room events"
-            );
-            assert_ne!(ev.seq, 0, "Seq 0 on a room event");
-            if j > 0 {
-                assert_eq!(
-                    ev.seq,
-                    next_seq(evs[j - 1].seq),
-                    "Seq gap inside a datagram"
-                );
-            }
-            match kind {
-                EventKind::Message => {
-                    assert!(!ev.body.is_empty() && ev.body.len() <= MAX_MESSAGE);
-                    assert!(!ev.user.is_empty());
-                }
-                EventKind::RoomClosed => {
-                    assert!(ev.user.is_empty());
-                    assert!(
-                        ["host left", "host timed out", "server shutting down"].contains(&ev.body)
-                    );
-                    assert_eq!(j, evs.len() - 1, "events after ROOM_CLOSED");
-                }
-                _ => assert!(ev.body.is_empty() && !ev.user.is_empty()),
-            }
-        }
+        check_room_events(&evs);
         // The leaving member is gone from its LEFT on.
         if let Some(w) = ctx.leaving {
             let i = &self.issued[w];
@@ -179,7 +136,37 @@ impl Harness {
             assert!(first > prev, "room Seq went from {prev} to {first}");
         }
         self.room_seq.insert(rid, last);
-        let mut unique = asked.clone();
+        self.check_receivers(rid, &evs, &asked, closed_to);
+        self.check_removals(rid, &evs, &asked, ctx);
+    }
+
+    /// A RATE_LIMITED notice: alone in its datagram, Seq 0, to the limited sender only.
+    fn check_notice(&mut self, evs: &[Event<'_>], asked: &[SocketAddr], ctx: &mut StepCtx) {
+        assert_eq!(evs.len(), 1, "RATE_LIMITED shares a datagram");
+        let ev = evs[0];
+        assert_eq!(ev.seq, 0);
+        let (w, from) = ctx
+            .rate_limited
+            .expect("a notice with no rate-limited message");
+        assert_eq!(asked, [from], "RATE_LIMITED to one receiver: the sender");
+        assert_eq!(ev.user, self.issued[w].user);
+        assert_eq!(ev.body, self.rate_body);
+        ctx.notices += 1;
+        self.notices += 1;
+    }
+
+    /// Every receiver of a room datagram is a live member of that room, and sees its
+    /// events from its own JOINED on with no gap.
+    fn check_receivers(
+        &mut self,
+        rid: u32,
+        evs: &[Event<'_>],
+        asked: &[SocketAddr],
+        closed_to: &mut Vec<SocketAddr>,
+    ) {
+        let first = evs[0].seq;
+        let last = evs[evs.len() - 1].seq;
+        let mut unique = asked.to_vec();
         unique.sort_unstable();
         unique.dedup();
         for a in &unique {
@@ -198,8 +185,17 @@ impl Harness {
                 closed_to.push(*a);
             }
         }
-        // Removals this datagram shows: a bound member's TIMED_OUT reaches it, and ends
-        // its datagram; ROOM_CLOSED ends the room.
+    }
+
+    /// Removals this datagram shows: a bound member's TIMED_OUT reaches it, and ends its
+    /// datagram; ROOM_CLOSED ends the room.
+    fn check_removals(
+        &mut self,
+        rid: u32,
+        evs: &[Event<'_>],
+        asked: &[SocketAddr],
+        ctx: &mut StepCtx,
+    ) {
         for (j, ev) in evs.iter().enumerate() {
             if ev.kind == EventKind::TimedOut as u8 {
                 // The latest member of that name: names are unique among live members.
@@ -232,6 +228,39 @@ impl Harness {
             if ev.kind == EventKind::RoomClosed as u8 {
                 self.close_rid(rid);
             }
+        }
+    }
+}
+
+/// The events of a room datagram: known kinds, Seq rising by one, well-formed fields, and
+/// nothing after ROOM_CLOSED.
+fn check_room_events(evs: &[Event<'_>]) {
+    for (j, ev) in evs.iter().enumerate() {
+        let kind = EventKind::from_u8(ev.kind).expect("unknown kind sent");
+        assert_ne!(
+            kind,
+            EventKind::RateLimited,
+            "RATE_LIMITED among room events"
+        );
+        assert_ne!(ev.seq, 0, "Seq 0 on a room event");
+        if j > 0 {
+            assert_eq!(
+                ev.seq,
+                next_seq(evs[j - 1].seq),
+                "Seq gap inside a datagram"
+            );
+        }
+        match kind {
+            EventKind::Message => {
+                assert!(!ev.body.is_empty() && ev.body.len() <= MAX_MESSAGE);
+                assert!(!ev.user.is_empty());
+            }
+            EventKind::RoomClosed => {
+                assert!(ev.user.is_empty());
+                assert!(["host left", "host timed out", "server shutting down"].contains(&ev.body));
+                assert_eq!(j, evs.len() - 1, "events after ROOM_CLOSED");
+            }
+            _ => assert!(ev.body.is_empty() && !ev.user.is_empty()),
         }
     }
 }

@@ -217,35 +217,14 @@ impl Harness {
         let op = req.operation();
         let room = req.room();
 
-        // The RESPONSE, then a COMPLETE only after OK for CREATE, JOIN and LIST.
-        let (resp, n) = split_reply(&out).unwrap().expect("a whole RESPONSE");
-        assert_eq!((resp.op, resp.state), (op as u8, State::Response as u8));
-        assert_eq!(resp.room, room.as_bytes(), "room name echoed");
-        assert_eq!(parse_status(&resp), Some(status));
-        let rest = &out[n..];
-        let complete = (status == Status::Ok && op != Operation::Leave).then(|| {
-            let (f, m) = split_reply(rest).unwrap().expect("a whole COMPLETE");
-            assert_eq!(m, rest.len(), "bytes after the COMPLETE");
-            assert_eq!((f.op, f.state), (op as u8, State::Complete as u8));
-            f
-        });
-        if complete.is_none() {
-            assert!(
-                rest.is_empty(),
-                "{op:?} answered {status:?} with more frames"
-            );
-        }
+        let complete = answer_frames(&out, op, room, status);
         assert_eq!(
             status == Status::TooManyRequests,
             throttled,
             "password throttle for {peer}"
         );
         if status == Status::BadPassword {
-            let f = self.failures.entry(peer).or_default();
-            f.push_back(self.now);
-            if f.len() > MAX_FAILURES {
-                f.pop_front();
-            }
+            self.note_failure(peer);
         }
         let grown = (
             self.relay.room_count() as isize - rooms as isize,
@@ -302,6 +281,15 @@ impl Harness {
                     );
                 }
             }
+        }
+    }
+
+    /// Remembers a BAD_PASSWORD answer to `peer` (the last [`MAX_FAILURES`] of them).
+    fn note_failure(&mut self, peer: IpAddr) {
+        let f = self.failures.entry(peer).or_default();
+        f.push_back(self.now);
+        if f.len() > MAX_FAILURES {
+            f.pop_front();
         }
     }
 
@@ -423,13 +411,7 @@ impl Harness {
             .handle_datagram(self.now, from, bytes, &mut self.tx);
         self.datagrams += 1;
         if let Err(e) = ChatDatagram::parse(bytes) {
-            let want = match e {
-                DatagramError::Oversize => DropReason::Oversize,
-                DatagramError::Malformed => DropReason::Malformed,
-                DatagramError::MessageTooLong => DropReason::MessageTooLong,
-                DatagramError::BadText(_) => DropReason::BadText,
-            };
-            assert_eq!(outcome, DatagramOutcome::Dropped(want));
+            assert_eq!(outcome, DatagramOutcome::Dropped(unparsed(e)));
             return;
         }
         let accepted = matches!(
@@ -527,5 +509,44 @@ impl Harness {
                 self.unbind(w);
             }
         }
+    }
+}
+
+/// Checks the frames a request was answered with: a RESPONSE echoing the operation, room
+/// and status, then a COMPLETE only after OK for CREATE, JOIN and LIST, and nothing else.
+/// Returns the COMPLETE.
+fn answer_frames<'a>(
+    out: &'a [u8],
+    op: Operation,
+    room: &str,
+    status: Status,
+) -> Option<Frame<'a>> {
+    let (resp, n) = split_reply(out).unwrap().expect("a whole RESPONSE");
+    assert_eq!((resp.op, resp.state), (op as u8, State::Response as u8));
+    assert_eq!(resp.room, room.as_bytes(), "room name echoed");
+    assert_eq!(parse_status(&resp), Some(status));
+    let rest = &out[n..];
+    let complete = (status == Status::Ok && op != Operation::Leave).then(|| {
+        let (f, m) = split_reply(rest).unwrap().expect("a whole COMPLETE");
+        assert_eq!(m, rest.len(), "bytes after the COMPLETE");
+        assert_eq!((f.op, f.state), (op as u8, State::Complete as u8));
+        f
+    });
+    if complete.is_none() {
+        assert!(
+            rest.is_empty(),
+            "{op:?} answered {status:?} with more frames"
+        );
+    }
+    complete
+}
+
+/// The drop a datagram that does not parse must be counted as.
+fn unparsed(e: DatagramError) -> DropReason {
+    match e {
+        DatagramError::Oversize => DropReason::Oversize,
+        DatagramError::Malformed => DropReason::Malformed,
+        DatagramError::MessageTooLong => DropReason::MessageTooLong,
+        DatagramError::BadText(_) => DropReason::BadText,
     }
 }

@@ -1,9 +1,12 @@
 //! The relay driven without sockets: virtual time, a seeded RNG and a recording transmit.
 
+use std::net::SocketAddr;
+
 use super::testing::{bound_room, chat_datagram};
 use super::*;
-use crate::protocol::MAX_DATAGRAM;
 use crate::protocol::event::Events;
+use crate::protocol::frame::Request;
+use crate::protocol::{MAX_DATAGRAM, Status};
 use crate::server::transmit::Recorder;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
