@@ -4,7 +4,7 @@
 //!
 //! * [`relay`]: the coordinator: members, tokens, per-IP counts, password throttle, idle
 //!   deadlines and counters; answers requests and datagrams, and times members out.
-//! * [`room`]: one room: its members, bound addresses, Seq and outbox, and the rule that
+//! * `room`: one room: its members, bound addresses, Seq and outbox, and the rule that
 //!   the outbox is flushed before the bound set changes.
 //! * [`deadlines`]: idle expiry in O(expired).
 //! * [`per_ip`]: counts per client IP, for the per-IP limits.

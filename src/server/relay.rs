@@ -9,7 +9,7 @@
 //! The relay keeps what spans rooms: the member table and the tokens that find its
 //! entries, the per-IP counts, the password throttle, the idle deadlines, the counters and
 //! the list of rooms to flush at the end of a wake-up. What happens inside one room (Seq,
-//! outbox, who receives it) is [`Room`]'s.
+//! outbox, who receives it) is `Room`'s (`server/room.rs`).
 //!
 //! * `relay.rs`: the tables, timeouts, the end-of-wake-up flush, and the removal of members
 //!   and rooms (each removal does all its bookkeeping in one call).
