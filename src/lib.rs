@@ -8,7 +8,7 @@
 //!
 //! * [`protocol`]: the wire formats only. Pure functions from bytes to borrowed frames and
 //!   back; no sockets, no clocks.
-//! * [`server`]: the relay. [`server::rooms`] holds rooms, members and tokens and takes
+//! * [`server`]: the relay. [`server::relay`] holds rooms, members and tokens and takes
 //!   `now` as an argument; [`server::event_loop`] is the only place that touches mio.
 //! * [`client`]: the client side, used by `ocm-client`, `bench-client` and the tests:
 //!   [`client::control`] speaks TCRP, [`client::session`] the UDP chat session.
@@ -31,6 +31,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod client;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod protocol;

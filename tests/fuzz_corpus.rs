@@ -90,11 +90,13 @@ fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
                     user,
                     password: &password,
                     capacity,
+                    resume_key: None,
                 },
                 1 => Request::Join {
                     room,
                     user,
                     password: &password,
+                    resume_key: None,
                 },
                 2 => Request::Leave {
                     room,
@@ -121,7 +123,7 @@ fn request_bytes() -> impl Strategy<Value = Vec<u8>> {
     )
 }
 
-/// One relay operation in the byte form `fuzzing::relay` reads (see `fuzzing::RelayOp`).
+/// One relay operation in the byte form `fuzzing::relay` reads (see `fuzzing::RelayOp`, which `fuzzing::relay` decodes each op byte into).
 fn relay_op() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         // CREATE, JOIN, LEAVE, LIST, and chat datagrams: four bytes each.

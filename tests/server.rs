@@ -22,6 +22,7 @@ fn create_bytes_match_the_worked_example() {
         user: "alice",
         password: b"pw",
         capacity: 10,
+        resume_key: None,
     });
     let mut s = connect_and_write(srv.tcp, &req);
     let (op, state, room, payload) = read_frame(&mut s);
@@ -363,6 +364,7 @@ fn pipelined_requests_are_answered_in_order() {
         room: "missing",
         user: "u",
         password: b"",
+        resume_key: None,
     }));
     bytes.extend(request(&Request::List));
     let mut s = TcpStream::connect(srv.tcp).unwrap();

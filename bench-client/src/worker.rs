@@ -620,7 +620,8 @@ impl Sink for LoadSink<'_> {
                 Some(EventKind::TimedOut) => self.c.timed_out += 1,
                 Some(EventKind::RoomClosed) => self.c.room_closed += 1,
                 Some(EventKind::RateLimited) => self.c.rate_limited += 1,
-                None => {}
+                // v1.1 notices: this worker speaks v1 for now.
+                Some(EventKind::Gone | EventKind::Sync | EventKind::Resumed) | None => {}
             }
         }
     }

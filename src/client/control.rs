@@ -211,6 +211,7 @@ impl ControlClient {
             user,
             password,
             capacity,
+            resume_key: None,
         };
         self.grant(&req, user, true)
     }
@@ -226,6 +227,7 @@ impl ControlClient {
             room,
             user,
             password,
+            resume_key: None,
         };
         self.grant(&req, user, false)
     }

@@ -2,8 +2,11 @@
 //!
 //! * [`control`]: create, join, leave and list over TCRP (blocking, with timeouts).
 //! * [`session`]: the UDP chat session: heartbeats, messages, events, Seq gaps.
+//! * [`recovery`]: the v1.1 recovery state machine (ordered, exactly-once delivery, SEND
+//!   retransmission, roaming), sans-IO.
 
 pub mod control;
+pub mod recovery;
 pub mod session;
 
 pub use control::{ControlClient, ControlError, Membership, RoomInfo};

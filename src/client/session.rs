@@ -405,7 +405,8 @@ pub fn decode_datagram(bytes: &[u8], seq: &mut SeqTracker, out: &mut Vec<Session
             Some(EventKind::RateLimited) => SessionEvent::RateLimited {
                 limit: ev.body.to_string(),
             },
-            None => continue,
+            // v1.1 notices: read by client::recovery, not by this v1 decoder.
+            Some(EventKind::Gone | EventKind::Sync | EventKind::Resumed) | None => continue,
         };
         out.push(event);
     }

@@ -5,7 +5,8 @@
 //! Kind(1) Seq(4) UserNameSize(1) UserName BodySize(2) Body
 //! ```
 //! The server encodes an event once into a room's outbox and sends the same bytes to every
-//! member; a receiver walks a datagram with [`Events`].
+//! member; a receiver walks a datagram with [`Events`] (text bodies, v1) or [`RawEvents`]
+//! (any body, v1.1: GONE and SYNC carry binary bodies, read with [`Gone`] and [`SyncInfo`]).
 
 use std::fmt;
 
@@ -31,6 +32,12 @@ pub enum EventKind {
     RoomClosed = 5,
     /// The sender's message was dropped by the rate limit (Seq 0, to that member only).
     RateLimited = 6,
+    /// (v1.1) These events of the room are no longer held (Seq 0; binary body, [`Gone`]).
+    Gone = 7,
+    /// (v1.1) Answer to SYNC, or a tail notice (Seq 0; binary body, [`SyncInfo`]).
+    Sync = 8,
+    /// (v1.1) A member's address changed through RESUME (Seq 0, empty body).
+    Resumed = 9,
 }
 
 impl EventKind {
@@ -43,9 +50,22 @@ impl EventKind {
             4 => Some(EventKind::TimedOut),
             5 => Some(EventKind::RoomClosed),
             6 => Some(EventKind::RateLimited),
+            7 => Some(EventKind::Gone),
+            8 => Some(EventKind::Sync),
+            9 => Some(EventKind::Resumed),
             _ => None,
         }
     }
+
+    /// Whether this kind's body is binary rather than text (GONE and SYNC).
+    pub fn has_binary_body(self) -> bool {
+        matches!(self, EventKind::Gone | EventKind::Sync)
+    }
+}
+
+/// Whether the kind byte `kind` carries a binary body (so [`Events`] skips it).
+fn binary_kind(kind: u8) -> bool {
+    EventKind::from_u8(kind).is_some_and(EventKind::has_binary_body)
 }
 
 /// ROOM_CLOSED bodies.
@@ -90,7 +110,54 @@ impl Event<'_> {
     /// Writes the event at the start of `out`; returns its length, or `None` when it does not
     /// fit (or its user name is over 255 bytes or its body over 65535).
     pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
-        let (u, b) = (self.user.as_bytes(), self.body.as_bytes());
+        self.raw().encode(out)
+    }
+
+    /// The same event with its body as bytes.
+    pub fn raw(&self) -> RawEvent<'_> {
+        RawEvent {
+            kind: self.kind,
+            seq: self.seq,
+            user: self.user,
+            body: self.body.as_bytes(),
+        }
+    }
+}
+
+/// One event whose body is bytes, text or not: what v1.1 receivers read (GONE and SYNC have
+/// binary bodies), and how the server encodes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawEvent<'a> {
+    /// The kind byte (unknown kinds are kept so a receiver can skip them).
+    pub kind: u8,
+    /// Per-room sequence number; 0 for notices outside the sequence (kinds 6-9).
+    pub seq: u32,
+    /// Whom the event is about (empty for ROOM_CLOSED, GONE and tail notices).
+    pub user: &'a str,
+    /// The body bytes.
+    pub body: &'a [u8],
+}
+
+impl<'a> RawEvent<'a> {
+    /// The encoded size of this event.
+    pub fn len(&self) -> usize {
+        EVENT_OVERHEAD + self.user.len() + self.body.len()
+    }
+
+    /// Never true: an event has at least its fixed fields.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The known kind, if it is one.
+    pub fn known_kind(&self) -> Option<EventKind> {
+        EventKind::from_u8(self.kind)
+    }
+
+    /// Writes the event at the start of `out`; returns its length, or `None` when it does not
+    /// fit (or its user name is over 255 bytes or its body over 65535).
+    pub fn encode(&self, out: &mut [u8]) -> Option<usize> {
+        let (u, b) = (self.user.as_bytes(), self.body);
         let ulen = u8::try_from(u.len()).ok()?;
         let blen = u16::try_from(b.len()).ok()?;
         let n = self.len();
@@ -103,6 +170,109 @@ impl Event<'_> {
         out[8 + u.len()..].copy_from_slice(b);
         Some(n)
     }
+
+    /// The event with a text body, as v1 reads it; [`EventError::BadText`] if the body is
+    /// not a text field.
+    pub fn text(&self) -> Result<Event<'a>, EventError> {
+        Ok(Event {
+            kind: self.kind,
+            seq: self.seq,
+            user: self.user,
+            body: text(self.body).map_err(|_| EventError::BadText)?,
+        })
+    }
+}
+
+/// The body of a GONE event (Kind 7): the room's events `from_seq` .. (`count` of them, Seq
+/// wrapping) are no longer held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone {
+    /// First Seq of the range; never 0.
+    pub from_seq: u32,
+    /// How many; at least 1.
+    pub count: u16,
+}
+
+impl Gone {
+    /// Length of a GONE body.
+    pub const BODY_LEN: usize = 6;
+
+    /// The body bytes.
+    pub fn body(&self) -> [u8; Self::BODY_LEN] {
+        let mut b = [0u8; Self::BODY_LEN];
+        b[..4].copy_from_slice(&self.from_seq.to_be_bytes());
+        b[4..].copy_from_slice(&self.count.to_be_bytes());
+        b
+    }
+
+    /// Reads a GONE body: exactly 6 bytes, FromSeq not 0, Count not 0.
+    pub fn parse(body: &[u8]) -> Result<Gone, EventError> {
+        let bad = EventError::BadBody(EventKind::Gone);
+        let b: &[u8; Self::BODY_LEN] = body.try_into().map_err(|_| bad)?;
+        let from_seq = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let count = u16::from_be_bytes([b[4], b[5]]);
+        if from_seq == 0 || count == 0 {
+            return Err(bad);
+        }
+        Ok(Gone { from_seq, count })
+    }
+
+    /// The whole GONE event (Seq 0, empty UserName), ready to [`RawEvent::encode`]; `body`
+    /// holds the bytes it borrows.
+    pub fn event<'b>(&self, body: &'b mut [u8; Self::BODY_LEN]) -> RawEvent<'b> {
+        *body = self.body();
+        RawEvent {
+            kind: EventKind::Gone as u8,
+            seq: 0,
+            user: "",
+            body,
+        }
+    }
+}
+
+/// The body of a SYNC event (Kind 8): the answer to a SYNC, or a tail notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncInfo {
+    /// The room's latest Seq (0 if none yet).
+    pub last_seq: u32,
+    /// The highest ClientSeq relayed for the asking member (0 in a tail notice or if none).
+    pub last_client_seq: u32,
+}
+
+impl SyncInfo {
+    /// Length of a SYNC body.
+    pub const BODY_LEN: usize = 8;
+
+    /// The body bytes.
+    pub fn body(&self) -> [u8; Self::BODY_LEN] {
+        let mut b = [0u8; Self::BODY_LEN];
+        b[..4].copy_from_slice(&self.last_seq.to_be_bytes());
+        b[4..].copy_from_slice(&self.last_client_seq.to_be_bytes());
+        b
+    }
+
+    /// Reads a SYNC body: exactly 8 bytes.
+    pub fn parse(body: &[u8]) -> Result<SyncInfo, EventError> {
+        let b: &[u8; Self::BODY_LEN] = body
+            .try_into()
+            .map_err(|_| EventError::BadBody(EventKind::Sync))?;
+        Ok(SyncInfo {
+            last_seq: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            last_client_seq: u32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+        })
+    }
+
+    /// The whole SYNC event (Seq 0) for `user` (empty in a tail notice), ready to
+    /// [`RawEvent::encode`]; `body` holds the bytes it borrows.
+    pub fn event<'b>(&self, user: &'b str, body: &'b mut [u8; Self::BODY_LEN]) -> RawEvent<'b> {
+        *body = self.body();
+        RawEvent {
+            kind: EventKind::Sync as u8,
+            seq: 0,
+            user,
+            body,
+        }
+    }
 }
 
 /// Why the rest of a server datagram could not be read.
@@ -112,6 +282,8 @@ pub enum EventError {
     Truncated,
     /// A user name or body is not a text field.
     BadText,
+    /// A binary body of the wrong length or with a zero field (GONE, SYNC).
+    BadBody(EventKind),
 }
 
 impl fmt::Display for EventError {
@@ -119,30 +291,67 @@ impl fmt::Display for EventError {
         f.write_str(match self {
             EventError::Truncated => "event cut short",
             EventError::BadText => "event text is not valid",
+            EventError::BadBody(EventKind::Gone) => "GONE body is not FromSeq, Count",
+            EventError::BadBody(EventKind::Sync) => "SYNC body is not LastSeq, LastClientSeq",
+            EventError::BadBody(_) => "event body is not valid",
         })
     }
 }
 
 impl std::error::Error for EventError {}
 
-/// Walks the events of one server datagram. After an error it yields nothing more: the
-/// rest of that datagram is ignored, as the protocol says.
+/// Walks the events of one server datagram with text bodies, as v1 reads them. Events
+/// whose kind has a binary body (GONE, SYNC) are skipped: a v1 receiver ignores kinds it
+/// does not know, and a v1.1 receiver reads them with [`RawEvents`]. After an error it
+/// yields nothing more: the rest of that datagram is ignored, as the protocol says.
 #[derive(Debug, Clone)]
 pub struct Events<'a> {
-    r: Reader<'a>,
-    failed: bool,
+    raw: RawEvents<'a>,
 }
 
 impl<'a> Events<'a> {
     /// Starts at the first event of `datagram`.
     pub fn new(datagram: &'a [u8]) -> Self {
         Events {
+            raw: RawEvents::new(datagram),
+        }
+    }
+}
+
+impl<'a> Iterator for Events<'a> {
+    type Item = Result<Event<'a>, EventError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let item = match self.raw.next()? {
+                Ok(raw) if binary_kind(raw.kind) => continue,
+                Ok(raw) => raw.text(),
+                Err(e) => Err(e),
+            };
+            self.raw.failed |= item.is_err();
+            return Some(item);
+        }
+    }
+}
+
+/// Walks the events of one server datagram, bodies as bytes (user names are still checked
+/// as text). After an error it yields nothing more.
+#[derive(Debug, Clone)]
+pub struct RawEvents<'a> {
+    r: Reader<'a>,
+    failed: bool,
+}
+
+impl<'a> RawEvents<'a> {
+    /// Starts at the first event of `datagram`.
+    pub fn new(datagram: &'a [u8]) -> Self {
+        RawEvents {
             r: Reader::new(datagram),
             failed: false,
         }
     }
 
-    fn next_event(&mut self) -> Result<Event<'a>, EventError> {
+    fn next_event(&mut self) -> Result<RawEvent<'a>, EventError> {
         let kind = self.r.u8().ok_or(EventError::Truncated)?;
         let seq = self.r.u32().ok_or(EventError::Truncated)?;
         let user = self.r.u8_prefixed().ok_or(EventError::Truncated)?;
@@ -151,17 +360,17 @@ impl<'a> Events<'a> {
             .r
             .take(usize::from(blen))
             .ok_or(EventError::Truncated)?;
-        Ok(Event {
+        Ok(RawEvent {
             kind,
             seq,
             user: text(user).map_err(|_| EventError::BadText)?,
-            body: text(body).map_err(|_| EventError::BadText)?,
+            body,
         })
     }
 }
 
-impl<'a> Iterator for Events<'a> {
-    type Item = Result<Event<'a>, EventError>;
+impl<'a> Iterator for RawEvents<'a> {
+    type Item = Result<RawEvent<'a>, EventError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.r.is_empty() {
@@ -194,6 +403,11 @@ impl Default for EventBuf {
 impl EventBuf {
     /// Appends `event` if it fits; returns whether it did.
     pub fn push(&mut self, event: &Event<'_>) -> bool {
+        self.push_raw(&event.raw())
+    }
+
+    /// Appends an event with any body if it fits; returns whether it did.
+    pub fn push_raw(&mut self, event: &RawEvent<'_>) -> bool {
         match event.encode(&mut self.buf[self.len..]) {
             Some(n) => {
                 self.len += n;
@@ -258,6 +472,132 @@ mod tests {
         assert_eq!(b.bytes(), expect);
         let got: Vec<_> = Events::new(expect).collect();
         assert_eq!(got, vec![Ok(joined), Ok(msg)]);
+    }
+
+    #[test]
+    fn v11_worked_examples_match_protocol_md() {
+        let encode = |ev: RawEvent<'_>| {
+            let mut b = EventBuf::default();
+            assert!(b.push_raw(&ev));
+            b.bytes().to_vec()
+        };
+        // §5.6: the SYNC answer (room at Seq 9, alice's last ClientSeq 1).
+        let answer = SyncInfo {
+            last_seq: 9,
+            last_client_seq: 1,
+        };
+        let mut body = [0u8; SyncInfo::BODY_LEN];
+        let expect: &[u8] = &[
+            0x08, 0, 0, 0, 0, 5, b'a', b'l', b'i', b'c', b'e', 0, 8, 0, 0, 0, 9, 0, 0, 0, 1,
+        ];
+        assert_eq!(encode(answer.event("alice", &mut body)), expect);
+        let got: Vec<_> = RawEvents::new(expect).collect();
+        assert_eq!(got.len(), 1);
+        let ev = got[0].unwrap();
+        assert_eq!(
+            (ev.known_kind(), ev.seq, ev.user),
+            (Some(EventKind::Sync), 0, "alice")
+        );
+        assert_eq!(SyncInfo::parse(ev.body), Ok(answer));
+        // A tail notice.
+        let tail = SyncInfo {
+            last_seq: 9,
+            last_client_seq: 0,
+        };
+        let expect: &[u8] = &[0x08, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 9, 0, 0, 0, 0];
+        assert_eq!(encode(tail.event("", &mut body)), expect);
+        let ev = RawEvents::new(expect).next().unwrap().unwrap();
+        assert_eq!(ev.user, "");
+        assert_eq!(SyncInfo::parse(ev.body), Ok(tail));
+        // GONE for Seq 1-4.
+        let gone = Gone {
+            from_seq: 1,
+            count: 4,
+        };
+        let mut gbody = [0u8; Gone::BODY_LEN];
+        let expect: &[u8] = &[0x07, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 1, 0, 4];
+        assert_eq!(encode(gone.event(&mut gbody)), expect);
+        let ev = RawEvents::new(expect).next().unwrap().unwrap();
+        assert_eq!(ev.known_kind(), Some(EventKind::Gone));
+        assert_eq!(Gone::parse(ev.body), Ok(gone));
+        // RESUMED: empty text body, read by both views.
+        let resumed = Event {
+            kind: EventKind::Resumed as u8,
+            seq: 0,
+            user: "bob",
+            body: "",
+        };
+        let bytes = encode(resumed.raw());
+        assert_eq!(bytes, [0x09, 0, 0, 0, 0, 3, b'b', b'o', b'b', 0, 0]);
+        assert_eq!(Events::new(&bytes).collect::<Vec<_>>(), vec![Ok(resumed)]);
+    }
+
+    #[test]
+    fn binary_bodies_are_checked_and_skipped_by_the_text_view() {
+        assert_eq!(
+            Gone::parse(&[0, 0, 0, 1, 0]),
+            Err(EventError::BadBody(EventKind::Gone))
+        );
+        assert_eq!(
+            Gone::parse(&[0, 0, 0, 1, 0, 4, 0]),
+            Err(EventError::BadBody(EventKind::Gone))
+        );
+        assert_eq!(
+            Gone::parse(&[0, 0, 0, 0, 0, 4]),
+            Err(EventError::BadBody(EventKind::Gone))
+        );
+        assert_eq!(
+            Gone::parse(&[0, 0, 0, 1, 0, 0]),
+            Err(EventError::BadBody(EventKind::Gone))
+        );
+        assert_eq!(
+            SyncInfo::parse(&[0; 7]),
+            Err(EventError::BadBody(EventKind::Sync))
+        );
+        assert_eq!(
+            SyncInfo::parse(&[0; 9]),
+            Err(EventError::BadBody(EventKind::Sync))
+        );
+        // A GONE between two text events: the text view skips it, the raw view keeps it.
+        let msg = Event {
+            kind: 1,
+            seq: 3,
+            user: "a",
+            body: "x",
+        };
+        let mut b = EventBuf::default();
+        let mut gbody = [0u8; Gone::BODY_LEN];
+        assert!(b.push(&msg));
+        assert!(
+            b.push_raw(
+                &Gone {
+                    from_seq: 1,
+                    count: 2
+                }
+                .event(&mut gbody)
+            )
+        );
+        assert!(b.push(&msg));
+        assert_eq!(
+            Events::new(b.bytes()).collect::<Vec<_>>(),
+            vec![Ok(msg), Ok(msg)]
+        );
+        let raw: Vec<_> = RawEvents::new(b.bytes()).map(|e| e.unwrap().kind).collect();
+        assert_eq!(raw, vec![1, 7, 1]);
+        // A binary body on a text kind is still refused by the text view.
+        let bad = RawEvent {
+            kind: 1,
+            seq: 4,
+            user: "a",
+            body: &[0],
+        };
+        b.clear();
+        assert!(b.push_raw(&bad));
+        assert_eq!(
+            Events::new(b.bytes()).collect::<Vec<_>>(),
+            vec![Err(EventError::BadText)]
+        );
+        assert_eq!(bad.text(), Err(EventError::BadText));
     }
 
     #[test]

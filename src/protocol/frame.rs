@@ -14,6 +14,11 @@ use super::{MAX_PAYLOAD, MAX_TOKEN, MAX_USER_NAME, Operation, State, Status, Tex
 pub const HEADER_LEN: usize = 32;
 /// Largest request frame the server accepts; a connection's input buffer holds one.
 pub const MAX_REQUEST_FRAME: usize = HEADER_LEN + super::MAX_ROOM_NAME + MAX_PAYLOAD;
+/// Shortest resume key (v1.1, §1.3): 128 bits, so a key cannot be guessed.
+pub const MIN_RESUME_KEY: usize = 16;
+/// Longest resume key: room for any key derivation's output, small enough to keep a
+/// member's state small.
+pub const MAX_RESUME_KEY: usize = 64;
 /// Largest reply a client accepts (a LIST reply is at most 4096 bytes of payload; this
 /// leaves room for servers that grow other replies a little).
 pub const MAX_REPLY_PAYLOAD: usize = 64 * 1024;
@@ -82,7 +87,7 @@ pub struct Frame<'a> {
 /// since it cannot know where the next frame would start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Malformed {
-    /// The operation byte is not 1-4.
+    /// The operation byte is not 1-5.
     UnknownOperation,
     /// The state byte is not REQUEST (0).
     NotARequest(u8),
@@ -198,6 +203,8 @@ pub enum Request<'a> {
         password: &'a [u8],
         /// Requested capacity (host included); 0 asks for the server's default.
         capacity: u16,
+        /// (v1.1) The key a later RESUME must show, 16..=64 bytes; `None` when not sent.
+        resume_key: Option<&'a [u8]>,
     },
     /// Join `room` as `user`.
     Join {
@@ -207,6 +214,8 @@ pub enum Request<'a> {
         user: &'a str,
         /// Password bytes (ignored by a room without one).
         password: &'a [u8],
+        /// (v1.1) The key a later RESUME must show, 16..=64 bytes; `None` when not sent.
+        resume_key: Option<&'a [u8]>,
     },
     /// Leave `room`; the token proves membership.
     Leave {
@@ -217,6 +226,15 @@ pub enum Request<'a> {
     },
     /// List the rooms.
     List,
+    /// (v1.1, §5.5) Move the member holding `token` to the address of this request.
+    Resume {
+        /// Room name.
+        room: &'a str,
+        /// The member's token (1..=255 bytes).
+        token: &'a [u8],
+        /// The resume key given at CREATE or JOIN (16..=64 bytes).
+        resume_key: &'a [u8],
+    },
 }
 
 /// A field of a well-framed request that breaks the protocol's rules: answered
@@ -239,6 +257,8 @@ pub enum InvalidField {
     ListNotEmpty,
     /// A name or password over 255 bytes cannot be sent (found when encoding).
     TooLong,
+    /// (v1.1) A resume key is 16..=64 bytes.
+    ResumeKeyLength,
 }
 
 impl fmt::Display for InvalidField {
@@ -252,6 +272,12 @@ impl fmt::Display for InvalidField {
             InvalidField::TokenLength => f.write_str("token must be 1..=255 bytes"),
             InvalidField::ListNotEmpty => f.write_str("LIST takes no room name and no payload"),
             InvalidField::TooLong => f.write_str("names and passwords are at most 255 bytes"),
+            InvalidField::ResumeKeyLength => {
+                write!(
+                    f,
+                    "resume key must be {MIN_RESUME_KEY}..={MAX_RESUME_KEY} bytes"
+                )
+            }
         }
     }
 }
@@ -282,6 +308,12 @@ impl<'a> Request<'a> {
                 } else {
                     None
                 };
+                // v1.1: an optional resume key, and then nothing.
+                let resume_key = if r.is_empty() {
+                    None
+                } else {
+                    Some(resume_key(&mut r)?)
+                };
                 if !r.is_empty() {
                     return Err(InvalidField::PayloadLength);
                 }
@@ -295,11 +327,13 @@ impl<'a> Request<'a> {
                         user,
                         password,
                         capacity,
+                        resume_key,
                     },
                     None => Request::Join {
                         room,
                         user,
                         password,
+                        resume_key,
                     },
                 })
             }
@@ -309,6 +343,21 @@ impl<'a> Request<'a> {
                     return Err(InvalidField::TokenLength);
                 }
                 Ok(Request::Leave { room, token })
+            }
+            Operation::Resume => {
+                let token = r.u8_prefixed().ok_or(InvalidField::PayloadLength)?;
+                if token.is_empty() {
+                    return Err(InvalidField::TokenLength);
+                }
+                let resume_key = resume_key(&mut r)?;
+                if !r.is_empty() {
+                    return Err(InvalidField::PayloadLength);
+                }
+                Ok(Request::Resume {
+                    room,
+                    token,
+                    resume_key,
+                })
             }
             Operation::List => unreachable!("handled above"),
         }
@@ -321,6 +370,7 @@ impl<'a> Request<'a> {
             Request::Join { .. } => Operation::Join,
             Request::Leave { .. } => Operation::Leave,
             Request::List => Operation::List,
+            Request::Resume { .. } => Operation::Resume,
         }
     }
 
@@ -328,7 +378,7 @@ impl<'a> Request<'a> {
     pub fn room(&self) -> &'a str {
         match self {
             Request::Create { room, .. } | Request::Join { room, .. } => room,
-            Request::Leave { room, .. } => room,
+            Request::Leave { room, .. } | Request::Resume { room, .. } => room,
             Request::List => "",
         }
     }
@@ -342,20 +392,38 @@ impl<'a> Request<'a> {
         if room.len() > super::MAX_ROOM_NAME {
             return Err(InvalidField::TooLong);
         }
-        let mut payload = [0u8; 2 + MAX_USER_NAME + 255 + 2];
+        let mut payload = [0u8; 2 + MAX_USER_NAME + 255 + 2 + 1 + MAX_RESUME_KEY];
         let n = match *self {
             Request::Create {
                 user,
                 password,
                 capacity,
+                resume_key,
                 ..
             } => {
                 let n = put_user_password(&mut payload, user, password)?;
                 payload[n..n + 2].copy_from_slice(&capacity.to_be_bytes());
-                n + 2
+                put_resume_key(&mut payload[n + 2..], resume_key)? + n + 2
             }
-            Request::Join { user, password, .. } => {
-                put_user_password(&mut payload, user, password)?
+            Request::Join {
+                user,
+                password,
+                resume_key,
+                ..
+            } => {
+                let n = put_user_password(&mut payload, user, password)?;
+                put_resume_key(&mut payload[n..], resume_key)? + n
+            }
+            Request::Resume {
+                token, resume_key, ..
+            } => {
+                if token.is_empty() || token.len() > MAX_TOKEN {
+                    return Err(InvalidField::TokenLength);
+                }
+                payload[0] = token.len() as u8;
+                payload[1..1 + token.len()].copy_from_slice(token);
+                let n = 1 + token.len();
+                put_resume_key(&mut payload[n..], Some(resume_key))? + n
             }
             Request::Leave { token, .. } => {
                 if token.is_empty() || token.len() > MAX_TOKEN {
@@ -375,6 +443,26 @@ impl<'a> Request<'a> {
         );
         Ok(())
     }
+}
+
+/// Reads `ResumeKeySize` and `ResumeKey` (16..=64 bytes).
+fn resume_key<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], InvalidField> {
+    let key = r.u8_prefixed().ok_or(InvalidField::PayloadLength)?;
+    if !(MIN_RESUME_KEY..=MAX_RESUME_KEY).contains(&key.len()) {
+        return Err(InvalidField::ResumeKeyLength);
+    }
+    Ok(key)
+}
+
+/// Writes an optional resume key at the start of `buf`; returns the bytes written.
+fn put_resume_key(buf: &mut [u8], key: Option<&[u8]>) -> Result<usize, InvalidField> {
+    let Some(key) = key else { return Ok(0) };
+    if !(MIN_RESUME_KEY..=MAX_RESUME_KEY).contains(&key.len()) {
+        return Err(InvalidField::ResumeKeyLength);
+    }
+    buf[0] = key.len() as u8;
+    buf[1..1 + key.len()].copy_from_slice(key);
+    Ok(1 + key.len())
 }
 
 fn put_user_password(buf: &mut [u8], user: &str, password: &[u8]) -> Result<usize, InvalidField> {
@@ -399,7 +487,7 @@ pub fn encode_response(out: &mut Vec<u8>, op: u8, room: &[u8], status: Status) {
     encode_frame(out, op, State::Response, room, &[status as u8]);
 }
 
-/// What CREATE and JOIN hand a member in their COMPLETE frame.
+/// What CREATE, JOIN and RESUME hand a member in their COMPLETE frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant<'a> {
     /// The member's token (1..=255 bytes).
@@ -411,7 +499,7 @@ pub struct Grant<'a> {
 }
 
 impl<'a> Grant<'a> {
-    /// Appends the COMPLETE frame for a CREATE or JOIN.
+    /// Appends the COMPLETE frame for a CREATE, JOIN or RESUME.
     pub fn encode(&self, out: &mut Vec<u8>, op: Operation, room: &[u8]) {
         let mut payload = [0u8; 1 + MAX_TOKEN + 4];
         let t = self.token.len().min(MAX_TOKEN);
@@ -545,6 +633,7 @@ mod tests {
             user: "alice",
             password: b"pw",
             capacity: 10,
+            resume_key: None,
         };
         let bytes = request_bytes(&req);
         let mut expect = vec![0x05, 0x01, 0x00];
@@ -592,6 +681,7 @@ mod tests {
             room: "r",
             user: "bob",
             password: b"",
+            resume_key: None,
         });
         for cut in 0..bytes.len() {
             assert_eq!(split_request(&bytes[..cut]), Ok(None), "cut at {cut}");
@@ -667,12 +757,24 @@ mod tests {
                 raw(b"r", 2, &[1, 0x1b, 0]),
                 InvalidField::UserName(TextError::ControlChar),
             ),
-            (raw(b"r", 2, &[1, b'a', 0, 0]), InvalidField::PayloadLength),
+            // v1.1: a byte after the password is a ResumeKeySize, here 0.
+            (
+                raw(b"r", 2, &[1, b'a', 0, 0]),
+                InvalidField::ResumeKeyLength,
+            ),
+            (
+                raw(b"r", 2, &[1, b'a', 0, 1, 1]),
+                InvalidField::ResumeKeyLength,
+            ),
+            (
+                raw(b"r", 2, &[1, b'a', 0, 16, 1]),
+                InvalidField::PayloadLength,
+            ),
             (raw(b"r", 2, &[1, b'a']), InvalidField::PayloadLength),
             (raw(b"r", 1, &[1, b'a', 0, 0]), InvalidField::PayloadLength),
             (
                 raw(b"r", 1, &[1, b'a', 0, 0, 0, 0]),
-                InvalidField::PayloadLength,
+                InvalidField::ResumeKeyLength,
             ),
             (raw(b"r", 3, b""), InvalidField::TokenLength),
             (raw(b"r", 3, &[b'x'; 256]), InvalidField::TokenLength),
@@ -692,21 +794,146 @@ mod tests {
                 user: "ゆき",
                 password: &[0, 255, 10],
                 capacity: 0,
+                resume_key: None,
             },
             Request::Join {
                 room: "r",
                 user: "b",
                 password: b"",
+                resume_key: None,
             },
             Request::Leave {
                 room: "r",
                 token: &[b'x'; 255],
             },
             Request::List,
+            Request::Create {
+                room: "r",
+                user: "h",
+                password: b"",
+                capacity: 5,
+                resume_key: Some(&[7; MIN_RESUME_KEY]),
+            },
+            Request::Join {
+                room: "r",
+                user: "b",
+                password: b"pw",
+                resume_key: Some(&[0; MAX_RESUME_KEY]),
+            },
+            Request::Resume {
+                room: "r",
+                token: &[b'x'; 255],
+                resume_key: &[1; MAX_RESUME_KEY],
+            },
+            Request::Resume {
+                room: "r",
+                token: b"t",
+                resume_key: &[1; MIN_RESUME_KEY],
+            },
         ];
         for req in reqs {
             assert_eq!(parse_one(&request_bytes(&req)), Ok(req));
         }
+    }
+
+    #[test]
+    fn resume_key_bytes_and_limits() {
+        // JOIN of the worked example's shape with a 16-byte key: payload = user, password,
+        // then 0x10 and the key.
+        let key = *b"0123456789abcdef";
+        let bytes = request_bytes(&Request::Join {
+            room: "lobby",
+            user: "bob",
+            password: b"",
+            resume_key: Some(&key),
+        });
+        let mut expect = vec![0x05, 0x02, 0x00];
+        expect.extend_from_slice(&[0; 28]);
+        expect.push(5 + 17);
+        expect.extend_from_slice(b"lobby");
+        expect.extend_from_slice(&[3, b'b', b'o', b'b', 0, 0x10]);
+        expect.extend_from_slice(&key);
+        assert_eq!(bytes, expect);
+
+        // Key sizes 15 and 65 are invalid fields, on CREATE, JOIN and RESUME alike.
+        let with_key = |op: u8, size: u8| {
+            let mut p = match op {
+                1 => vec![1, b'h', 0, 0, 0],
+                2 => vec![1, b'b', 0],
+                _ => vec![1, b't'],
+            };
+            p.push(size);
+            p.extend(std::iter::repeat_n(9, usize::from(size)));
+            raw(b"r", op, &p)
+        };
+        for op in [1, 2, 5] {
+            for size in [0, 15, 65, 255] {
+                assert_eq!(
+                    parse_one(&with_key(op, size)),
+                    Err(InvalidField::ResumeKeyLength),
+                    "op {op} key size {size}"
+                );
+            }
+            for size in [16, 64] {
+                let bytes = with_key(op, size);
+                assert_eq!(parse_one(&bytes).unwrap().operation() as u8, op);
+            }
+            // Trailing bytes after the key, or a key cut short.
+            let mut b = with_key(op, 16);
+            b.push(0);
+            b[31] += 1;
+            assert_eq!(parse_one(&b), Err(InvalidField::PayloadLength), "op {op}");
+            let mut b = with_key(op, 16);
+            b.pop();
+            b[31] -= 1;
+            assert_eq!(parse_one(&b), Err(InvalidField::PayloadLength), "op {op}");
+        }
+        // RESUME: token 1..=255, and the key is not optional.
+        assert_eq!(
+            parse_one(&raw(b"r", 5, &[1, b't'])),
+            Err(InvalidField::PayloadLength)
+        );
+        let mut p = vec![0];
+        p.push(16);
+        p.extend_from_slice(&[1; 16]);
+        assert_eq!(parse_one(&raw(b"r", 5, &p)), Err(InvalidField::TokenLength));
+        assert_eq!(
+            parse_one(&raw(b"", 5, &p)),
+            Err(InvalidField::EmptyRoomName)
+        );
+        // Encoders refuse what they cannot carry.
+        let mut out = Vec::new();
+        let short = Request::Resume {
+            room: "r",
+            token: b"t",
+            resume_key: &[1; 15],
+        };
+        assert_eq!(short.encode(&mut out), Err(InvalidField::ResumeKeyLength));
+        let long = Request::Create {
+            room: "r",
+            user: "h",
+            password: b"",
+            capacity: 0,
+            resume_key: Some(&[1; 65]),
+        };
+        assert_eq!(long.encode(&mut out), Err(InvalidField::ResumeKeyLength));
+        let no_token = Request::Resume {
+            room: "r",
+            token: b"",
+            resume_key: &[1; 16],
+        };
+        assert_eq!(no_token.encode(&mut out), Err(InvalidField::TokenLength));
+        assert!(out.is_empty());
+        // RESUME's COMPLETE is JOIN's.
+        let grant = Grant {
+            token: b"tok",
+            udp_port: 9001,
+            idle_timeout: 60,
+        };
+        grant.encode(&mut out, Operation::Resume, b"r");
+        let (f, _) = split_reply(&out).unwrap().unwrap();
+        assert_eq!((f.op, f.state), (5, State::Complete as u8));
+        assert_eq!(Grant::parse(f.payload), Some(grant));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! * [`frame`]: TCRP, the TCP control plane (32-byte header, requests and replies).
 //! * [`datagram`]: what a client sends over UDP (room, token, message).
 //! * [`event`]: what the server sends over UDP (one or more events per datagram).
+//! * [`control`]: v1.1 control datagrams (SEND, NACK, SYNC), and the dispatch between them
+//!   and v1 chat datagrams.
 
+pub mod control;
 pub mod datagram;
 pub mod event;
 pub mod frame;
@@ -51,15 +54,18 @@ pub enum Operation {
     Leave = 3,
     /// List the rooms.
     List = 4,
+    /// (v1.1) Move a member to the address this request comes from (PROTOCOL.md §5.5).
+    Resume = 5,
 }
 
 impl Operation {
     /// Every operation, in wire order.
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 5] = [
         Operation::Create,
         Operation::Join,
         Operation::Leave,
         Operation::List,
+        Operation::Resume,
     ];
 
     /// The operation for a header byte, if it is one.
@@ -69,6 +75,7 @@ impl Operation {
             2 => Some(Operation::Join),
             3 => Some(Operation::Leave),
             4 => Some(Operation::List),
+            5 => Some(Operation::Resume),
             _ => None,
         }
     }
@@ -80,6 +87,7 @@ impl Operation {
             Operation::Join => "join",
             Operation::Leave => "leave",
             Operation::List => "list",
+            Operation::Resume => "resume",
         }
     }
 }
@@ -269,6 +277,6 @@ mod tests {
             assert_eq!(Operation::from_u8(op as u8), Some(op));
         }
         assert_eq!(Operation::from_u8(0), None);
-        assert_eq!(Operation::from_u8(5), None);
+        assert_eq!(Operation::from_u8(6), None);
     }
 }

@@ -107,6 +107,9 @@ struct WebSide {
     stats: WebStats,
     /// Sessions given output since their last write: written once at the end of the turn.
     touched: Vec<usize>,
+    /// A session with no message for this long is closed with 1001: max(60 s,
+    /// IdleTimeout) (PROTOCOL.md §6).
+    session_idle: Duration,
 }
 
 /// The relay's [`Transmit`] in the loop: UDP members through `sendmmsg`, WebSocket members
@@ -180,6 +183,7 @@ impl Server {
         listener.set_nonblocking(true)?;
         udp.set_nonblocking(true)?;
         config.udp_port = udp.local_addr()?.port();
+        let config_idle = config.idle_timeout;
         let poll = Poll::new()?;
         let mut tcrp = TcpListener::from_std(listener);
         // Bound to a wildcard address, the server must answer each member from the address
@@ -224,7 +228,10 @@ impl Server {
                 next_id: 0,
                 admission: Admission::new(limits),
             },
-            web: WebSide::default(),
+            web: WebSide {
+                session_idle: super::conn::IDLE_TIMEOUT.max(config_idle),
+                ..WebSide::default()
+            },
             stats: LoopStats::default(),
             backlog: Vec::new(),
         })

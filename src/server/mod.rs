@@ -1,6 +1,11 @@
 //! The relay server: a sans-IO core, and the event loop that moves bytes for it.
 //!
-//! * [`rooms`]: rooms, members, tokens, Seq and outboxes; takes `now` as an argument.
+//! The core (no sockets, no clocks; it takes `now` as an argument):
+//!
+//! * [`relay`]: the coordinator: members, tokens, per-IP counts, password throttle, idle
+//!   deadlines and counters; answers requests and datagrams, and times members out.
+//! * `room`: one room: its members, bound addresses, Seq and outbox, and the rule that
+//!   the outbox is flushed before the bound set changes.
 //! * [`deadlines`]: idle expiry in O(expired).
 //! * [`per_ip`]: counts per client IP, for the per-IP limits.
 //! * [`limits`]: message buckets and password-failure throttling.
@@ -9,10 +14,17 @@
 //! * [`metrics`]: those counts in the Prometheus text format, over minimal HTTP.
 //! * [`conn`]: a TCP connection as a sans-IO state machine (timers, caps, half-close,
 //!   INVALID_REQUEST), its TCRP and metrics services, and connection admission.
-//! * [`transmit`]: the seam through which outboxes reach the socket and the sessions.
-//! * [`web`]: the web listener: the page, and WebSocket sessions carrying both planes.
-//! * [`event_loop`]: the mio readiness loop. It and [`crate::sys`] (socket set-up, batched
-//!   UDP system calls, where every `unsafe` lives) are the only code that does I/O.
+//!
+//! Where bytes meet the operating system:
+//!
+//! * [`transmit`]: the seam through which outboxes reach the socket and the WebSocket
+//!   sessions (the core calls a [`transmit::Transmit`] it is lent; the implementations
+//!   send).
+//! * [`web`]: the web listener (sans-IO): the page, and WebSocket sessions carrying both
+//!   planes (PROTOCOL.md §6).
+//! * [`event_loop`]: the mio readiness loop: sockets, connections and timers. It and
+//!   [`crate::sys`] (socket set-up, batched UDP system calls, where every `unsafe` lives)
+//!   are the only code that does I/O.
 
 pub mod conn;
 pub mod counters;
@@ -21,10 +33,11 @@ pub mod event_loop;
 pub mod limits;
 pub mod metrics;
 pub mod per_ip;
-pub mod rooms;
+pub mod relay;
+mod room;
 pub mod token;
 pub mod transmit;
 pub mod web;
 
 pub use event_loop::{Limits, Server};
-pub use rooms::{Config, DatagramOutcome, Relay};
+pub use relay::{Config, DatagramOutcome, Relay};

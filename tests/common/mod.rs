@@ -348,6 +348,7 @@ pub fn create_request(room: &str, user: &str) -> Vec<u8> {
         user,
         password: b"",
         capacity: 0,
+        resume_key: None,
     })
 }
 

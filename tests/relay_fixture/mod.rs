@@ -1,13 +1,13 @@
 //! A relay with one room of bound members and a ready datagram per member: the fixture of
 //! the allocation guard (`tests/no_alloc.rs`) and the relay micro-benchmark
-//! (`benches/relay_path.rs`).
+//! (`benches/relay_path.rs`). The room is set up by the relay's own test driver
+//! (`ocm::server::relay::testing`, built for tests and benchmarks by the `fuzzing` feature).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use ocm::protocol::datagram::ChatDatagram;
-use ocm::protocol::frame::{Grant, Request, split_reply};
+use ocm::server::relay::testing::{bound_room, chat_datagram};
 use ocm::server::transmit::{Dest, Transmit};
 use ocm::server::{Config, Relay};
 use rand::SeedableRng;
@@ -30,18 +30,8 @@ pub struct Fixture {
     pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
 }
 
-fn encode(token: &[u8], message: &str) -> Vec<u8> {
-    let mut buf = [0u8; 4096];
-    let d = ChatDatagram {
-        room: b"room",
-        token,
-        message,
-    };
-    let n = d.encode(&mut buf).expect("encodable");
-    buf[..n].to_vec()
-}
-
-/// Room "room" with `members` bound members (rate limit off, `batch_max` as given).
+/// Room "room" with `members` bound members (rate limit off, `batch_max` as given), all
+/// from 127.0.0.1, at ports 5000 and up.
 pub fn room(members: usize, batch_max: usize, message: &str) -> Fixture {
     let cfg = Config {
         msg_rate: 0,
@@ -52,33 +42,24 @@ pub fn room(members: usize, batch_max: usize, message: &str) -> Fixture {
     let mut relay = Relay::new(cfg, StdRng::seed_from_u64(1));
     let t0 = Instant::now();
     let mut tx = Null(0);
-    let mut datagrams = Vec::new();
-    for i in 0..members {
-        let user = format!("user{i}");
-        let req = if i == 0 {
-            Request::Create {
-                room: "room",
-                user: &user,
-                password: b"",
-                capacity: u16::MAX,
-            }
-        } else {
-            Request::Join {
-                room: "room",
-                user: &user,
-                password: b"",
-            }
-        };
-        let mut out = Vec::new();
-        relay.handle_request(t0, [127, 0, 0, 1].into(), &req, &mut out, &mut tx);
-        let (_, n) = split_reply(&out).unwrap().unwrap();
-        let (complete, _) = split_reply(&out[n..]).unwrap().unwrap();
-        let token = Grant::parse(complete.payload).unwrap().token.to_vec();
-        let addr = SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16));
-        relay.handle_datagram(t0, addr, &encode(&token, ""), &mut tx);
-        datagrams.push((addr, encode(&token, message)));
-    }
+    let names: Vec<String> = (0..members).map(|i| format!("user{i}")).collect();
+    let who: Vec<(&str, SocketAddr)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n.as_str(),
+                SocketAddr::from(([127, 0, 0, 1], 5000 + i as u16)),
+            )
+        })
+        .collect();
+    let tokens = bound_room(&mut relay, t0, "room", u16::MAX, &who, &mut tx);
     relay.flush(&mut tx);
+    let datagrams = who
+        .iter()
+        .zip(&tokens)
+        .map(|(&(_, addr), token)| (addr, chat_datagram("room", token, message)))
+        .collect();
     Fixture {
         relay,
         t0,

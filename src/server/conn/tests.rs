@@ -88,6 +88,7 @@ fn create(room: &str) -> Vec<u8> {
         user: "alice",
         password: b"",
         capacity: 0,
+        resume_key: None,
     })
 }
 
@@ -244,6 +245,7 @@ fn pipelined_requests_are_answered_in_order() {
         room: "a",
         user: "bob",
         password: b"",
+        resume_key: None,
     });
     let all = [create("a"), create("a"), join, list()].concat();
     p.feed(&mut c, t0, &all);

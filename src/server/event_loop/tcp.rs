@@ -14,7 +14,7 @@ use super::{ACCEPT_BACKOFF, ACCEPTS_PER_TURN, CONN_BASE, LISTENER, LoopStats, ME
 use super::{DISCARD_BUF, LoopTx, READS_PER_TURN, Server, WebSide};
 use crate::server::Relay;
 use crate::server::conn::admission::{Admit, Kind};
-use crate::server::conn::{Closed, Conn, IDLE_TIMEOUT, Phase, http, tcrp};
+use crate::server::conn::{Closed, Conn, Phase, http, tcrp};
 use crate::server::metrics::Snapshot;
 use crate::server::transmit::SessionId;
 use crate::server::web::frame::{self, CloseCode};
@@ -213,6 +213,7 @@ impl Server {
                     outbox,
                     scratch,
                     stats,
+                    session_idle,
                     ..
                 } = web;
                 let mut tx = LoopTx::new(udp, outbox);
@@ -231,10 +232,9 @@ impl Server {
                     // PROTOCOL.md §6: a session with no message for max(60 s,
                     // IdleTimeout) is closed with 1001.
                     client.session_set = true;
-                    let idle = IDLE_TIMEOUT.max(relay.config().idle_timeout);
                     let mut goodbye = Vec::new();
                     frame::write_close(&mut goodbye, CloseCode::GoingAway);
-                    client.conn.set_session(idle, goodbye);
+                    client.conn.set_session(*session_idle, goodbye);
                 }
                 self.deliver_to_sessions();
             }

@@ -1,8 +1,12 @@
 //! The relay driven without sockets: virtual time, a seeded RNG and a recording transmit.
 
+use std::net::SocketAddr;
+
+use super::testing::{bound_room, chat_datagram};
 use super::*;
 use crate::protocol::event::Events;
-use crate::protocol::frame::split_reply;
+use crate::protocol::frame::Request;
+use crate::protocol::{MAX_DATAGRAM, Status};
 use crate::server::transmit::Recorder;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -36,19 +40,8 @@ impl World {
 
     /// Sends a request; returns the status and the token, if one was granted.
     fn request(&mut self, ms: u64, from: IpAddr, req: Request<'_>) -> (Status, Vec<u8>) {
-        let mut out = Vec::new();
         let now = self.at(ms);
-        let status = self
-            .relay
-            .handle_request(now, from, &req, &mut out, &mut self.tx);
-        let (_, n) = split_reply(&out).unwrap().unwrap();
-        let token = match split_reply(&out[n..]).unwrap() {
-            Some((f, _)) if req.operation() != Operation::List => {
-                Grant::parse(f.payload).unwrap().token.to_vec()
-            }
-            _ => Vec::new(),
-        };
-        (status, token)
+        testing::request(&mut self.relay, now, from, &req, &mut self.tx)
     }
 
     fn create(&mut self, room: &str, user: &str) -> Vec<u8> {
@@ -57,6 +50,7 @@ impl World {
             user,
             password: b"",
             capacity: 0,
+            resume_key: None,
         };
         let (s, t) = self.request(0, ip(1), req);
         assert_eq!(s, Status::Ok);
@@ -68,6 +62,7 @@ impl World {
             room,
             user,
             password: b"",
+            resume_key: None,
         };
         let (s, t) = self.request(0, ip(1), req);
         assert_eq!(s, Status::Ok);
@@ -82,17 +77,9 @@ impl World {
         token: &[u8],
         msg: &str,
     ) -> DatagramOutcome {
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let n = ChatDatagram {
-            room: room.as_bytes(),
-            token,
-            message: msg,
-        }
-        .encode(&mut buf)
-        .unwrap();
+        let bytes = chat_datagram(room, token, msg);
         let now = self.at(ms);
-        self.relay
-            .handle_datagram(now, from, &buf[..n], &mut self.tx)
+        self.relay.handle_datagram(now, from, &bytes, &mut self.tx)
     }
 
     fn flush(&mut self) {
@@ -124,21 +111,15 @@ fn ev(kind: EventKind, seq: u32, user: &str, body: &str) -> (u8, u32, String, St
 /// A room "r" with host "a" bound at port 1 and "b" bound at port 2.
 fn two_members(cfg: Config) -> (World, Vec<u8>, Vec<u8>) {
     let mut w = World::new(cfg);
-    let ta = w.create("r", "a");
-    let tb = w.join("r", "b");
-    assert_eq!(
-        w.datagram(0, addr(1), "r", &ta, ""),
-        DatagramOutcome::Heartbeat
-    );
-    assert_eq!(
-        w.datagram(0, addr(2), "r", &tb, ""),
-        DatagramOutcome::Heartbeat
-    );
+    let now = w.at(0);
+    let members = [("a", addr(1)), ("b", addr(2))];
+    let mut tokens = bound_room(&mut w.relay, now, "r", 0, &members, &mut w.tx);
     w.flush();
     w.tx.sent.clear();
     let c = &mut w.relay.counters;
     (c.deliveries, c.datagrams_out, c.send_drops) = (0, 0, 0);
-    (w, ta, tb)
+    let tb = tokens.pop().unwrap();
+    (w, tokens.pop().unwrap(), tb)
 }
 
 #[test]
@@ -221,7 +202,7 @@ fn a_new_member_sees_only_what_follows_its_join() {
 fn seq_wraps_past_zero() {
     let (mut w, ta, _) = two_members(Config::default());
     let key = w.relay.by_name["r"];
-    w.relay.rooms[key].seq = u32::MAX - 1;
+    w.relay.rooms[key].set_seq(u32::MAX - 1);
     for m in ["a", "b", "c"] {
         w.datagram(1, addr(1), "r", &ta, m);
     }
@@ -411,12 +392,14 @@ fn capacity_limits_and_status_order() {
         user: "h",
         password: b"pw",
         capacity: cap,
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), create("a", 100)).0, Status::Ok);
     let join = |user| Request::Join {
         room: "a",
         user,
         password: b"pw",
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), join("x")).0, Status::Ok);
     assert_eq!(w.request(0, ip(1), join("y")).0, Status::Ok);
@@ -428,6 +411,7 @@ fn capacity_limits_and_status_order() {
         room: "a",
         user: "x",
         password: b"no",
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), wrong).0, Status::BadPassword);
     assert_eq!(w.request(0, ip(1), create("b", 0)).0, Status::Ok);
@@ -450,6 +434,7 @@ fn one_ip_cannot_hold_more_than_its_share_of_members() {
         room: "r",
         user,
         password: b"",
+        resume_key: None,
     };
     assert_eq!(w.request(0, ip(1), join("c")).0, Status::ServerFull);
     assert_eq!(w.request(0, ip(2), join("c")).0, Status::Ok);

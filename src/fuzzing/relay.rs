@@ -1,0 +1,228 @@
+//! The relay fuzz body: the whole sans-IO relay driven by a byte string of operations,
+//! checked after every step against a model of what PROTOCOL.md allows.
+//!
+//! This file reads the input (configuration, then [`RelayOp`]s) and applies each operation;
+//! [`model`] keeps what the harness was granted and saw, and [`check`] holds what every
+//! step's replies and datagrams are checked against.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::protocol::datagram::ChatDatagram;
+use crate::protocol::frame::Request;
+use crate::server::Config;
+
+mod check;
+mod model;
+
+use model::{Harness, StepCtx};
+
+const ROOMS: [&str; 4] = ["r", "s", "t", "部屋"];
+const USERS: [&str; 4] = ["a", "b", "c", "ゆき"];
+const PASSWORDS: [&[u8]; 3] = [b"", b"pw", b"x"];
+const CAPACITIES: [u16; 6] = [0, 1, 2, 3, 5, 300];
+/// Ports of addresses that hold issued tokens start here; each room instance has four.
+const PORT_BASE: u16 = 1000;
+/// Raw datagrams come from ports above this one.
+const RAW_PORT_BASE: u16 = 40_000;
+/// Bytes of configuration at the start of a [`relay`] input.
+pub const RELAY_CONFIG_LEN: usize = 10;
+/// A [`RelayOp::Clock`] step byte of this much moves the clock one idle timeout (so a
+/// byte moves it 0 to 3 timeouts).
+const CLOCK_STEPS_PER_TIMEOUT: u32 = 85;
+
+fn ip(i: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, 1 + i % 3])
+}
+
+/// Operations of a [`relay`] input, by the value of their first byte modulo 12 (the
+/// values between those named here repeat the operation before them: 1 creates, 3 joins,
+/// 7 sends a datagram, so that the common operations come up more often).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RelayOp {
+    /// `[op, room|user<<2|password<<4, capacity, ip]`
+    Create = 0,
+    /// `[op, room|user<<2|password<<4, _, ip]`
+    Join = 2,
+    /// `[op, room (bit 2: the token's own), token choice, ip (bit 2: the token's own)]`
+    Leave = 4,
+    /// `[op, _, _, ip]`
+    List = 5,
+    /// `[op, room (bits 2-3 nonzero: the token's own) | message<<4, token choice,
+    /// ip | own-ip<<2 | port<<4]`
+    Datagram = 6,
+    /// `[op, len, len bytes...]`: raw bytes as a datagram from 127.0.0.1, a fresh port.
+    RawDatagram = 8,
+    /// `[op, step, run]`: the clock moves `step`/85 idle timeouts (0-3); if `run` is odd,
+    /// `handle_timeout` runs.
+    Clock = 9,
+    /// `[op]`: the end of a wake-up.
+    Flush = 10,
+    /// `[op, what]`: 0 shutdown; 1-3 the socket takes all / no / one receiver per send.
+    Control = 11,
+}
+
+impl RelayOp {
+    /// Every operation byte value (mod 12) is one operation.
+    pub const CYCLE: u8 = 12;
+
+    /// The operation an op byte names.
+    pub fn from_byte(b: u8) -> RelayOp {
+        match b % Self::CYCLE {
+            0 | 1 => RelayOp::Create,
+            2 | 3 => RelayOp::Join,
+            4 => RelayOp::Leave,
+            5 => RelayOp::List,
+            6 | 7 => RelayOp::Datagram,
+            8 => RelayOp::RawDatagram,
+            9 => RelayOp::Clock,
+            10 => RelayOp::Flush,
+            _ => RelayOp::Control,
+        }
+    }
+}
+
+/// Reads bytes off the front of the input; past the end every byte is 0.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> &[u8] {
+        let (a, b) = self.0.split_at(n.min(self.0.len()));
+        self.0 = b;
+        a
+    }
+}
+
+/// Fuzz body: the whole sans-IO relay.
+///
+/// Input: [`RELAY_CONFIG_LEN`] bytes of configuration (RNG seed, batch size 1..=8, idle
+/// timeout 2..=5 s, small capacities and limits, message rate 0..=3, burst 1..=3), then
+/// operations ([`RelayOp`]) until the input ends. Names come from small alphabets; tokens are
+/// chosen among those issued (as granted, corrupted, or one from another room) or junk; the
+/// source IPs are 127.0.0.1-3; each room instance's members send from their own ports, so a
+/// receiver address tells which room a datagram belongs to.
+///
+/// After every step: [`Relay::check_invariants`](crate::server::Relay::check_invariants);
+/// every reply well formed and consistent with its status; and, for every datagram sent: at
+/// most 4096 bytes, decoding fully, all receivers in one room; the room's Seq rising by one
+/// within the datagram and strictly across datagrams; each receiver seeing every room event
+/// from its own JOINED on, with no gap, until it leaves, times out or its room closes, and
+/// nothing after; RATE_LIMITED with Seq 0 to the limited sender alone, at most once a
+/// second; member counts within capacity and limits; counters matching what the harness
+/// saw.
+pub fn relay(data: &[u8]) {
+    let mut b = Bytes(data);
+    let mut c = [0u8; RELAY_CONFIG_LEN];
+    for x in &mut c {
+        *x = b.byte();
+    }
+    let mut h = Harness::new(config(&c), u64::from(c[0]), Instant::now());
+    h.check(&mut StepCtx::default());
+    while !b.0.is_empty() {
+        let mut ctx = StepCtx::default();
+        step(&mut h, RelayOp::from_byte(b.byte()), &mut b, &mut ctx);
+        h.check(&mut ctx);
+    }
+    // The end of the last wake-up.
+    h.relay.flush(&mut h.tx);
+    h.check(&mut StepCtx::default());
+}
+
+/// The relay's settings from the configuration bytes (`c[0]` is the RNG seed).
+fn config(c: &[u8; RELAY_CONFIG_LEN]) -> Config {
+    Config {
+        udp_port: 9001,
+        idle_timeout: Duration::from_secs(2 + u64::from(c[2] % 4)),
+        default_capacity: 1 + u16::from(c[4] % 4),
+        max_capacity: 1 + u16::from(c[3] % 4),
+        max_rooms: 1 + usize::from(c[5] % 4),
+        max_members: 1 + usize::from(c[6] % 8),
+        // 0 (no limit) most of the time, else 1-3 members per IP.
+        max_members_per_ip: u32::from(c[6] / 8 % 8).saturating_sub(4),
+        max_rooms_per_ip: u32::from(c[7] % 3),
+        msg_rate: u32::from(c[8] % 4),
+        msg_burst: 1 + u32::from(c[9] % 3),
+        batch_max: 1 + usize::from(c[1] % 8),
+    }
+}
+
+/// Applies one operation, reading its argument bytes.
+fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
+    match op {
+        RelayOp::Create => {
+            let (a, cap, i) = (b.byte(), b.byte(), b.byte());
+            let req = Request::Create {
+                room: ROOMS[usize::from(a % 4)],
+                user: USERS[usize::from(a >> 2) % 4],
+                password: PASSWORDS[usize::from(a >> 4) % 3],
+                capacity: CAPACITIES[usize::from(cap) % CAPACITIES.len()],
+                resume_key: None,
+            };
+            h.request(ip(i), &req, ctx);
+        }
+        RelayOp::Join => {
+            let (a, _, i) = (b.byte(), b.byte(), b.byte());
+            let req = Request::Join {
+                room: ROOMS[usize::from(a % 4)],
+                user: USERS[usize::from(a >> 2) % 4],
+                password: PASSWORDS[usize::from(a >> 4) % 3],
+                resume_key: None,
+            };
+            h.request(ip(i), &req, ctx);
+        }
+        RelayOp::Leave => {
+            let (a, t, i) = (b.byte(), b.byte(), b.byte());
+            h.leave(a, t, i, ctx);
+        }
+        RelayOp::List => {
+            let (_, _, i) = (b.byte(), b.byte(), b.byte());
+            h.request(ip(i), &Request::List, ctx);
+        }
+        RelayOp::Datagram => {
+            let (a, t, i) = (b.byte(), b.byte(), b.byte());
+            h.chat_datagram(a, t, i, ctx);
+        }
+        RelayOp::RawDatagram => {
+            let n = usize::from(b.byte());
+            let raw = b.take(n).to_vec();
+            // A fresh port each time: should the bytes hold a real token, the address
+            // it binds belongs to that token's room alone.
+            let port = RAW_PORT_BASE + (h.datagrams % 20_000) as u16;
+            let from = SocketAddr::new(ip(0), port);
+            let which = ChatDatagram::parse(&raw)
+                .ok()
+                .and_then(|d| h.issued.iter().position(|i| i.token == d.token));
+            h.datagram(from, &raw, which, ctx);
+        }
+        RelayOp::Clock => {
+            let (step, run) = (b.byte(), b.byte());
+            let idle = h.cfg.idle_timeout;
+            h.now += idle * u32::from(step) / CLOCK_STEPS_PER_TIMEOUT;
+            if run & 1 == 1 {
+                ctx.timeout_ran = true;
+                h.relay.handle_timeout(h.now, &mut h.tx);
+                if let Some(t) = h.relay.next_timeout() {
+                    assert!(t > h.now, "next_timeout is not in the future");
+                }
+            }
+        }
+        RelayOp::Flush => {
+            h.relay.flush(&mut h.tx);
+            let before = h.tx.asked.len();
+            h.relay.flush(&mut h.tx);
+            assert_eq!(h.tx.asked.len(), before, "a second flush sent again");
+        }
+        RelayOp::Control => h.control(b.byte(), ctx),
+    }
+}

@@ -1,0 +1,293 @@
+//! The relay's state machine: the coordinator of rooms and members.
+//!
+//! Sans-IO: [`Relay`] never touches a socket or reads a clock. The event loop hands it
+//! parsed requests ([`Relay::handle_request`]), received datagrams
+//! ([`Relay::handle_datagram_to`]) and the time ([`Relay::handle_timeout`]); it answers
+//! TCRP requests into a caller's buffer and emits chat events into each room's outbox, which
+//! reach the socket through a [`Transmit`] the caller lends it.
+//!
+//! The relay keeps what spans rooms: the member table and the tokens that find its
+//! entries, the per-IP counts, the password throttle, the idle deadlines, the counters and
+//! the list of rooms to flush at the end of a wake-up. What happens inside one room (Seq,
+//! outbox, who receives it) is `Room`'s (`server/room.rs`).
+//!
+//! * `relay.rs`: the tables, timeouts, the end-of-wake-up flush, and the removal of members
+//!   and rooms (each removal does all its bookkeeping in one call).
+//! * `requests.rs`: the control plane (CREATE, JOIN, LEAVE, LIST).
+//! * `datagrams.rs`: the data plane (checking, binding, relaying, rate-limit notices).
+//! * `config.rs`: the settings. `invariants.rs` and `testing.rs`: for tests and fuzzing.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use log::info;
+use rand::Rng;
+use slab::Slab;
+
+use super::counters::{Counters, DropReason};
+use super::deadlines::DeadlineQueue;
+use super::limits::{Bucket, FAILURE_WINDOW, PasswordThrottle};
+use super::per_ip::PerIp;
+use super::room::{Outflow, Room};
+use super::token::{Token, TokenMap};
+use super::transmit::{Dest, Transmit};
+use crate::protocol::event::{EventBuf, EventKind, reason};
+
+mod config;
+mod datagrams;
+#[cfg(any(test, feature = "fuzzing"))]
+mod invariants;
+mod requests;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod testing;
+
+pub use config::Config;
+
+/// At most one RATE_LIMITED notice per member this often: a flooding client learns why
+/// its messages vanish without the notices becoming a flood of their own (PROTOCOL.md).
+pub const RATE_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Member {
+    /// Generation, so that stale deadline entries for a reused slab slot are recognised.
+    id: u64,
+    room: usize,
+    name: Box<str>,
+    token: Token,
+    ip: IpAddr,
+    addr: Option<Dest>,
+    deadline: Instant,
+    bucket: Bucket,
+    last_notice: Option<Instant>,
+}
+
+/// Whether a member being removed still has an entry in the deadline queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// Its entry is pending: it becomes garbage.
+    Pending,
+    /// Its entry was just popped (it timed out): nothing is left behind.
+    Popped,
+}
+
+/// What happened to a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatagramOutcome {
+    /// A heartbeat bound or refreshed its member.
+    Heartbeat,
+    /// A message was relayed.
+    Relayed,
+    /// Dropped silently, for this reason.
+    Dropped(DropReason),
+}
+
+/// Rooms, members and tokens, driven by the event loop.
+pub struct Relay<R> {
+    cfg: Config,
+    rng: R,
+    rooms: Slab<Room>,
+    /// Rooms by name, in byte order of name: LIST walks it in order and stops when the
+    /// reply is full, so a LIST costs O(rooms listed), not a sort of every room.
+    by_name: BTreeMap<Box<str>, usize>,
+    members: Slab<Member>,
+    by_token: TokenMap,
+    deadlines: DeadlineQueue,
+    next_id: u64,
+    /// Rooms whose outbox holds events, to be sent at the end of this wake-up.
+    queued: Vec<usize>,
+    /// Rooms open per creator IP.
+    rooms_per_ip: PerIp,
+    /// Members per IP their token was issued to.
+    members_per_ip: PerIp,
+    throttle: PasswordThrottle,
+    next_prune: Option<Instant>,
+    rate_body: String,
+    notice: EventBuf,
+    /// Everything counted so far.
+    pub counters: Counters,
+}
+
+impl<R: Rng> Relay<R> {
+    /// A relay with no rooms. `rng` draws tokens: give it a CSPRNG (`rand::rng()`) in
+    /// production and a seeded one in tests.
+    pub fn new(cfg: Config, rng: R) -> Self {
+        let cfg = cfg.normalised();
+        let rate_body = format!("{} messages/s, burst {}", cfg.msg_rate, cfg.msg_burst);
+        Relay {
+            cfg,
+            rng,
+            rooms: Slab::new(),
+            by_name: BTreeMap::new(),
+            members: Slab::new(),
+            by_token: TokenMap::default(),
+            deadlines: DeadlineQueue::default(),
+            next_id: 0,
+            queued: Vec::new(),
+            rooms_per_ip: PerIp::default(),
+            members_per_ip: PerIp::default(),
+            throttle: PasswordThrottle::default(),
+            next_prune: None,
+            rate_body,
+            notice: EventBuf::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Rooms open now.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Members now, bound or not.
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Members that have bound an address.
+    pub fn bound_count(&self) -> usize {
+        self.rooms.iter().map(|(_, r)| r.bound_len()).sum()
+    }
+
+    /// Drops every member whose deadline has passed (TIMED_OUT to the room and to the
+    /// member; a silent host closes the room). Costs O(expired), not O(members).
+    pub fn handle_timeout(&mut self, now: Instant, tx: &mut impl Transmit) {
+        while let Some((_, key, id)) = self.deadlines.pop_due(now) {
+            let Some(m) = self.members.get(key).filter(|m| m.id == id) else {
+                self.deadlines.popped_stale();
+                continue;
+            };
+            if m.deadline > now {
+                self.deadlines.schedule(m.deadline, key, id);
+                continue;
+            }
+            self.time_out(key, tx);
+        }
+        if self.next_prune.is_some_and(|t| t <= now) {
+            self.throttle.prune(now);
+            self.next_prune = (!self.throttle.is_empty()).then(|| now + FAILURE_WINDOW);
+        }
+    }
+
+    /// Drops a member whose deadline entry was just popped.
+    fn time_out(&mut self, key: usize, tx: &mut impl Transmit) {
+        let room_key = self.members[key].room;
+        let room = &self.rooms[room_key];
+        let is_host = room.host == key;
+        info!(
+            "'{}' timed out in room '{}'",
+            self.members[key].name, room.name
+        );
+        self.counters.members_timed_out += 1;
+        // TIMED_OUT goes to the member too: emit it while it is still bound.
+        self.emit_from(key, EventKind::TimedOut, "", tx);
+        self.remove_member(key, Entry::Popped, tx);
+        if is_host {
+            self.close_room(room_key, reason::HOST_TIMED_OUT, tx);
+        }
+    }
+
+    /// When the relay next needs [`Relay::handle_timeout`]: the poll timeout.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match (self.deadlines.next(), self.next_prune) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends every outbox that holds events. The loop calls this at the end of each
+    /// wake-up.
+    pub fn flush(&mut self, tx: &mut impl Transmit) {
+        let mut queued = std::mem::take(&mut self.queued);
+        for &key in &queued {
+            if let Some(room) = self.rooms.get_mut(key) {
+                room.flush_queued(&mut self.counters, tx);
+            }
+        }
+        queued.clear();
+        // Keep the allocation for the next wake-up.
+        if self.queued.is_empty() {
+            self.queued = queued;
+        }
+    }
+
+    /// Closes every room with ROOM_CLOSED "server shutting down".
+    pub fn shutdown(&mut self, tx: &mut impl Transmit) {
+        let keys: Vec<usize> = self.rooms.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close_room(key, reason::SHUTTING_DOWN, tx);
+        }
+    }
+
+    /// Emits a room event with no body in the name of `user` (or none: "").
+    fn emit(&mut self, room: usize, kind: EventKind, user: &str, tx: &mut impl Transmit) {
+        let mut out = Outflow {
+            counters: &mut self.counters,
+            batch_max: self.cfg.batch_max,
+            queue: &mut self.queued,
+        };
+        self.rooms[room].emit(kind, user, "", &mut out, tx);
+    }
+
+    /// Emits an event in the name of member `key` to its room.
+    fn emit_from(&mut self, key: usize, kind: EventKind, body: &str, tx: &mut impl Transmit) {
+        // Split borrows: the member's name is read while the room's outbox is written.
+        let Relay {
+            members,
+            rooms,
+            queued,
+            counters,
+            cfg,
+            ..
+        } = self;
+        let m = &members[key];
+        let mut out = Outflow {
+            counters,
+            batch_max: cfg.batch_max,
+            queue: queued,
+        };
+        rooms[m.room].emit(kind, &m.name, body, &mut out, tx);
+    }
+
+    /// Removes a member from its room and the tables: its token is void from now on, its
+    /// IP's count drops, and a pending deadline entry is noted as garbage.
+    fn remove_member(&mut self, key: usize, entry: Entry, tx: &mut impl Transmit) -> Member {
+        let m = self.members.remove(key);
+        self.forget_member(&m, entry);
+        self.rooms[m.room].remove(key, &mut self.counters, tx);
+        m
+    }
+
+    /// Voids a removed member's token and its count against its IP, and notes its
+    /// deadline entry as garbage (compacting the queue when garbage dominates).
+    fn forget_member(&mut self, m: &Member, entry: Entry) {
+        self.by_token.remove(&m.token);
+        self.members_per_ip.remove(m.ip);
+        if entry == Entry::Pending {
+            self.deadlines.forget();
+            let members = &self.members;
+            self.deadlines
+                .compact_if_needed(|key, id| members.get(key).is_some_and(|m| m.id == id));
+        }
+    }
+
+    /// Closes a room: ROOM_CLOSED (`why`) to its bound members after what is queued, every
+    /// token void, the name free.
+    fn close_room(&mut self, key: usize, why: &str, tx: &mut impl Transmit) {
+        let mut room = self.rooms.remove(key);
+        room.close(why, &mut self.counters, tx);
+        for &m in room.members() {
+            if self.members.contains(m) {
+                let m = self.members.remove(m);
+                self.forget_member(&m, Entry::Pending);
+            }
+        }
+        self.by_name.remove(&room.name);
+        self.rooms_per_ip.remove(room.creator_ip);
+        self.counters.rooms_closed += 1;
+        info!("room '{}' closed: {why}", room.name);
+    }
+}
+
+#[cfg(test)]
+mod tests;

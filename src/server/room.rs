@@ -1,0 +1,239 @@
+//! One room: its members, the addresses its datagrams go to, its Seq and its outbox.
+//!
+//! An outbox is one datagram's worth of encoded events. Events are encoded once; the whole
+//! outbox is handed to a [`Transmit`] with the room's bound members as destinations, so
+//! every member gets the same bytes. An outbox is sent when it is full, when it holds
+//! `batch_max` events, when the room's bound members change, or when the relay flushes the
+//! rooms it queued at the end of a wake-up. At low load a datagram thus carries one event
+//! and leaves at once; under load datagrams fill up by themselves.
+//!
+//! The room owns the rule that makes this correct: **its outbox is flushed before its bound
+//! set changes** ([`Room::bind`], [`Room::remove`], [`Room::close`] all do it first), so each
+//! datagram holds only events that all its receivers are to see, and no caller can forget.
+//!
+//! A room knows member keys, not members: names live in the relay's member table and are
+//! lent to [`Room::emit`] as `&str`.
+
+use std::net::IpAddr;
+
+use super::counters::Counters;
+use super::transmit::{Dest, Transmit};
+use crate::protocol::event::{Event, EventBuf, EventKind};
+use crate::protocol::{MAX_DATAGRAM, next_seq};
+
+/// What an emitted event may need besides the room: where sends are counted, how many
+/// events a datagram may carry, and the list of rooms to flush at the end of the wake-up.
+pub(super) struct Outflow<'a> {
+    /// Counts events, datagrams, deliveries and refused sends.
+    pub counters: &'a mut Counters,
+    /// Most events in one datagram.
+    pub batch_max: usize,
+    /// Keys of the rooms whose outbox holds events, flushed at the end of the wake-up.
+    pub queue: &'a mut Vec<usize>,
+}
+
+/// A room. Its name, password, capacity, host and creator never change once created.
+#[derive(Debug)]
+pub(super) struct Room {
+    /// Its key in the relay's room table (so that it can queue itself for a flush).
+    key: usize,
+    pub name: Box<str>,
+    pub password: Option<Box<[u8]>>,
+    pub capacity: u16,
+    /// The member whose departure closes the room.
+    pub host: usize,
+    /// Whose per-IP room count the room is on.
+    pub creator_ip: IpAddr,
+    /// Every member key, bound or not.
+    members: Vec<usize>,
+    /// Destinations of the room's datagrams: the bound members' addresses...
+    bound: Vec<Dest>,
+    /// ...and, at the same index, whose address each one is.
+    bound_keys: Vec<usize>,
+    /// Seq of the last event (0: none yet).
+    seq: u32,
+    outbox: EventBuf,
+    /// Whether the room is on the relay's list of outboxes to flush.
+    queued: bool,
+}
+
+impl Room {
+    /// A room at `key` of the relay's table, with `host` as its only member, not bound.
+    pub fn new(
+        key: usize,
+        name: &str,
+        password: &[u8],
+        capacity: u16,
+        host: (usize, IpAddr),
+    ) -> Room {
+        Room {
+            key,
+            name: name.into(),
+            password: (!password.is_empty()).then(|| password.into()),
+            capacity,
+            host: host.0,
+            creator_ip: host.1,
+            members: vec![host.0],
+            bound: Vec::new(),
+            bound_keys: Vec::new(),
+            seq: 0,
+            outbox: EventBuf::default(),
+            queued: false,
+        }
+    }
+
+    /// Every member key, bound or not, in order of joining (but for removals).
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// The bound members: each one's destination and key.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn bound(&self) -> impl Iterator<Item = (&Dest, usize)> {
+        self.bound.iter().zip(self.bound_keys.iter().copied())
+    }
+
+    /// How many members have bound an address.
+    pub fn bound_len(&self) -> usize {
+        self.bound.len()
+    }
+
+    /// Adds a member (not bound yet: it hears nothing until [`Room::bind`]).
+    pub fn admit(&mut self, member: usize) {
+        self.members.push(member);
+    }
+
+    /// Appends one event to the outbox, with the next Seq: flushes first if it would not
+    /// fit, and after if the batch is full; otherwise queues the room for the end of the
+    /// wake-up.
+    pub fn emit(
+        &mut self,
+        kind: EventKind,
+        user: &str,
+        body: &str,
+        out: &mut Outflow<'_>,
+        tx: &mut impl Transmit,
+    ) {
+        self.append(kind, user, body, out.counters, tx);
+        if self.outbox.events() >= out.batch_max {
+            self.flush(out.counters, tx);
+        } else if !self.queued {
+            self.queued = true;
+            out.queue.push(self.key);
+        }
+    }
+
+    /// Encodes one event into the outbox with the next Seq, flushing first if it would not
+    /// fit.
+    fn append(
+        &mut self,
+        kind: EventKind,
+        user: &str,
+        body: &str,
+        counters: &mut Counters,
+        tx: &mut impl Transmit,
+    ) {
+        self.seq = next_seq(self.seq);
+        let ev = Event {
+            kind: kind as u8,
+            seq: self.seq,
+            user,
+            body,
+        };
+        debug_assert!(ev.len() <= MAX_DATAGRAM, "every event fits in one datagram");
+        if !self.outbox.fits(&ev) {
+            self.flush(counters, tx);
+        }
+        self.outbox.push(&ev);
+        counters.events += 1;
+    }
+
+    /// Sends the outbox, if it holds events, to every bound member (counting datagrams,
+    /// deliveries and refused sends), and empties it.
+    pub fn flush(&mut self, counters: &mut Counters, tx: &mut impl Transmit) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        if !self.bound.is_empty() {
+            let sent = tx.send(self.outbox.bytes(), &self.bound);
+            counters.datagrams_out += sent as u64;
+            counters.deliveries += (sent * self.outbox.events()) as u64;
+            counters.send_drops += (self.bound.len() - sent) as u64;
+        }
+        self.outbox.clear();
+    }
+
+    /// The end-of-wake-up flush: takes the room off the queue, then [`Room::flush`].
+    pub fn flush_queued(&mut self, counters: &mut Counters, tx: &mut impl Transmit) {
+        self.queued = false;
+        self.flush(counters, tx);
+    }
+
+    /// Binds a member to `dest`: the room's datagrams go there from now on. What is queued
+    /// goes to the old set first.
+    pub fn bind(
+        &mut self,
+        member: usize,
+        dest: Dest,
+        counters: &mut Counters,
+        tx: &mut impl Transmit,
+    ) {
+        self.flush(counters, tx);
+        self.bound.push(dest);
+        self.bound_keys.push(member);
+    }
+
+    /// Removes a member, bound or not (it hears nothing more). What is queued goes first, to
+    /// the old membership: so a TIMED_OUT for this member leaves before a newcomer can take
+    /// its name.
+    pub fn remove(&mut self, member: usize, counters: &mut Counters, tx: &mut impl Transmit) {
+        self.flush(counters, tx);
+        self.members.retain(|&k| k != member);
+        if let Some(i) = self.bound_keys.iter().position(|&k| k == member) {
+            self.bound_keys.swap_remove(i);
+            self.bound.swap_remove(i);
+        }
+    }
+
+    /// Sends ROOM_CLOSED with `why` after whatever is queued, to every bound member. The
+    /// caller then voids the members' tokens and drops the room.
+    pub fn close(&mut self, why: &str, counters: &mut Counters, tx: &mut impl Transmit) {
+        self.append(EventKind::RoomClosed, "", why, counters, tx);
+        self.flush(counters, tx);
+    }
+
+    /// Checks the room's own rules (`key` is where the relay holds it); `Err` names the
+    /// first one broken.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn check(&self, key: usize, batch_max: usize, max_capacity: u16) -> Result<(), String> {
+        let name = &self.name;
+        if self.key != key {
+            return Err(format!("room '{name}' thinks it is at {}", self.key));
+        }
+        if self.members.iter().filter(|&&k| k == self.host).count() != 1 {
+            return Err(format!("room '{name}' has no host"));
+        }
+        if self.members.len() > usize::from(self.capacity) || self.capacity > max_capacity {
+            return Err(format!("room '{name}' over capacity"));
+        }
+        if self.bound.len() != self.bound_keys.len() {
+            return Err(format!("room '{name}' bound lists differ"));
+        }
+        if self.outbox.events() >= batch_max {
+            return Err(format!("room '{name}' holds a full batch"));
+        }
+        if !self.outbox.is_empty() && !self.queued {
+            return Err(format!("room '{name}' holds events but is not queued"));
+        }
+        Ok(())
+    }
+
+    /// Sets the Seq of the last event, to test the wrap past zero.
+    #[cfg(test)]
+    pub fn set_seq(&mut self, seq: u32) {
+        self.seq = seq;
+    }
+}
+
+#[cfg(test)]
+mod tests;
