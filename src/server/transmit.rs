@@ -23,6 +23,15 @@ pub struct SessionId {
     pub id: u64,
 }
 
+/// Where a bound member's datagrams go: a UDP address, or a WebSocket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addr {
+    /// Its UDP address (and the server address to send from).
+    Udp(Dest),
+    /// Its session.
+    Session(SessionId),
+}
+
 /// Sends one payload to many receivers without blocking.
 pub trait Transmit {
     /// Sends `payload` to each of `to`; returns how many sends succeeded.

@@ -166,8 +166,10 @@ impl<R: Rng, T: Transmit> Unit<'_, '_, R, T> {
             Ok(Some((frame, n))) if n == unit.len() => {
                 match Request::parse(&frame) {
                     Ok(req) => {
+                        let session = self.session;
+                        let tx = &mut **self.tx;
                         self.relay
-                            .handle_request(now, peer, &req, scratch, *self.tx);
+                            .handle_session_request(now, peer, session, &req, scratch, tx);
                     }
                     Err(field) => {
                         debug!("invalid request from web session {peer}: {field}");
@@ -209,10 +211,12 @@ impl<R: Rng, T: Transmit> Unit<'_, '_, R, T> {
         }
     }
 
-    /// A channel-2 unit: one datagram from this session.
-    fn datagram(&mut self, _now: Instant, _datagram: &[u8]) {
-        // Members bound to sessions are the relay's (see the relay's session origin).
-        let _ = self.session;
+    /// A channel-2 unit: one datagram from this session (dropped and counted by the relay
+    /// like any datagram when it is not a valid one of a member of this session).
+    fn datagram(&mut self, now: Instant, datagram: &[u8]) {
+        let tx = &mut **self.tx;
+        self.relay
+            .handle_session_datagram(now, self.session, datagram, tx);
     }
 }
 
