@@ -227,3 +227,6 @@ fn reply_len(buf: &[u8]) -> Option<usize> {
     let len = HEADER_LEN + usize::from(h.room_len) + usize::try_from(h.payload_len?).ok()?;
     (len <= buf.len()).then_some(len)
 }
+
+#[cfg(test)]
+mod tests;
