@@ -102,8 +102,8 @@ struct Args {
     #[argh(option)]
     web: Option<WebAddr>,
 
-    /// an origin (as browsers send it, e.g. https://chat.example:8443) whose pages may
-    /// open WebSocket sessions besides the server's own; repeatable
+    /// an origin, as browsers send it (scheme, host and port if not the default),
+    /// whose pages may open WebSocket sessions besides the server's own; repeatable
     #[argh(option)]
     web_origin: Vec<String>,
 }

@@ -1,14 +1,22 @@
 //! The readiness loop: moves bytes between sockets and the sans-IO types.
 //!
-//! One thread, one `mio::Poll` over the TCP listener (and the metrics listener), the TCP
-//! connections (in a `Slab`, token = key + [`CONN_BASE`]), one UDP socket and the shutdown
-//! signals. Datagrams go to the [`Relay`]; TCP bytes go to each connection's [`Conn`], which
-//! hands whole requests to the relay (or answers a scrape). The earliest deadline of the
-//! relay and of the connections is the poll timeout, so there is no fixed tick.
+//! One thread, one `mio::Poll` over the TCP listener (and the metrics and web listeners),
+//! the TCP connections (in a `Slab`, token = key + [`CONN_BASE`]), one UDP socket and the
+//! shutdown signals. Datagrams go to the [`Relay`]; TCP bytes go to each connection's
+//! [`Conn`], which hands whole requests to the relay (or answers a scrape, or serves the
+//! web page and WebSocket sessions). The earliest deadline of the relay and of the
+//! connections is the poll timeout, so there is no fixed tick.
+//!
+//! WebSocket members (PROTOCOL.md §6): the relay sends a room's outbox once through
+//! `LoopTx`, which hands UDP destinations to `sendmmsg` and queues the same bytes once
+//! for the room's sessions ([`SessionOutbox`]); after each relay call the loop frames them
+//! into each session's output buffer (found by slab key and generation, no scan; dropped
+//! and counted past 256 KiB), and writes the sessions it touched once at the end of the
+//! turn (`web.rs` beside this file).
 //!
 //! Where I/O happens: this file reads and writes the TCP sockets, accepts, and drives the
 //! UDP socket through [`crate::sys::udp`] (`recvmmsg`/`sendmmsg`), which is also where the
-//! relay's [`Transmit`](super::transmit::Transmit) sends; `tcp.rs` beside this file does the
+//! relay's [`Transmit`] sends; `tcp.rs` beside this file does the
 //! TCP side. Socket set-up is [`crate::sys::socket`]. No `unsafe` here: all of it is under
 //! [`crate::sys`].
 //!
