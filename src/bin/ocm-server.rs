@@ -26,7 +26,8 @@ fn default_idle_timeout() -> u16 {
     u16::try_from(Config::default().idle_timeout.as_secs()).unwrap_or(u16::MAX)
 }
 
-/// OCM chat relay: rooms over TCP (TCRP), chat over UDP.
+/// OCM chat relay: rooms over TCP (TCRP), chat over UDP, and both over WebSocket for
+/// browsers (--web).
 #[derive(FromArgs, Debug)]
 struct Args {
     /// TCP port, and the UDP port unless --udp-port is given; 0 picks free ports
