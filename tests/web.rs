@@ -403,3 +403,67 @@ fn a_half_finished_handshake_times_out() {
         "{took:?}"
     );
 }
+
+#[test]
+fn a_closed_session_leaves_its_member_until_the_idle_timeout() {
+    let srv = WebServer::start(&["--idle-timeout", "1"]);
+    let host = {
+        let m = control(&srv).create("stay", "host", b"", 0).unwrap();
+        Member::bind(m)
+    };
+    let mut web = Ws::open(&srv);
+    let token = web.join("stay", "tab");
+    web.send_unit(2, &datagram("stay", &token, ""));
+    host.wait_for(|e| e.is(EventKind::Joined, "tab"));
+    drop(web); // the tab is closed: no LEAVE
+    // Events for the gone session are simply not sent; the member times out as any other.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        host.heartbeat();
+        if let Some(evs) = host.recv_datagram(Duration::from_millis(200)) {
+            if evs.iter().any(|e| e.is(EventKind::TimedOut, "tab")) {
+                assert!(start.elapsed() >= Duration::from_millis(500));
+                return;
+            }
+        }
+    }
+    panic!("no TIMED_OUT for the closed session's member");
+}
+
+/// Spawns the server with `args` and returns its first line (or its error output).
+fn first_line(args: &[&str]) -> (String, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(common::server_binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let _ = out.read_line(&mut line);
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (line, format!("{status}: {err}"))
+}
+
+#[test]
+fn the_listening_line_names_the_web_listener_and_a_taken_port_is_an_error() {
+    let (line, _) = first_line(&["--port", "0", "--web", "off"]);
+    assert!(
+        line.starts_with("listening tcp=") && !line.contains("web="),
+        "{line}"
+    );
+    let (line, _) = first_line(&["--port", "0", "--bind", "::1"]);
+    let web = line.split_whitespace().find_map(|w| w.strip_prefix("web="));
+    assert!(web.is_some_and(|w| w.starts_with("[::1]:")), "{line}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap().to_string();
+    let (line, err) = first_line(&["--port", "0", "--web", &at]);
+    assert!(line.is_empty(), "no listening line: {line}");
+    assert!(err.contains("cannot serve the web page on"), "{err}");
+}
