@@ -154,6 +154,11 @@ fn config(c: &[u8; RELAY_CONFIG_LEN]) -> Config {
         msg_rate: u32::from(c[8] % 4),
         msg_burst: 1 + u32::from(c[9] % 3),
         batch_max: 1 + usize::from(c[1] % 8),
+        // (v1.1) Small rings, so that NACKs meet GONE; tight memory and repair buckets.
+        history: usize::from(c[9] / 4 % 8),
+        history_memory: 64 + 64 * usize::from(c[7] / 4 % 16),
+        repair_rate: 64 * u64::from(c[8] / 4 % 4),
+        repair_burst: 128 * u64::from(c[8] / 16 % 4),
     }
 }
 
