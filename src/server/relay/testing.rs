@@ -9,6 +9,7 @@ use std::time::Instant;
 use rand::Rng;
 
 use super::{DatagramOutcome, Relay};
+use crate::protocol::control::{ControlBody, ControlDatagram};
 use crate::protocol::datagram::ChatDatagram;
 use crate::protocol::frame::{Grant, Request, split_reply};
 use crate::protocol::{MAX_DATAGRAM, Operation, Status};
@@ -47,6 +48,18 @@ pub fn chat_datagram(room: &str, token: &[u8], message: &str) -> Vec<u8> {
         message,
     };
     let n = d.encode(&mut buf).expect("an encodable datagram");
+    buf[..n].to_vec()
+}
+
+/// The bytes of a v1.1 control datagram.
+pub fn control_datagram(room: &str, token: &[u8], body: ControlBody<'_>) -> Vec<u8> {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let d = ControlDatagram {
+        room: room.as_bytes(),
+        token,
+        body,
+    };
+    let n = d.encode(&mut buf).expect("an encodable control datagram");
     buf[..n].to_vec()
 }
 

@@ -460,3 +460,5 @@ fn one_ip_cannot_hold_more_than_its_share_of_members() {
     assert_eq!(w.request(0, ip(1), join("d")).0, Status::Ok);
     w.relay.check_invariants().unwrap();
 }
+
+mod recovery;
