@@ -102,3 +102,12 @@ pub fn bound_room<R: Rng>(
     }
     tokens
 }
+
+/// The Seq of room `room`'s latest event (0 when it has had none, or does not exist): what
+/// a SYNC answer says, for checks of NACK and SYNC answers.
+pub fn latest_seq<R: Rng>(relay: &Relay<R>, room: &str) -> u32 {
+    relay
+        .by_name
+        .get(room)
+        .map_or(0, |&key| relay.rooms[key].seq())
+}
