@@ -40,6 +40,8 @@ pub struct History {
     base: u64,
     /// Seq of `entries[0]`; meaningless while empty.
     oldest: u32,
+    /// Seq of the last entry; meaningless while empty.
+    newest: u32,
 }
 
 impl History {
@@ -51,6 +53,7 @@ impl History {
             entries: VecDeque::new(),
             base: 0,
             oldest: 0,
+            newest: 0,
         }
     }
 
@@ -65,7 +68,7 @@ impl History {
         {
             self.shed_oldest(counters);
         }
-        if !self.entries.is_empty() && seq != next_seq(self.newest()) {
+        if !self.entries.is_empty() && seq != next_seq(self.newest) {
             // Room events are consecutive; only a test that sets a room's Seq gets here.
             self.clear(counters);
         }
@@ -77,6 +80,7 @@ impl History {
             len: event.len() as u32,
         });
         self.bytes.extend(event);
+        self.newest = seq;
         counters.history_events += 1;
         counters.history_bytes += event.len() as u64;
     }
@@ -127,7 +131,7 @@ impl History {
 
     /// Seq of the newest event held (meaningless while empty).
     pub fn newest(&self) -> u32 {
-        seq_add(self.oldest, self.entries.len().saturating_sub(1) as u64)
+        self.newest
     }
 
     /// The bytes of the event at `index` (0: the oldest), in one or two pieces (an event may
@@ -150,6 +154,9 @@ impl History {
     pub fn check(&self) -> Result<(), String> {
         if self.entries.len() > self.max_events || self.bytes.len() > ROOM_HISTORY_BYTES {
             return Err("history over its caps".into());
+        }
+        if !self.is_empty() && seq_add(self.oldest, self.len() as u64 - 1) != self.newest {
+            return Err("history Seqs are not consecutive".into());
         }
         let sum: u64 = self.entries.iter().map(|e| u64::from(e.len)).sum();
         if sum != self.bytes.len() as u64 {
@@ -208,6 +215,7 @@ mod tests {
             assert_eq!([a, b].concat(), event(3 + i as u32, 13 + i));
         }
         h.check().unwrap();
+        assert_eq!(seq_add(h.oldest(), h.len() as u64 - 1), h.newest());
         h.clear(&mut c);
         assert_eq!((c.history_events, c.history_bytes), (0, 0));
     }
