@@ -141,7 +141,15 @@ impl<R: Rng> Relay<R> {
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
         self.members[key].v11 = true;
-        if pinned_now && !matches!(body, ControlBody::Send { .. }) {
+        // What is queued leaves before an answer: the JOINED of a datagram that bound the
+        // member (§5.2), and, for SYNC, the events its LastSeq counts (so that the answer
+        // never shows a gap that is only queued; SYNCs come about once a second).
+        let flush_first = match body {
+            ControlBody::Send { .. } => false,
+            ControlBody::Nack { .. } => pinned_now,
+            ControlBody::Sync => true,
+        };
+        if flush_first {
             let room = self.members[key].room;
             self.rooms[room].flush(&mut self.counters, tx);
         }

@@ -693,3 +693,16 @@ fn resume_guessing_is_throttled_like_passwords() {
     assert_eq!(resume(&mut w, 60_000, ip(7), "r", &ta, KEY).0, Status::Ok);
     w.flush();
 }
+
+#[test]
+fn a_sync_answer_never_overtakes_the_events_it_counts() {
+    let (mut w, ta, tb) = mixed_room(Config::default());
+    w.datagram(1, addr(2), "r", &tb, "queued");
+    assert!(w.tx.sent.is_empty(), "still in the outbox");
+    w.sync(1, addr(1), &ta);
+    let got = w.raw(addr(1));
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0][0].0, got[0][0].1), (EventKind::Message as u8, 3));
+    assert_eq!(got[1], vec![sync_ev("a", 3, 0)]);
+    w.flush();
+}
