@@ -162,6 +162,18 @@ impl fmt::Display for Counters {
             self.rooms_created,
             self.rooms_closed
         )?;
+        write!(
+            f,
+            "; v1.1 nacks={} repair_events={} repair_dropped={} gone={} syncs={} tail_notices={} duplicate_sends={} history_bytes={}",
+            self.nacks,
+            self.repair_events,
+            self.repair_dropped,
+            self.gone,
+            self.syncs,
+            self.tail_notices,
+            self.duplicate_sends,
+            self.history_bytes
+        )?;
         f.write_str("; drops:")?;
         for r in DropReason::ALL {
             write!(f, " {}={}", r.name(), self.drops_for(r))?;

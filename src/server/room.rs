@@ -125,6 +125,11 @@ impl Room {
         self.history.shed_oldest(counters)
     }
 
+    /// Gives back memory a shed ring no longer needs.
+    pub fn trim_history(&mut self) {
+        self.history.trim();
+    }
+
     /// Every member key, bound or not, in order of joining (but for removals).
     pub fn members(&self) -> &[usize] {
         &self.members

@@ -364,6 +364,7 @@ impl<R: Rng> Relay<R> {
                     break;
                 }
             }
+            room.trim_history();
             if bytes > 0 {
                 heap.push((bytes, key));
             }

@@ -19,6 +19,9 @@ use crate::server::counters::Counters;
 /// `--history` of short chat lines, without one room holding more than its share.
 pub const ROOM_HISTORY_BYTES: usize = 1 << 20;
 
+/// Spare capacity a trimmed ring keeps (bytes), so that trimming is not undone at once.
+const TRIM_SLACK: usize = 16 << 10;
+
 /// Where one held event's bytes are.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -98,6 +101,16 @@ impl History {
         counters.history_events -= 1;
         counters.history_bytes -= len as u64;
         len
+    }
+
+    /// Gives memory back after the server-wide cap shed much of the ring: a ring keeps its
+    /// capacity otherwise (so that a full ring allocates nothing per event), and the cap is
+    /// meant to bound memory, not just the bytes counted.
+    pub fn trim(&mut self) {
+        if self.bytes.capacity() > 2 * self.bytes.len() + TRIM_SLACK {
+            self.bytes.shrink_to(self.bytes.len() + TRIM_SLACK);
+            self.entries.shrink_to(self.entries.len() + TRIM_SLACK / 64);
+        }
     }
 
     /// Drops everything (the room ends), taking it off the gauges.
