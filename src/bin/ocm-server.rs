@@ -94,6 +94,25 @@ struct Args {
     #[argh(option, default = "Config::default().batch_max")]
     batch_max: usize,
 
+    /// events each room keeps for NACK (v1.1 history); 0 keeps none (default: 1024)
+    #[argh(option, default = "Config::default().history")]
+    history: usize,
+
+    /// event bytes all rooms' histories hold together; past it the largest shed first
+    /// (default: 268435456)
+    #[argh(option, default = "Config::default().history_memory")]
+    history_memory: usize,
+
+    /// bytes per second refilling a member's budget for NACK answers; 0 turns the limit off
+    /// (default: 1048576)
+    #[argh(option, default = "Config::default().repair_rate")]
+    repair_rate: u64,
+
+    /// bytes of NACK answers a member may receive at once; 0 turns the limit off
+    /// (default: 4194304)
+    #[argh(option, default = "Config::default().repair_burst")]
+    repair_burst: u64,
+
     /// serve Prometheus metrics over HTTP at ADDR:PORT (GET /metrics); off unless given
     #[argh(option)]
     metrics: Option<SocketAddr>,
@@ -162,6 +181,10 @@ impl Args {
             msg_rate: self.msg_rate,
             msg_burst: self.msg_burst,
             batch_max: self.batch_max,
+            history: self.history,
+            history_memory: self.history_memory,
+            repair_rate: self.repair_rate,
+            repair_burst: self.repair_burst,
         };
         let limits = Limits {
             max_connections: self.max_connections,
@@ -315,6 +338,10 @@ mod tests {
             ("max-members-per-ip", c.max_members_per_ip.to_string()),
             ("max-rooms-per-ip", c.max_rooms_per_ip.to_string()),
             ("batch-max", c.batch_max.to_string()),
+            ("history", c.history.to_string()),
+            ("history-memory", c.history_memory.to_string()),
+            ("repair-rate", c.repair_rate.to_string()),
+            ("repair-burst", c.repair_burst.to_string()),
             (
                 "web",
                 format!(
