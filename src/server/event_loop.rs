@@ -32,6 +32,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -53,6 +54,7 @@ use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
 
 mod tcp;
+mod tls;
 mod web;
 
 pub use super::conn::admission::Limits;
@@ -94,6 +96,11 @@ struct LoopStats {
     accepted: u64,
     refused: u64,
     slow_peers: u64,
+    /// TLS handshakes completed.
+    tls_handshakes: u64,
+    /// TLS connections closed for breaking TLS (not a ClientHello, a bad record, a failed
+    /// handshake).
+    tls_errors: u64,
 }
 
 /// The listeners, and the accept back-off shared by them.
@@ -173,6 +180,8 @@ pub struct Server {
     clients: Clients,
     web: WebSide,
     stats: LoopStats,
+    /// With `--tls-cert` and `--tls-key`: the TCRP and web listeners speak TLS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Sources that still had input when their turn's budget ran out: served first next
     /// turn, and the poll does not wait while any is here.
     backlog: Vec<Token>,
@@ -241,6 +250,7 @@ impl Server {
                 ..WebSide::default()
             },
             stats: LoopStats::default(),
+            tls: None,
             backlog: Vec::new(),
         })
     }
@@ -256,6 +266,18 @@ impl Server {
         self.listeners.web = Some(l);
         self.web.site = site;
         Ok(self)
+    }
+
+    /// Makes the TCRP and web listeners speak TLS only (PROTOCOL.md §6), with `config`
+    /// (see [`crate::server::tls::load`]).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Server {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Whether the TCRP and web listeners speak TLS.
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The web listener's address, if there is one.

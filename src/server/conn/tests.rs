@@ -315,6 +315,8 @@ fn a_scrape_is_answered_once_its_head_is_whole_then_drains() {
             accepted: 1,
             refused: 0,
             slow_peers: 0,
+            tls_handshakes: 0,
+            tls_errors: 0,
             wakeups: 1,
             busy_seconds: 0.0,
             web: Default::default(),
