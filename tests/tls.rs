@@ -256,6 +256,42 @@ fn plain_tcrp_on_the_tls_port_is_closed_and_the_server_goes_on() {
 }
 
 #[test]
+fn a_connection_over_the_limit_is_refused_inside_tls() {
+    let certs = Certs::new();
+    let srv = tls_server(&certs, &["--max-connections", "1"]);
+    let mut first = tls_control(&srv, &certs);
+    let refused = tls_control(&srv, &certs).create("full", "u", b"", 0);
+    assert_eq!(common::status_of(refused), Status::ServerFull);
+    assert!(first.list().is_ok(), "the admitted one is served");
+}
+
+#[test]
+fn a_tls_peer_that_never_reads_is_closed_at_the_output_cap() {
+    let certs = Certs::new();
+    let srv = tls_server(&certs, &["--max-rooms-per-ip", "0"]);
+    let mut c = tls_control(&srv, &certs);
+    for i in 0..40 {
+        c.create(&format!("a-room-with-a-long-name-{i:03}"), "u", b"", 0)
+            .expect("create");
+    }
+    let mut s = tls_stream(&certs, srv.tcp);
+    let mut list = Vec::new();
+    Request::List.encode(&mut list).unwrap();
+    let burst: Vec<u8> = list.repeat(1000);
+    // Each LIST reply is about 1.5 KiB: a few hundred unread ones pass the 256 KiB cap.
+    let mut closed = false;
+    for _ in 0..200 {
+        if s.write_all(&burst).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the server closed the connection");
+    assert!(srv.metric("ocm_tcp_slow_peers_closed_total") >= 1.0);
+    still_serves(&srv, &certs, "after-slow");
+}
+
+#[test]
 fn a_thousand_stalled_handshakes_do_not_stop_a_new_client() {
     ocm::sys::rlimit::raise_nofile_limit().expect("raise the open-file limit");
     let certs = Certs::new();
