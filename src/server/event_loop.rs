@@ -14,6 +14,11 @@
 //! and counted past 256 KiB), and writes the sessions it touched once at the end of the
 //! turn (`web.rs` beside this file).
 //!
+//! TLS (`--tls-cert`, PROTOCOL.md §6): a connection on the TCRP or web listener then has a
+//! [`TlsLayer`] between its socket and its [`Conn`]; `tls.rs` beside this file moves records
+//! between the socket and the layer and plaintext between the layer and the `Conn`, in the
+//! same turn and with the same budgets, timers and caps as a plain connection.
+//!
 //! Where I/O happens: this file reads and writes the TCP sockets, accepts, and drives the
 //! UDP socket through [`crate::sys::udp`] (`recvmmsg`/`sendmmsg`), which is also where the
 //! relay's [`Transmit`] sends; `tcp.rs` beside this file does the
@@ -29,6 +34,7 @@
 //!   served during a flood; UDP sends that the socket refuses are dropped and counted.
 //!
 //! [`Conn`]: super::conn::Conn
+//! [`TlsLayer`]: super::tls::TlsLayer
 
 use std::io;
 use std::net::SocketAddr;

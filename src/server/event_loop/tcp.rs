@@ -97,7 +97,7 @@ impl Server {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant, kind: Kind) {
         let admit = self.clients.admission.admit(kind, peer.ip());
-        let conn = match (admit, kind) {
+        let mut conn = match (admit, kind) {
             (Admit::Dropped, _) => {
                 self.stats.refused += 1;
                 debug!("refusing {peer} unanswered: too many refusals pending");
@@ -113,14 +113,7 @@ impl Server {
                 };
                 Conn::refused(now, answer)
             }
-            (Admit::Counted, Kind::Tcrp) => {
-                let mut conn = Conn::new(now, tcrp::INPUT_CAP);
-                if self.tls.is_some() {
-                    // The handshake must be done within REQUEST_TIMEOUT of the accept.
-                    conn.expect_request(now);
-                }
-                conn
-            }
+            (Admit::Counted, Kind::Tcrp) => Conn::new(now, tcrp::INPUT_CAP),
             (Admit::Counted, Kind::Http) => Conn::new(now, http::INPUT_CAP),
             (Admit::Counted, Kind::Web) => {
                 // The handshake must be whole within REQUEST_TIMEOUT of the accept.
@@ -140,6 +133,11 @@ impl Server {
             },
             _ => None,
         };
+        if tls.is_some() {
+            // The handshake must be done within REQUEST_TIMEOUT of the accept (a refusal
+            // too: it is said inside TLS, and lingers only once said).
+            conn.expect_request(now);
+        }
         if admit == Admit::Counted {
             self.stats.accepted += 1;
         }
