@@ -38,6 +38,10 @@ pub struct Snapshot<'a> {
     pub refused: u64,
     /// TCP peers closed for not reading their replies.
     pub slow_peers: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS connections closed for breaking TLS.
+    pub tls_errors: u64,
     /// Event-loop wake-ups.
     pub wakeups: u64,
     /// Seconds the loop spent working (not waiting in poll).
@@ -72,6 +76,25 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
     render_recovery(s.counters, out);
     render_lifecycle(s, out);
     render_web(&s.web, out);
+    render_tls(s, out);
+}
+
+/// The TLS listeners (PROTOCOL.md §6); zero when TLS is off.
+fn render_tls(s: &Snapshot<'_>, out: &mut String) {
+    one(
+        out,
+        "tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on the TCRP and web listeners.",
+        s.tls_handshakes,
+    );
+    one(
+        out,
+        "tls_errors_total",
+        "counter",
+        "TLS connections closed for breaking TLS (not a ClientHello, a bad record, a failed handshake).",
+        s.tls_errors,
+    );
 }
 
 /// WebSocket sessions and their traffic (PROTOCOL.md §6).
@@ -494,6 +517,8 @@ mod tests {
             accepted: 5,
             refused: 0,
             slow_peers: 0,
+            tls_handshakes: 0,
+            tls_errors: 0,
             wakeups: 9,
             busy_seconds: 0.25,
             web: WebStats::default(),
