@@ -33,6 +33,8 @@
 
 pub mod body;
 pub mod cli;
+pub mod gaps;
+pub mod loss;
 pub mod order;
 pub mod report;
 pub mod run;
