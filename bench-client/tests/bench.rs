@@ -50,8 +50,9 @@ fn f(v: &serde_json::Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
 }
 
+/// The version 1 path (`--v1`) as before v1.1: plain chat datagrams, empty heartbeats.
 #[test]
-fn small_bench_is_self_consistent() {
+fn small_v1_bench_is_self_consistent() {
     let server = ServerProc::start(&["--msg-rate", "0", "--max-rooms-per-ip", "0"]);
     let server_addr = server.addr();
     let dir = std::env::temp_dir().join(format!("bench-client-test-{}", std::process::id()));
@@ -73,6 +74,7 @@ fn small_bench_is_self_consistent() {
         "1",
         "--json",
         json_arg,
+        "--v1",
     ]);
     assert!(
         ok,
@@ -87,6 +89,7 @@ fn small_bench_is_self_consistent() {
         "99.990%",
         "100.000%",
         "Bench CPU",
+        "Protocol      v1: chat datagrams",
     ] {
         assert!(stdout.contains(needle), "no {needle:?} in\n{stdout}");
     }
@@ -97,6 +100,11 @@ fn small_bench_is_self_consistent() {
     let _ = std::fs::remove_dir_all(&dir);
     let v: serde_json::Value = serde_json::from_str(&text).expect("the JSON parses");
 
+    assert_eq!(v["protocol"], "v1");
+    // No recovery on the v1 path.
+    for zero in ["nacks", "recovered", "repair_datagrams", "lost_datagrams"] {
+        assert_eq!(u(&v, zero), 0, "{zero} in {text}");
+    }
     let sent = u(&v, "sent");
     let room = u(&v, "room_size_max");
     assert_eq!(u(&v, "users"), 20);
