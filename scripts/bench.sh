@@ -9,6 +9,7 @@
 # when absent); everything else goes to bench-client. The bench speaks protocol v1.1 (SEND,
 # SYNC, NACK recovery) unless given --v1.
 # Extra server flags: OCM_SERVER_ARGS="--batch-max 1" scripts/bench.sh --rate 50000
+# Another server binary: OCM_SERVER_BIN=/path/to/ocm-server scripts/bench.sh
 #
 # The server runs with --msg-rate 0 (no per-member flood control, or the bench would
 # measure the rate limit) and --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1).
@@ -57,7 +58,8 @@ echo "bench.sh: building (cargo build --release -p ocm -p bench-client)" >&2
 cargo build --release --quiet -p ocm -p bench-client
 
 target_dir="${CARGO_TARGET_DIR:-target}"
-server_bin="$target_dir/release/ocm-server"
+# OCM_SERVER_BIN: another server build to measure (e.g. a branch's), instead of this tree's.
+server_bin="${OCM_SERVER_BIN:-$target_dir/release/ocm-server}"
 bench_bin="$target_dir/release/bench-client"
 
 tmp="$(mktemp -d)"

@@ -92,6 +92,11 @@ pub struct Args {
     /// v1.1 path: SEND with ClientSeq, SYNC heartbeats, gaps recovered with NACK)
     #[argh(switch)]
     pub v1: bool,
+
+    /// v1.1: ms before an unanswered NACK is repeated the first time, doubling after
+    /// (default: 50, as PROTOCOL.md §5.4 suggests; 1 to 1000)
+    #[argh(option, default = "50")]
+    pub nack_retry_ms: u64,
 }
 
 /// Highest `--loss`: past it a run measures little but retries.
@@ -150,6 +155,9 @@ impl Args {
         }
         if !(0.0..=MAX_LOSS).contains(&self.loss) {
             return Err(format!("--loss must be a probability from 0 to {MAX_LOSS}"));
+        }
+        if !(1..=1000).contains(&self.nack_retry_ms) {
+            return Err("--nack-retry-ms must be 1 to 1000".into());
         }
         if self.sweep && self.sweep_steps == 0 {
             return Err("--sweep-steps must be at least 1".into());
@@ -233,6 +241,7 @@ mod tests {
         assert!(check(&["--loss", "0.95"]).contains("--loss"));
         assert!(check(&["--loss", "-0.1"]).contains("--loss"));
         assert!(check(&["--loss", "NaN"]).contains("--loss"));
+        assert!(check(&["--nack-retry-ms", "0"]).contains("--nack-retry-ms"));
         assert!(parse(&["--rate", "fast"]).is_err());
     }
 

@@ -30,7 +30,7 @@ pub const REORDER_WAIT_NS: u64 = 10_000_000;
 /// reordering (§5.4: 3).
 pub const REORDER_EVENTS: u8 = 3;
 /// Interval before a NACK is repeated the first time; doubles after each repeat (§5.4: 50,
-/// 100, 200 ms, ...).
+/// 100, 200 ms, ...). `--nack-retry-ms` changes it, to see what it costs the p99.
 pub const NACK_RETRY_NS: u64 = 50_000_000;
 /// Longest interval between repeats: keeps asking while the gap lasts, without flooding.
 pub const NACK_RETRY_MAX_NS: u64 = 1_000_000_000;
@@ -111,6 +111,8 @@ pub struct GapTracker {
     next: u32,
     /// Open gaps, in Seq order (gaps open at the top and close anywhere).
     gaps: Vec<Gap>,
+    /// Wait before the first repeat of a NACK (then doubling, capped).
+    retry_ns: u64,
 }
 
 impl Default for GapTracker {
@@ -120,11 +122,18 @@ impl Default for GapTracker {
 }
 
 impl GapTracker {
-    /// A tracker that has seen nothing; its only allocation.
+    /// A tracker that has seen nothing, with the default NACK timing; its only allocation.
     pub fn new() -> GapTracker {
+        GapTracker::with_retry(NACK_RETRY_NS)
+    }
+
+    /// The same, repeating an unanswered NACK first after `retry_ns` (at least 1 ms), then
+    /// doubling up to [`NACK_RETRY_MAX_NS`].
+    pub fn with_retry(retry_ns: u64) -> GapTracker {
         GapTracker {
             next: 0,
             gaps: Vec::with_capacity(MAX_GAPS),
+            retry_ns: retry_ns.clamp(1_000_000, NACK_RETRY_MAX_NS),
         }
     }
 
@@ -250,7 +259,7 @@ impl GapTracker {
                 sent += 1;
             }
             g.tries = g.tries.saturating_add(1);
-            g.due_ns = now.saturating_add(backoff(g.tries));
+            g.due_ns = now.saturating_add(backoff(self.retry_ns, g.tries));
         }
         sent
     }
@@ -312,13 +321,11 @@ impl GapTracker {
     }
 }
 
-/// Wait before the next NACK of a gap already NACKed `tries` times: 50, 100, 200 ms, ...,
-/// capped at one second.
-pub fn backoff(tries: u8) -> u64 {
+/// Wait before the next NACK of a gap already NACKed `tries` times: `first`, twice that,
+/// four times, ... (50, 100, 200 ms by default), capped at one second.
+pub fn backoff(first: u64, tries: u8) -> u64 {
     let doublings = u32::from(tries.saturating_sub(1)).min(16);
-    NACK_RETRY_NS
-        .saturating_mul(1 << doublings)
-        .min(NACK_RETRY_MAX_NS)
+    first.saturating_mul(1 << doublings).min(NACK_RETRY_MAX_NS)
 }
 
 #[cfg(test)]
@@ -514,11 +521,26 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_a_cap() {
-        assert_eq!(backoff(1), 50 * MS);
-        assert_eq!(backoff(2), 100 * MS);
-        assert_eq!(backoff(3), 200 * MS);
-        assert_eq!(backoff(5), 800 * MS);
-        assert_eq!(backoff(6), 1_000 * MS);
-        assert_eq!(backoff(255), 1_000 * MS);
+        let b = |t| backoff(NACK_RETRY_NS, t);
+        assert_eq!(b(1), 50 * MS);
+        assert_eq!(b(2), 100 * MS);
+        assert_eq!(b(3), 200 * MS);
+        assert_eq!(b(5), 800 * MS);
+        assert_eq!(b(6), 1_000 * MS);
+        assert_eq!(b(255), 1_000 * MS);
+        assert_eq!(backoff(20 * MS, 2), 40 * MS);
+    }
+
+    #[test]
+    fn a_shorter_first_retry() {
+        let mut t = GapTracker::with_retry(20 * MS);
+        let mut c = GapCounts::default();
+        t.event(1, 0, &mut c);
+        t.event(3, 0, &mut c);
+        assert_eq!(nacks(&mut t, 10 * MS), vec![(2, 1)]);
+        assert_eq!(t.next_due(), Some(30 * MS));
+        assert_eq!(nacks(&mut t, 30 * MS), vec![(2, 1)]);
+        assert_eq!(t.next_due(), Some(70 * MS));
+        assert_eq!(GapTracker::with_retry(0).retry_ns, MS, "at least 1 ms");
     }
 }

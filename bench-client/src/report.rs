@@ -44,6 +44,8 @@ pub struct Setup {
     pub loss: f64,
     /// `--seed` of the loss filter.
     pub seed: u64,
+    /// `--nack-retry-ms`: first repeat of an unanswered NACK (v1.1).
+    pub nack_retry_ms: u64,
 }
 
 /// Percentiles of a histogram in µs.
@@ -245,7 +247,8 @@ impl StepReport {
         let _ = match s.path {
             Path::V11 => writeln!(
                 t,
-                "  Protocol      v1.1: SEND with ClientSeq, SYNC heartbeats, gaps NACKed"
+                "  Protocol      v1.1: SEND with ClientSeq, SYNC heartbeats, gaps NACKed (repeated after {} ms, doubling)",
+                s.nack_retry_ms
             ),
             Path::V1 => writeln!(
                 t,
@@ -398,6 +401,7 @@ impl StepReport {
         j.str("protocol", s.path.name());
         j.num("loss", s.loss);
         j.int("seed", s.seed);
+        j.int("nack_retry_ms", s.nack_retry_ms);
         j.num("rate_asked", self.rate_asked);
         j.num("rate_achieved", self.rate_achieved);
         j.int("sent", c.sent_measured);
@@ -584,6 +588,7 @@ mod tests {
                 path: Path::V11,
                 loss: 0.0,
                 seed: 1,
+                nack_retry_ms: 50,
             },
             rate_asked: 200.0,
             rate_achieved: 200.0,

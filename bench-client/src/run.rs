@@ -130,8 +130,14 @@ fn run_with_rooms(
     // User u goes to worker u % threads, in increasing order (see schedule.rs).
     let mut per_worker: Vec<Vec<User>> = (0..threads).map(|_| Vec::new()).collect();
     for (u, m) in members.iter().enumerate() {
-        let user = User::new(u as u32, topo.room_of[u], m.clone(), args.rcvbuf)
-            .map_err(|e| format!("cannot open a UDP socket to {}: {e}", m.udp_addr))?;
+        let user = User::new(
+            u as u32,
+            topo.room_of[u],
+            m.clone(),
+            args.rcvbuf,
+            args.nack_retry_ms * 1_000_000,
+        )
+        .map_err(|e| format!("cannot open a UDP socket to {}: {e}", m.udp_addr))?;
         per_worker[u % threads].push(user);
     }
     let ports: HashSet<u16> = per_worker.iter().flatten().map(|u| u.local_port).collect();
@@ -166,6 +172,7 @@ fn run_with_rooms(
         path,
         loss: args.loss,
         seed: args.seed,
+        nack_retry_ms: args.nack_retry_ms,
     };
     if !args.quiet {
         eprintln!(

@@ -96,8 +96,15 @@ pub struct User {
 }
 
 impl User {
-    /// A user with a fresh socket connected to `membership.udp_addr`.
-    pub fn new(id: u32, room: u32, membership: Membership, rcvbuf: usize) -> io::Result<User> {
+    /// A user with a fresh socket connected to `membership.udp_addr`, repeating unanswered
+    /// NACKs first after `nack_retry_ns`.
+    pub fn new(
+        id: u32,
+        room: u32,
+        membership: Membership,
+        rcvbuf: usize,
+        nack_retry_ns: u64,
+    ) -> io::Result<User> {
         let any: std::net::SocketAddr = if membership.udp_addr.is_ipv4() {
             "0.0.0.0:0".parse().map_err(io::Error::other)?
         } else {
@@ -124,7 +131,7 @@ impl User {
             synced: false,
             seen: HashSet::new(),
             trackers: Vec::new(),
-            gaps: GapTracker::new(),
+            gaps: GapTracker::with_retry(nack_retry_ns),
         })
     }
 
