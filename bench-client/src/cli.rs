@@ -97,6 +97,15 @@ pub struct Args {
     /// (default: 50, as PROTOCOL.md §5.4 suggests; 1 to 1000)
     #[argh(option, default = "50")]
     pub nack_retry_ms: u64,
+
+    /// control connections over TLS (a server with --tls-cert), checked against the
+    /// system's trusted CAs and the host in --server; the load itself stays UDP
+    #[argh(switch)]
+    pub tls: bool,
+
+    /// also trust the CA certificate(s) in this PEM file; implies --tls
+    #[argh(option)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Highest `--loss`: past it a run measures little but retries.
