@@ -64,6 +64,20 @@ export function skipReason() {
   return reason;
 }
 
+/**
+ * Every process a test started and has not seen exit: killed if this test file's process
+ * ends first (a test that timed out, or the runner stopping), so no server outlives it.
+ */
+const children = new Set();
+process.once('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+function track(child) {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `check` until it returns a truthy value (returned) or `ms` pass (throws `what`). */
@@ -85,7 +99,7 @@ export async function until(what, check, ms = WAIT_MS) {
  */
 export async function startServer(extra = []) {
   const args = ['--port', '0', '--bind', '127.0.0.1', ...extra];
-  const child = spawn(SERVER_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = track(spawn(SERVER_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
   const lines = [];
   const keep = (stream) =>
     createInterface({ input: stream }).on('line', (l) => {
@@ -134,9 +148,11 @@ export async function startServer(extra = []) {
  * `HH:MM:SS * notice`. Returns { say(text), lines(), messages(), notices(), exited, end() }.
  */
 export function startPlain(server, args) {
-  const child = spawn(CLIENT_BIN, ['--server', server.tcp, '--plain', ...args], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const child = track(
+    spawn(CLIENT_BIN, ['--server', server.tcp, '--plain', ...args], { stdio: ['pipe', 'pipe', 'pipe'] }),
+  );
+  // Writing to a client that has already exited (its room closed) must not crash the run.
+  child.stdin.on('error', () => {});
   const out = [];
   const err = [];
   createInterface({ input: child.stdout }).on('line', (l) => out.push(l));
@@ -244,6 +260,8 @@ export async function launchBrowser({ viewport = { width: 900, height: 640 }, co
     await rm(profile, { recursive: true, force: true });
     throw e;
   }
+  // Every wait and action of Playwright is bounded, so a stuck test still ends and cleans up.
+  context.setDefaultTimeout(WAIT_MS);
   const errors = [];
   const pages = [];
   const watch = (page, label) => {
