@@ -77,6 +77,15 @@ pub struct Args {
     /// no progress lines on stderr
     #[argh(switch)]
     pub quiet: bool,
+
+    /// control connections over TLS (a server with --tls-cert), checked against the
+    /// system's trusted CAs and the host in --server; the load itself stays UDP
+    #[argh(switch)]
+    pub tls: bool,
+
+    /// also trust the CA certificate(s) in this PEM file; implies --tls
+    #[argh(option)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// Most worker threads.

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use ocm::client::control::{ControlClient, DEFAULT_TIMEOUT};
+use ocm::client::control::{self, ControlClient, DEFAULT_TIMEOUT};
 use ocm::client::{ControlError, Membership};
 use ocm::protocol::Status;
 
@@ -26,6 +26,13 @@ const GIVE_UP_NS: u64 = 2_000_000_000;
 /// Runs the benchmark the arguments describe; prints the table(s) on stdout.
 pub fn run(args: &Args) -> Result<(), String> {
     args.check()?;
+    if args.tls || args.ca.is_some() {
+        // Every ControlClient::connect of this process speaks TLS from here on.
+        let tls = control::Tls::new(args.ca.as_deref())
+            .and_then(|t| t.for_host(control::host_of(&args.server)))
+            .map_err(|e| e.to_string())?;
+        control::use_tls(tls);
+    }
     let nofile =
         sys::raise_nofile_limit().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
     if nofile < args.users as u64 + 64 {

@@ -38,6 +38,10 @@ pub struct Snapshot<'a> {
     pub refused: u64,
     /// TCP peers closed for not reading their replies.
     pub slow_peers: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS connections closed for breaking TLS.
+    pub tls_errors: u64,
     /// Event-loop wake-ups.
     pub wakeups: u64,
     /// Seconds the loop spent working (not waiting in poll).
@@ -69,8 +73,28 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
     render_connections(s, out);
     render_requests(s.counters, out);
     render_data_plane(s.counters, out);
+    render_recovery(s.counters, out);
     render_lifecycle(s, out);
     render_web(&s.web, out);
+    render_tls(s, out);
+}
+
+/// The TLS listeners (PROTOCOL.md §6); zero when TLS is off.
+fn render_tls(s: &Snapshot<'_>, out: &mut String) {
+    one(
+        out,
+        "tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on the TCRP and web listeners.",
+        s.tls_handshakes,
+    );
+    one(
+        out,
+        "tls_errors_total",
+        "counter",
+        "TLS connections closed for breaking TLS (not a ClientHello, a bad record, a failed handshake).",
+        s.tls_errors,
+    );
 }
 
 /// WebSocket sessions and their traffic (PROTOCOL.md §6).
@@ -108,6 +132,75 @@ fn render_web(w: &WebStats, out: &mut String) {
         "counter",
         "Datagrams for a WebSocket session that its full output buffer (256 KiB) could not take.",
         w.datagrams_dropped,
+    );
+}
+
+/// (v1.1) NACK answers, SYNC, tail notices, SEND retransmissions, RESUME and history.
+fn render_recovery(c: &Counters, out: &mut String) {
+    let counters: [(&str, &str, u64); 8] = [
+        ("nacks_total", "NACKs accepted.", c.nacks),
+        (
+            "repair_events_total",
+            "Events resent in NACK answers.",
+            c.repair_events,
+        ),
+        (
+            "repair_bytes_total",
+            "Bytes of events resent in NACK answers.",
+            c.repair_bytes,
+        ),
+        (
+            "repair_dropped_total",
+            "Held events of NACK ranges not resent: the repair bucket was empty.",
+            c.repair_dropped,
+        ),
+        ("gone_total", "GONE events sent.", c.gone),
+        ("syncs_total", "SYNCs accepted and answered.", c.syncs),
+        ("tail_notices_total", "Tail notices sent.", c.tail_notices),
+        (
+            "duplicate_sends_total",
+            "SENDs of an already relayed ClientSeq (accepted, not relayed).",
+            c.duplicate_sends,
+        ),
+    ];
+    for (name, help, value) in counters {
+        one(out, name, "counter", help, value);
+    }
+    family(
+        out,
+        "resumes_total",
+        "counter",
+        "RESUME requests answered, by status.",
+    );
+    for st in [
+        Status::Ok,
+        Status::InvalidRequest,
+        Status::TooManyRequests,
+        Status::RoomNotFound,
+        Status::Unauthorized,
+        Status::ServerFull,
+    ] {
+        let n = c.requests[Operation::Resume as usize - 1][st as usize];
+        sample(
+            out,
+            "resumes_total",
+            &format!("status=\"{}\"", st.name()),
+            n,
+        );
+    }
+    one(
+        out,
+        "history_events",
+        "gauge",
+        "Events held in all rooms' histories.",
+        c.history_events,
+    );
+    one(
+        out,
+        "history_bytes",
+        "gauge",
+        "Event bytes held in all rooms' histories.",
+        c.history_bytes,
     );
 }
 
@@ -424,6 +517,8 @@ mod tests {
             accepted: 5,
             refused: 0,
             slow_peers: 0,
+            tls_handshakes: 0,
+            tls_errors: 0,
             wakeups: 9,
             busy_seconds: 0.25,
             web: WebStats::default(),
@@ -434,6 +529,9 @@ mod tests {
         assert!(out.contains("ocm_datagrams_dropped_total{reason=\"unknown_token\"} 2\n"));
         assert!(out.contains("ocm_members{state=\"unbound\"} 1\n"));
         assert!(out.contains("ocm_loop_busy_seconds_total 0.250000\n"));
+        assert!(out.contains("ocm_resumes_total{status=\"unauthorized\"} 0\n"));
+        assert!(out.contains("ocm_history_bytes 0\n"));
+        assert!(out.contains("ocm_nacks_total 0\n"));
         for line in out.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("ocm_"), "{line}");
         }
