@@ -197,7 +197,8 @@ export function startPlain(server, args) {
  * A TCP proxy on 127.0.0.1 in front of `target` ("HOST:PORT"). The page is loaded through it,
  * so its WebSocket goes through it too. `cut()` destroys every open connection (the browser
  * sees the WebSocket drop without a close frame) and, while `refusing`, new connections are
- * closed at once, as a network that is down. Returns { url, cut(), refusing, connections, close() }.
+ * closed at once, as a network that is down. Returns { url, cut(), refusing, connections,
+ * webSockets, close() }.
  */
 export async function startProxy(target) {
   const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
@@ -205,6 +206,8 @@ export async function startProxy(target) {
   const proxy = {
     refusing: false,
     connections: 0,
+    /** Connections that opened with a WebSocket upgrade request (`GET /ws`). */
+    webSockets: 0,
     cut() {
       for (const s of open) s.destroy();
       open.clear();
@@ -227,6 +230,9 @@ export async function startProxy(target) {
       open.delete(down);
       open.delete(up);
     };
+    down.once('data', (first) => {
+      if (first.subarray(0, 8).toString('latin1') === 'GET /ws ') proxy.webSockets++;
+    });
     down.on('error', drop).on('close', drop);
     up.on('error', drop).on('close', drop);
     down.pipe(up);
