@@ -103,6 +103,12 @@ if [ -z "$listening" ]; then
     exit 1
 fi
 tcp="$(sed -n 's/^listening tcp=\([^ ]*\) .*/\1/p' <<<"$listening")"
+# The web listener, for bench-client --web N (unless given --web-server).
+web="$(sed -n 's/^listening .* web=\([^ ]*\).*/\1/p' <<<"$listening")"
+web_args=()
+if [ -n "$web" ] && [[ " ${bench_args[*]} " != *" --web-server "* ]]; then
+    web_args=(--web-server "$web")
+fi
 echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --history ${history:-default})" >&2
 echo "bench.sh: protocol path $path; server --history ${history:-default}"
 
@@ -115,7 +121,7 @@ read -r utime0 stime0 < <(cpu_ticks "$server_pid")
 start_ns="$(date +%s%N)"
 
 set +e
-"$bench_bin" --server "$tcp" "${bench_args[@]}"
+"$bench_bin" --server "$tcp" "${web_args[@]}" "${bench_args[@]}"
 bench_rc=$?
 set -e
 

@@ -106,6 +106,16 @@ pub struct Args {
     /// also trust the CA certificate(s) in this PEM file; implies --tls
     #[argh(option)]
     pub ca: Option<std::path::PathBuf>,
+
+    /// this many of the users reach the server over WebSocket (its web listener,
+    /// PROTOCOL.md §6) instead of UDP, spread over the rooms; the report shows both kinds
+    /// side by side (default: 0)
+    #[argh(option, default = "0")]
+    pub web: usize,
+
+    /// the server's web listener, host:port (default: the host of --server, port 9080)
+    #[argh(option)]
+    pub web_server: Option<String>,
 }
 
 /// Highest `--loss`: past it a run measures little but retries.
@@ -167,6 +177,12 @@ impl Args {
         }
         if !(1..=1000).contains(&self.nack_retry_ms) {
             return Err("--nack-retry-ms must be 1 to 1000".into());
+        }
+        if self.web > self.users {
+            return Err(format!(
+                "--web {} is more than --users {}",
+                self.web, self.users
+            ));
         }
         if self.sweep && self.sweep_steps == 0 {
             return Err("--sweep-steps must be at least 1".into());
