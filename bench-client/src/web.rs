@@ -28,7 +28,7 @@ use crate::topology::Topology;
 /// to a full socket buffer would (the same cap the server keeps per session, §6).
 const OUT_CAP: usize = 256 * 1024;
 /// Bytes read from a session per read call.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 /// Reads from one session per readiness before moving on to the others (the session is
 /// revisited at once, so none is left behind).
 const MAX_READS_PER_VISIT: usize = 8;
@@ -128,6 +128,8 @@ pub struct WebLink {
     /// Bytes of `out` already written.
     written: usize,
     input: Vec<u8>,
+    /// One read's bytes, before they join `input` (allocated once, never zeroed again).
+    chunk: Box<[u8]>,
     /// Bytes of `input` already parsed.
     parsed: usize,
     reader: Reader,
@@ -143,6 +145,7 @@ impl WebLink {
             out: Vec::new(),
             written: 0,
             input,
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             parsed: 0,
             reader: Reader::default(),
             masks: Masks::new(),
@@ -195,16 +198,19 @@ impl WebLink {
             self.parsed = 0;
         }
         for _ in 0..MAX_READS_PER_VISIT {
-            let start = self.input.len();
-            self.input.resize(start + READ_CHUNK, 0);
-            let got = self.stream.read(&mut self.input[start..]);
-            self.input.truncate(start + *got.as_ref().unwrap_or(&0));
-            match got {
+            match self.stream.read(&mut self.chunk) {
                 Ok(0) => {
                     self.closed = true;
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                Ok(_) => {}
+                Ok(n) => {
+                    self.input.extend_from_slice(&self.chunk[..n]);
+                    // Whole frames are parsed before the next read; a frame is at most
+                    // MAX_SERVER_MESSAGE, so what is buffered stays bounded.
+                    if self.input.len() > ws::MAX_SERVER_MESSAGE {
+                        return Ok(false);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -332,7 +338,16 @@ pub fn open_member(
     let deadline = Instant::now() + SETUP_TIMEOUT;
     let mut input = Vec::new();
     let head_len = loop {
-        if let Some(n) = ws::parse_answer(&input, &accept).map_err(|e| fail("upgrade", &e))? {
+        let answer = ws::parse_answer(&input, &accept).map_err(|e| {
+            let hint = match e {
+                ws::WsError::Refused(503) => {
+                    " (a connection limit: start the server with --max-connections-per-ip 0)"
+                }
+                _ => "",
+            };
+            fail("upgrade", &format!("{e}{hint}"))
+        })?;
+        if let Some(n) = answer {
             break n;
         }
         read_some(&mut s, &mut input, deadline).map_err(|e| fail("upgrade", &e))?;
