@@ -21,7 +21,10 @@ use ocm::client::ws::{self, CHANNEL_DATAGRAM, CHANNEL_TCRP, Masks, Msg, Reader};
 use ocm::protocol::Status;
 use ocm::protocol::frame::{Grant, Request, split_reply};
 
+use hdrhistogram::Histogram;
+
 use crate::report::{Json, Percentiles, fmt_us};
+use crate::stats::{self, Counters};
 use crate::topology::Topology;
 
 /// Bytes a web user may have queued for the server; a send beyond it fails as a UDP send
@@ -327,33 +330,8 @@ pub fn open_member(
 ) -> Result<(Membership, WebLink), String> {
     let fail =
         |what: &str, e: &dyn std::fmt::Display| format!("web user '{user}' on {web}: {what}: {e}");
-    let mut s = TcpStream::connect_timeout(&web, SETUP_TIMEOUT).map_err(|e| fail("connect", &e))?;
-    s.set_nodelay(true).map_err(|e| fail("nodelay", &e))?;
-    s.set_read_timeout(Some(SETUP_TIMEOUT))
-        .map_err(|e| fail("timeout", &e))?;
-    let key = ws::new_key();
-    let mut head = Vec::new();
-    let accept = ws::request(&mut head, &web.to_string(), &key, None);
-    s.write_all(&head).map_err(|e| fail("upgrade", &e))?;
     let deadline = Instant::now() + SETUP_TIMEOUT;
-    let mut input = Vec::new();
-    let head_len = loop {
-        let answer = ws::parse_answer(&input, &accept).map_err(|e| {
-            let hint = match e {
-                ws::WsError::Refused(503) => {
-                    " (a connection limit: start the server with --max-connections-per-ip 0)"
-                }
-                _ => "",
-            };
-            fail("upgrade", &format!("{e}{hint}"))
-        })?;
-        if let Some(n) = answer {
-            break n;
-        }
-        read_some(&mut s, &mut input, deadline).map_err(|e| fail("upgrade", &e))?;
-    };
-    input.drain(..head_len);
-
+    let (mut s, mut input) = upgrade(web, deadline).map_err(|e| fail("upgrade", &e))?;
     let req = match capacity {
         Some(capacity) => Request::Create {
             room,
@@ -369,47 +347,18 @@ pub fn open_member(
             resume_key: None,
         },
     };
-    let mut frame = Vec::new();
-    req.encode(&mut frame).map_err(|e| fail("request", &e))?;
-    let mut msg = Vec::new();
     let mut masks = Masks::new();
-    ws::write_unit(&mut msg, CHANNEL_TCRP, &frame, masks.next_mask());
-    s.write_all(&msg).map_err(|e| fail("request", &e))?;
-    let mut reader = Reader::default();
-    let mut replies: Vec<Vec<u8>> = Vec::new();
-    while replies.len() < 2 {
-        let Some((f, n)) = ws::parse(&input).map_err(|e| fail("answer", &e))? else {
-            read_some(&mut s, &mut input, deadline).map_err(|e| fail("answer", &e))?;
-            continue;
-        };
-        let unit = match reader.feed(&f).map_err(|e| fail("answer", &e))? {
-            Some(Msg::Binary([CHANNEL_TCRP, unit @ ..])) => Some(unit.to_vec()),
-            Some(Msg::Close(code)) => return Err(fail("answer", &format!("closed ({code})"))),
-            _ => None,
-        };
-        input.drain(..n);
-        let Some(unit) = unit else { continue };
-        let Ok(Some((reply, _))) = split_reply(&unit) else {
-            return Err(fail("answer", &"not one TCRP frame"));
-        };
-        let status = reply.payload.first().copied().and_then(Status::from_u8);
-        if replies.is_empty() && status != Some(Status::Ok) {
-            return Err(fail("answer", &format!("status {status:?}")));
-        }
-        replies.push(unit);
-    }
-    let Ok(Some((complete, _))) = split_reply(&replies[1]) else {
-        return Err(fail("answer", &"no COMPLETE"));
-    };
-    let grant = Grant::parse(complete.payload).ok_or_else(|| fail("answer", &"bad grant"))?;
+    let grant = request_grant(&mut s, &mut input, &req, &mut masks, deadline)
+        .map_err(|e| fail(if capacity.is_some() { "create" } else { "join" }, &e))?;
+    let (token, udp_port, idle) = grant;
     let mut udp_addr = web;
-    udp_addr.set_port(grant.udp_port);
+    udp_addr.set_port(udp_port);
     let membership = Membership {
         room: room.to_string(),
         user: user.to_string(),
-        token: grant.token.to_vec(),
+        token,
         udp_addr,
-        idle_timeout: Duration::from_secs(u64::from(grant.idle_timeout.max(1))),
+        idle_timeout: Duration::from_secs(u64::from(idle.max(1))),
         host: capacity.is_some(),
         server: web,
     };
@@ -418,6 +367,80 @@ pub fn open_member(
     let mut link = WebLink::new(mio::net::TcpStream::from_std(s), input);
     link.masks = masks;
     Ok((membership, link))
+}
+
+/// Connects to `web` and upgrades to a session; returns it with the bytes read past the
+/// answer's head.
+fn upgrade(web: SocketAddr, deadline: Instant) -> Result<(TcpStream, Vec<u8>), String> {
+    let mut s = TcpStream::connect_timeout(&web, SETUP_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(SETUP_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let key = ws::new_key();
+    let mut head = Vec::new();
+    let accept = ws::request(&mut head, &web.to_string(), &key, None);
+    s.write_all(&head).map_err(|e| e.to_string())?;
+    let mut input = Vec::new();
+    loop {
+        let answer = ws::parse_answer(&input, &accept).map_err(|e| {
+            let hint = match e {
+                ws::WsError::Refused(503) => {
+                    " (a connection limit: start the server with --max-connections-per-ip 0)"
+                }
+                _ => "",
+            };
+            format!("{e}{hint}")
+        })?;
+        if let Some(n) = answer {
+            input.drain(..n);
+            return Ok((s, input));
+        }
+        read_some(&mut s, &mut input, deadline).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Sends `req` on channel 1 and reads its RESPONSE and COMPLETE (other messages before
+/// them are skipped); returns the grant's token, data-plane port and idle timeout.
+fn request_grant(
+    s: &mut TcpStream,
+    input: &mut Vec<u8>,
+    req: &Request<'_>,
+    masks: &mut Masks,
+    deadline: Instant,
+) -> Result<(Vec<u8>, u16, u16), String> {
+    let mut frame = Vec::new();
+    req.encode(&mut frame).map_err(|e| e.to_string())?;
+    let mut msg = Vec::new();
+    ws::write_unit(&mut msg, CHANNEL_TCRP, &frame, masks.next_mask());
+    s.write_all(&msg).map_err(|e| e.to_string())?;
+    let mut reader = Reader::default();
+    let mut replies: Vec<Vec<u8>> = Vec::new();
+    while replies.len() < 2 {
+        let Some((f, n)) = ws::parse(input).map_err(|e| e.to_string())? else {
+            read_some(s, input, deadline).map_err(|e| e.to_string())?;
+            continue;
+        };
+        let unit = match reader.feed(&f).map_err(|e| e.to_string())? {
+            Some(Msg::Binary([CHANNEL_TCRP, unit @ ..])) => Some(unit.to_vec()),
+            Some(Msg::Close(code)) => return Err(format!("session closed ({code})")),
+            _ => None,
+        };
+        input.drain(..n);
+        let Some(unit) = unit else { continue };
+        let Ok(Some((reply, _))) = split_reply(&unit) else {
+            return Err("not one TCRP frame".into());
+        };
+        let status = reply.payload.first().copied().and_then(Status::from_u8);
+        if replies.is_empty() && status != Some(Status::Ok) {
+            return Err(format!("answered {status:?}"));
+        }
+        replies.push(unit);
+    }
+    let Ok(Some((complete, _))) = split_reply(&replies[1]) else {
+        return Err("no COMPLETE".into());
+    };
+    let grant = Grant::parse(complete.payload).ok_or("a bad grant")?;
+    Ok((grant.token.to_vec(), grant.udp_port, grant.idle_timeout))
 }
 
 fn read_some(s: &mut TcpStream, into: &mut Vec<u8>, deadline: Instant) -> io::Result<()> {
@@ -431,6 +454,56 @@ fn read_some(s: &mut TcpStream, into: &mut Vec<u8>, deadline: Instant) -> io::Re
             into.extend_from_slice(&chunk[..n]);
             Ok(())
         }
+    }
+}
+
+/// Latency of measured deliveries by the receiver's transport (recorded as well as the
+/// run's overall latency).
+pub struct KindLatency {
+    udp: Histogram<u64>,
+    web: Histogram<u64>,
+}
+
+impl KindLatency {
+    /// Empty histograms.
+    pub fn new() -> KindLatency {
+        KindLatency {
+            udp: stats::latency_histogram(),
+            web: stats::latency_histogram(),
+        }
+    }
+
+    /// One delivery of latency `ns` to a web member or a UDP member.
+    pub fn record(&mut self, web: bool, ns: u64) {
+        stats::record(if web { &mut self.web } else { &mut self.udp }, ns);
+    }
+
+    /// Adds another worker's.
+    pub fn add(&mut self, o: &KindLatency) {
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = self.udp.add(&o.udp);
+        let _ = self.web.add(&o.web);
+    }
+
+    /// The step's figures, with `web_users` of `users` and its counters (None without web
+    /// users).
+    pub fn figures(&self, web_users: usize, users: usize, c: &Counters) -> Option<KindFigures> {
+        (web_users > 0).then(|| KindFigures {
+            web_users,
+            users,
+            udp: Percentiles::of(&self.udp),
+            web: Percentiles::of(&self.web),
+            expected_udp: c.expected.saturating_sub(c.expected_web),
+            expected_web: c.expected_web,
+            received_udp: c.received.saturating_sub(c.received_web),
+            received_web: c.received_web,
+        })
+    }
+}
+
+impl Default for KindLatency {
+    fn default() -> Self {
+        KindLatency::new()
     }
 }
 
