@@ -218,6 +218,11 @@ mod tests {
         assert_eq!(a.duration, 10.0);
         assert!(!a.sweep);
         assert!(!a.v1, "v1.1 is the default path");
+        assert_eq!(
+            (a.web, a.web_server.as_deref()),
+            (0, None),
+            "no web users by default"
+        );
         assert_eq!((a.loss, a.seed), (0.0, DEFAULT_SEED));
         assert_eq!(a.check(), Ok(()));
         assert!(a.thread_count() >= 2);
@@ -268,6 +273,7 @@ mod tests {
         assert!(check(&["--loss", "NaN"]).contains("--loss"));
         assert!(check(&["--nack-retry-ms", "0"]).contains("--nack-retry-ms"));
         assert!(parse(&["--rate", "fast"]).is_err());
+        assert!(check(&["--users", "6", "--rooms", "2", "--web", "7"]).contains("--web"));
     }
 
     #[test]
