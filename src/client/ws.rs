@@ -19,10 +19,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::Rng as _;
 
-use crate::server::web::frame::{self, Opcode};
+use crate::server::web::frame;
 use crate::server::web::http;
 
-pub use crate::server::web::frame::CloseCode;
+pub use crate::server::web::frame::{CloseCode, Opcode};
 pub use crate::server::web::{CHANNEL_DATAGRAM, CHANNEL_TCRP};
 
 /// Largest server message a client accepts, channel byte included. The server sends one
