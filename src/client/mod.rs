@@ -1,7 +1,8 @@
 //! The client side of OCM, shared by `ocm-client`, `bench-client` and the tests.
 //!
 //! * [`control`]: create, join, leave and list over TCRP (blocking, with timeouts).
-//! * [`session`]: the UDP chat session: heartbeats, messages, events, Seq gaps.
+//! * [`session`]: the UDP chat session: the v1.1 client (recovery, roaming, history) over
+//!   a socket, with TCRP RESUME and JOIN again when needed.
 //! * [`recovery`]: the v1.1 recovery state machine (ordered, exactly-once delivery, SEND
 //!   retransmission, roaming), sans-IO.
 
@@ -10,4 +11,4 @@ pub mod recovery;
 pub mod session;
 
 pub use control::{ControlClient, ControlError, Membership, RoomInfo};
-pub use session::{SendError, SeqCheck, SeqTracker, Session, SessionEvent, check_message};
+pub use session::{Options, SendError, SeqCheck, SeqTracker, Session, SessionEvent, check_message};
