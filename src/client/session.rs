@@ -397,6 +397,14 @@ impl Session {
         self.recovery.unconfirmed()
     }
 
+    /// Whether everything the room is known to hold up to now has been delivered (the
+    /// history asked for at join included), with nothing waiting for a NACK's answer.
+    pub fn caught_up(&self) -> bool {
+        self.link == Link::Live
+            && self.recovery.delivered().is_some()
+            && self.recovery.buffered() == 0
+    }
+
     /// Whether the session has ended (room closed, dropped, or lost).
     pub fn ended(&self) -> bool {
         self.link == Link::Ended
@@ -580,12 +588,16 @@ impl Session {
                     self.events
                         .push_back(SessionEvent::Missed(u64::from(count)));
                 }
-                Output::Missed { count } => {
-                    self.events.push_back(SessionEvent::Unrecoverable { count });
-                }
-                Output::Recovered { count } => {
-                    self.events.push_back(SessionEvent::Recovered { count });
-                }
+                // A long gap is answered in several parts (a NACK covers 512 Seqs); parts
+                // that come together are told as one.
+                Output::Missed { count } => match self.events.back_mut() {
+                    Some(SessionEvent::Unrecoverable { count: c }) => *c = c.saturating_add(count),
+                    _ => self.events.push_back(SessionEvent::Unrecoverable { count }),
+                },
+                Output::Recovered { count } => match self.events.back_mut() {
+                    Some(SessionEvent::Recovered { count: c }) => *c = c.saturating_add(count),
+                    _ => self.events.push_back(SessionEvent::Recovered { count }),
+                },
                 Output::Confirmed { client_seq } => {
                     self.events
                         .push_back(SessionEvent::Confirmed { client_seq });

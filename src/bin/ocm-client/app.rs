@@ -623,6 +623,9 @@ pub struct App {
     pending: VecDeque<(u32, Entry)>,
     /// Whether the last room event was from the history fetched at join.
     in_history: bool,
+    /// Messages told recovered by the last line of the pane, when it is such a notice: on
+    /// a bad network recoveries come one after another, and one line counts them all.
+    recovered_run: Option<u64>,
 }
 
 impl App {
@@ -643,6 +646,7 @@ impl App {
             ended: None,
             pending: VecDeque::new(),
             in_history: false,
+            recovered_run: None,
         }
     }
 
@@ -709,6 +713,7 @@ impl App {
 
     /// Adds a line, dropping the oldest beyond [`MAX_ENTRIES`].
     pub fn push(&mut self, entry: Entry) {
+        self.recovered_run = None;
         if self.entries.len() == MAX_ENTRIES {
             self.entries.pop_front();
         }
@@ -746,6 +751,19 @@ impl App {
             }
             SessionEvent::Confirmed { client_seq } => {
                 self.settle_pending(*client_seq);
+            }
+            SessionEvent::Recovered { count } => {
+                let total = self.recovered_run.unwrap_or(0) + u64::from(*count);
+                if self.recovered_run.is_some() {
+                    self.entries.pop_back();
+                }
+                self.push(Entry::System {
+                    time,
+                    kind: SystemKind::Info,
+                    text: format!("{} recovered", messages(total)),
+                });
+                self.recovered_run = Some(total);
+                return;
             }
             SessionEvent::SendFailed { client_seq } => {
                 if let Some(Entry::Chat { text, .. }) = self.settle_pending(*client_seq) {
@@ -1147,8 +1165,10 @@ mod tests {
         let mut app = App::new("s", "lobby", "alice", false);
         for e in [
             SessionEvent::Recovered { count: 12 },
-            SessionEvent::Recovered { count: 1 },
             SessionEvent::Unrecoverable { count: 3 },
+            SessionEvent::Recovered { count: 1 },
+            SessionEvent::Confirmed { client_seq: 4 },
+            SessionEvent::Recovered { count: 2 },
             SessionEvent::Unrecoverable { count: 1 },
             SessionEvent::Reconnecting,
             SessionEvent::Reconnected,
@@ -1163,8 +1183,9 @@ mod tests {
             texts(&app),
             [
                 "12 messages recovered",
-                "1 message recovered",
                 "3 messages could not be recovered (older than the server keeps)",
+                // Recoveries in a row are counted on one line.
+                "3 messages recovered",
                 "1 message could not be recovered (older than the server keeps)",
                 "the server stopped answering; reconnecting…",
                 "reconnected",

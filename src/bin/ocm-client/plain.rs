@@ -23,8 +23,8 @@
 //! back from the server, in the room's order, not when they are typed.
 //!
 //! At the end of input the client waits (at most [`ECHO_WAIT`]) until the server has
-//! confirmed each of its own messages, so that nothing it sent is still in flight, then
-//! leaves.
+//! confirmed each of its own messages and everything known to be in the room (the history
+//! asked for at join included) is printed, so that nothing is still in flight, then leaves.
 
 use std::io::{self, BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,7 +210,7 @@ pub fn run(session: &mut Session, stop: &AtomicBool) -> End {
             let done = if session.is_v1() {
                 echoed >= sent
             } else {
-                session.unconfirmed().next().is_none()
+                session.unconfirmed().next().is_none() && session.caught_up()
             };
             if done || now >= t + ECHO_WAIT {
                 return End::Left;
