@@ -752,6 +752,9 @@ impl App {
             SessionEvent::Confirmed { client_seq } => {
                 self.settle_pending(*client_seq);
             }
+            // A version 1 server confirms nothing: what was pending goes out the version 1
+            // way, and shows when its echo comes.
+            SessionEvent::FellBackToV1 => self.pending.clear(),
             SessionEvent::Recovered { count } => {
                 let total = self.recovered_run.unwrap_or(0) + u64::from(*count);
                 if self.recovered_run.is_some() {
@@ -1217,6 +1220,9 @@ mod tests {
                 "not delivered (the server never took it): three"
             ]
         );
+        // A version 1 server confirms nothing: nothing stays marked pending.
+        app.on_event(&SessionEvent::FellBackToV1, T);
+        assert_eq!(app.pending().len(), 0);
     }
 
     #[test]

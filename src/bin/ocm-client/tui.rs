@@ -139,6 +139,8 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
                 match action {
                     Action::None => {}
                     Action::Send(text) => match session.send_message(&text) {
+                        // A version 1 server confirms nothing; its echo is all there is.
+                        Ok(_) if session.is_v1() => {}
                         Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
                         Err(e) => app.error(clock::now(), format!("not sent: {e}")),
                     },
