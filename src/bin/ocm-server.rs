@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use ocm::server::web::{self, http::Site};
 use ocm::server::{Config, Limits, Server};
 use ocm::sys;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -25,7 +26,8 @@ fn default_idle_timeout() -> u16 {
     u16::try_from(Config::default().idle_timeout.as_secs()).unwrap_or(u16::MAX)
 }
 
-/// OCM chat relay: rooms over TCP (TCRP), chat over UDP.
+/// OCM chat relay: rooms over TCP (TCRP), chat over UDP, and both over WebSocket for
+/// browsers (--web).
 #[derive(FromArgs, Debug)]
 struct Args {
     /// TCP port, and the UDP port unless --udp-port is given; 0 picks free ports
@@ -95,9 +97,49 @@ struct Args {
     /// serve Prometheus metrics over HTTP at ADDR:PORT (GET /metrics); off unless given
     #[argh(option)]
     metrics: Option<SocketAddr>,
+
+    /// serve the browser page and WebSocket sessions at ADDR:PORT, or "off"
+    /// (default: the --bind address, port 9080; a free port with --port 0)
+    #[argh(option)]
+    web: Option<WebAddr>,
+
+    /// an origin, as browsers send it (scheme, host and port if not the default),
+    /// whose pages may open WebSocket sessions besides the server's own; repeatable
+    #[argh(option)]
+    web_origin: Vec<String>,
+}
+
+/// `--web`: an address, or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WebAddr {
+    At(SocketAddr),
+    Off,
+}
+
+impl argh::FromArgValue for WebAddr {
+    fn from_arg_value(value: &str) -> Result<Self, String> {
+        if value == "off" {
+            return Ok(WebAddr::Off);
+        }
+        value
+            .parse()
+            .map(WebAddr::At)
+            .map_err(|_| format!("expected ADDR:PORT or off, not {value:?}"))
+    }
 }
 
 impl Args {
+    /// Where the web listener goes, if anywhere: `--web`, or the `--bind` address with
+    /// port 9080 (a free port when `--port 0` asks for free ports).
+    fn web_addr(&self) -> Option<SocketAddr> {
+        match self.web {
+            Some(WebAddr::Off) => None,
+            Some(WebAddr::At(addr)) => Some(addr),
+            None if self.port == 0 => Some(SocketAddr::new(self.bind, 0)),
+            None => Some(SocketAddr::new(self.bind, web::DEFAULT_PORT)),
+        }
+    }
+
     fn config(&self) -> Result<(Config, Limits), String> {
         if self.idle_timeout == 0 {
             return Err("--idle-timeout must be 1-65535 seconds".into());
@@ -141,6 +183,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// A TCP listener like the TCRP one (address reuse, `::` takes IPv4 too, a long backlog).
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(sys::socket::LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
 fn run(args: &Args) -> Result<(), String> {
     let (config, limits) = args.config()?;
     // Every TCP connection is a descriptor; a failure leaves the limit as it was.
@@ -157,10 +212,24 @@ fn run(args: &Args) -> Result<(), String> {
         ),
         None => None,
     };
-    let server = Server::new(tcp, udp, metrics, config, limits).map_err(|e| e.to_string())?;
+    let web = match args.web_addr() {
+        Some(addr) => {
+            Some(listen(addr).map_err(|e| format!("cannot serve the web page on {addr}: {e}"))?)
+        }
+        None => None,
+    };
+    let mut server = Server::new(tcp, udp, metrics, config, limits).map_err(|e| e.to_string())?;
+    if let Some(web) = web {
+        let site = Site::new(args.web_origin.iter().cloned());
+        server = server.with_web(web, site).map_err(|e| e.to_string())?;
+    }
     let (tcp_addr, udp_addr) = server.local_addrs().map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
-    let mut lines = format!("listening tcp={tcp_addr} udp={udp_addr}\n");
+    let mut lines = format!("listening tcp={tcp_addr} udp={udp_addr}");
+    if let Some(addr) = server.web_addr() {
+        lines.push_str(&format!(" web={addr}"));
+    }
+    lines.push('\n');
     if let Some(addr) = server.metrics_addr() {
         lines.push_str(&format!("metrics http://{addr}/metrics\n"));
     }
@@ -246,6 +315,13 @@ mod tests {
             ("max-members-per-ip", c.max_members_per_ip.to_string()),
             ("max-rooms-per-ip", c.max_rooms_per_ip.to_string()),
             ("batch-max", c.batch_max.to_string()),
+            (
+                "web",
+                format!(
+                    "the --bind address, port {}; a free port with --port 0",
+                    web::DEFAULT_PORT
+                ),
+            ),
         ];
         let got = stated_defaults();
         let want: Vec<(String, String)> =
@@ -260,6 +336,31 @@ mod tests {
             format!("{:?}", Config { udp_port: 0, ..c })
         );
         assert_eq!(format!("{pl:?}"), format!("{l:?}"));
+    }
+
+    #[test]
+    fn the_web_listener_goes_where_the_flags_say() {
+        let parse = |flags: &[&str]| Args::from_args(&["ocm-server"], flags).unwrap();
+        assert_eq!(
+            parse(&[]).web_addr(),
+            Some("127.0.0.1:9080".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&["--bind", "::1"]).web_addr(),
+            Some("[::1]:9080".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&["--port", "0"]).web_addr(),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            parse(&["--port", "0", "--web", "127.0.0.2:81"]).web_addr(),
+            Some("127.0.0.2:81".parse().unwrap())
+        );
+        assert_eq!(parse(&["--web", "off"]).web_addr(), None);
+        assert!(Args::from_args(&["ocm-server"], &["--web", "nowhere"]).is_err());
+        let a = parse(&["--web-origin", "https://A.example", "--web-origin", "null"]);
+        assert_eq!(a.web_origin, ["https://A.example", "null"]);
     }
 
     #[test]

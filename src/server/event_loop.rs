@@ -1,14 +1,22 @@
 //! The readiness loop: moves bytes between sockets and the sans-IO types.
 //!
-//! One thread, one `mio::Poll` over the TCP listener (and the metrics listener), the TCP
-//! connections (in a `Slab`, token = key + [`CONN_BASE`]), one UDP socket and the shutdown
-//! signals. Datagrams go to the [`Relay`]; TCP bytes go to each connection's [`Conn`], which
-//! hands whole requests to the relay (or answers a scrape). The earliest deadline of the
-//! relay and of the connections is the poll timeout, so there is no fixed tick.
+//! One thread, one `mio::Poll` over the TCP listener (and the metrics and web listeners),
+//! the TCP connections (in a `Slab`, token = key + [`CONN_BASE`]), one UDP socket and the
+//! shutdown signals. Datagrams go to the [`Relay`]; TCP bytes go to each connection's
+//! [`Conn`], which hands whole requests to the relay (or answers a scrape, or serves the
+//! web page and WebSocket sessions). The earliest deadline of the relay and of the
+//! connections is the poll timeout, so there is no fixed tick.
+//!
+//! WebSocket members (PROTOCOL.md §6): the relay sends a room's outbox once through
+//! `LoopTx`, which hands UDP destinations to `sendmmsg` and queues the same bytes once
+//! for the room's sessions ([`SessionOutbox`]); after each relay call the loop frames them
+//! into each session's output buffer (found by slab key and generation, no scan; dropped
+//! and counted past 256 KiB), and writes the sessions it touched once at the end of the
+//! turn (`web.rs` beside this file).
 //!
 //! Where I/O happens: this file reads and writes the TCP sockets, accepts, and drives the
 //! UDP socket through [`crate::sys::udp`] (`recvmmsg`/`sendmmsg`), which is also where the
-//! relay's [`Transmit`](super::transmit::Transmit) sends; `tcp.rs` beside this file does the
+//! relay's [`Transmit`] sends; `tcp.rs` beside this file does the
 //! TCP side. Socket set-up is [`crate::sys::socket`]. No `unsafe` here: all of it is under
 //! [`crate::sys`].
 //!
@@ -37,11 +45,15 @@ use socket2::SockRef;
 use super::conn::admission::{Admission, Kind};
 use super::counters::Counters;
 use super::deadlines::DeadlineQueue;
+use super::transmit::{SessionId, Transmit};
+use super::web::http::Site;
+use super::web::{SessionOutbox, WebStats};
 use super::{Config, Relay};
 use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
 
 mod tcp;
+mod web;
 
 pub use super::conn::admission::Limits;
 
@@ -70,6 +82,7 @@ const LISTENER: Token = Token(0);
 const UDP: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const METRICS: Token = Token(3);
+const WEB: Token = Token(4);
 /// Connection tokens are slab keys plus this.
 pub const CONN_BASE: usize = 16;
 
@@ -83,11 +96,55 @@ struct LoopStats {
     slow_peers: u64,
 }
 
-/// The listeners, and the accept back-off shared by both.
+/// The listeners, and the accept back-off shared by them.
 struct Listeners {
     tcrp: TcpListener,
     metrics: Option<TcpListener>,
+    web: Option<TcpListener>,
     paused_until: Option<Instant>,
+}
+
+/// The web side's state beyond its connections: settings, the datagrams on their way to
+/// sessions, counts.
+#[derive(Default)]
+struct WebSide {
+    site: Site,
+    outbox: SessionOutbox,
+    /// The relay's answers to a channel-1 request, before they are framed (reused).
+    scratch: Vec<u8>,
+    stats: WebStats,
+    /// Sessions given output since their last write: written once at the end of the turn.
+    touched: Vec<usize>,
+    /// A session with no message for this long is closed with 1001: max(60 s,
+    /// IdleTimeout) (PROTOCOL.md §6).
+    session_idle: Duration,
+}
+
+/// The relay's [`Transmit`] in the loop: UDP members through `sendmmsg`, WebSocket members
+/// through the [`SessionOutbox`] (framed into their buffers after the relay call).
+struct LoopTx<'a> {
+    udp: Tx<'a>,
+    sessions: &'a mut SessionOutbox,
+}
+
+impl Transmit for LoopTx<'_> {
+    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+        self.udp.send(payload, to)
+    }
+
+    fn send_sessions(&mut self, payload: &[u8], to: &[SessionId]) -> usize {
+        self.sessions.push(payload, to);
+        to.len()
+    }
+}
+
+impl<'a> LoopTx<'a> {
+    fn new(udp: &'a mut Udp, sessions: &'a mut SessionOutbox) -> LoopTx<'a> {
+        LoopTx {
+            udp: Tx::new(&udp.socket, &mut udp.sender),
+            sessions,
+        }
+    }
 }
 
 /// The data-plane socket and its batch buffers.
@@ -114,6 +171,7 @@ pub struct Server {
     udp: Udp,
     relay: Relay<ThreadRng>,
     clients: Clients,
+    web: WebSide,
     stats: LoopStats,
     /// Sources that still had input when their turn's budget ran out: served first next
     /// turn, and the poll does not wait while any is here.
@@ -133,6 +191,7 @@ impl Server {
         listener.set_nonblocking(true)?;
         udp.set_nonblocking(true)?;
         config.udp_port = udp.local_addr()?.port();
+        let config_idle = config.idle_timeout;
         let poll = Poll::new()?;
         let mut tcrp = TcpListener::from_std(listener);
         // Bound to a wildcard address, the server must answer each member from the address
@@ -161,6 +220,7 @@ impl Server {
             listeners: Listeners {
                 tcrp,
                 metrics,
+                web: None,
                 paused_until: None,
             },
             udp: Udp {
@@ -176,9 +236,32 @@ impl Server {
                 next_id: 0,
                 admission: Admission::new(limits),
             },
+            web: WebSide {
+                session_idle: super::conn::IDLE_TIMEOUT.max(config_idle),
+                ..WebSide::default()
+            },
             stats: LoopStats::default(),
             backlog: Vec::new(),
         })
+    }
+
+    /// Adds the web listener (PROTOCOL.md §6): the page, and WebSocket sessions, with
+    /// `site`'s allowed origins.
+    pub fn with_web(mut self, listener: std::net::TcpListener, site: Site) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let mut l = TcpListener::from_std(listener);
+        self.poll
+            .registry()
+            .register(&mut l, WEB, Interest::READABLE)?;
+        self.listeners.web = Some(l);
+        self.web.site = site;
+        Ok(self)
+    }
+
+    /// The web listener's address, if there is one.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        let l = self.listeners.web.as_ref()?;
+        l.local_addr().ok()
     }
 
     /// The TCP and UDP addresses actually bound.
@@ -236,8 +319,10 @@ impl Server {
                 self.read_datagrams(now);
             }
             self.on_timers(now);
-            let udp = &mut self.udp;
-            self.relay.flush(&mut Tx::new(&udp.socket, &mut udp.sender));
+            self.relay
+                .flush(&mut LoopTx::new(&mut self.udp, &mut self.web.outbox));
+            self.deliver_to_sessions();
+            self.write_touched(now);
             self.stats.busy += now.elapsed();
             if stop {
                 break;
@@ -251,6 +336,7 @@ impl Server {
         match token {
             LISTENER => self.accept(now, Kind::Tcrp),
             METRICS => self.accept(now, Kind::Http),
+            WEB => self.accept(now, Kind::Web),
             Token(t) if t >= CONN_BASE => {
                 if readable {
                     self.on_readable(t - CONN_BASE, now);
@@ -284,9 +370,15 @@ impl Server {
         let _ = sock.set_nonblocking(false);
         let _ = sock.set_write_timeout(Some(DRAIN_SEND_TIMEOUT));
         let until = Instant::now() + DRAIN_TIMEOUT;
-        let mut tx = Tx::draining(&self.udp.socket, &mut self.udp.sender, until);
+        let mut tx = LoopTx {
+            udp: Tx::draining(&self.udp.socket, &mut self.udp.sender, until),
+            sessions: &mut self.web.outbox,
+        };
         self.relay.shutdown(&mut tx);
         self.relay.flush(&mut tx);
+        // Sessions get theirs too, with one non-blocking write each.
+        self.deliver_to_sessions();
+        self.write_touched(Instant::now());
         let c = self.relay.counters.clone();
         info!("final counters: {c}");
         c
@@ -299,7 +391,10 @@ impl Server {
             sender,
             pending,
         } = &mut self.udp;
-        let mut tx = Tx::new(&*socket, sender);
+        let mut tx = LoopTx {
+            udp: Tx::new(&*socket, sender),
+            sessions: &mut self.web.outbox,
+        };
         let mut read = 0;
         while read < UDP_BATCH {
             match receiver.recv(&*socket) {
@@ -314,7 +409,7 @@ impl Server {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     *pending = false;
-                    return;
+                    break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -323,17 +418,20 @@ impl Server {
                 }
             }
         }
-        // Budget spent: poll again at once (timeout zero), serving TCP in between.
+        // Budget spent (or the queue empty): sessions get what the datagrams caused; with
+        // the budget spent the loop polls again at once, serving TCP in between.
+        self.deliver_to_sessions();
     }
 
     fn on_timers(&mut self, now: Instant) {
-        let udp = &mut self.udp;
         self.relay
-            .handle_timeout(now, &mut Tx::new(&udp.socket, &mut udp.sender));
+            .handle_timeout(now, &mut LoopTx::new(&mut self.udp, &mut self.web.outbox));
+        self.deliver_to_sessions();
         self.on_conn_timers(now);
         if self.listeners.paused_until.is_some_and(|t| t <= now) {
             self.accept(now, Kind::Tcrp);
             self.accept(now, Kind::Http);
+            self.accept(now, Kind::Web);
         }
     }
 }

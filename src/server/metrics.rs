@@ -13,13 +13,14 @@
 use std::fmt::Write;
 
 use super::counters::{Counters, DropReason};
+use super::web::WebStats;
 use crate::protocol::{Operation, Status};
 
 /// Largest HTTP request head accepted; longer ones get 431 and a close.
 pub const MAX_HTTP_REQUEST: usize = 2048;
 
 /// Everything a scrape reports, borrowed from the loop at scrape time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Snapshot<'a> {
     /// The relay's counters.
     pub counters: &'a Counters,
@@ -41,6 +42,8 @@ pub struct Snapshot<'a> {
     pub wakeups: u64,
     /// Seconds the loop spent working (not waiting in poll).
     pub busy_seconds: f64,
+    /// The web listener's counts.
+    pub web: WebStats,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -67,6 +70,45 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
     render_requests(s.counters, out);
     render_data_plane(s.counters, out);
     render_lifecycle(s, out);
+    render_web(&s.web, out);
+}
+
+/// WebSocket sessions and their traffic (PROTOCOL.md §6).
+fn render_web(w: &WebStats, out: &mut String) {
+    one(
+        out,
+        "web_sessions",
+        "gauge",
+        "Open WebSocket sessions.",
+        w.sessions_open(),
+    );
+    one(
+        out,
+        "web_sessions_opened_total",
+        "counter",
+        "WebSocket sessions opened (upgrades answered 101).",
+        w.sessions_opened,
+    );
+    family(
+        out,
+        "web_messages_total",
+        "counter",
+        "WebSocket messages (units), by direction.",
+    );
+    sample(out, "web_messages_total", "direction=\"in\"", w.messages_in);
+    sample(
+        out,
+        "web_messages_total",
+        "direction=\"out\"",
+        w.messages_out,
+    );
+    one(
+        out,
+        "web_datagrams_dropped_total",
+        "counter",
+        "Datagrams for a WebSocket session that its full output buffer (256 KiB) could not take.",
+        w.datagrams_dropped,
+    );
 }
 
 /// Rooms, members and TCP connections.
@@ -384,6 +426,7 @@ mod tests {
             slow_peers: 0,
             wakeups: 9,
             busy_seconds: 0.25,
+            web: WebStats::default(),
         };
         let mut out = String::new();
         render(&s, &mut out);

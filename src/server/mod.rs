@@ -17,8 +17,11 @@
 //!
 //! Where bytes meet the operating system:
 //!
-//! * [`transmit`]: the seam through which outboxes reach the socket (the core calls a
-//!   [`transmit::Transmit`] it is lent; the implementations send).
+//! * [`transmit`]: the seam through which outboxes reach the socket and the WebSocket
+//!   sessions (the core calls a [`transmit::Transmit`] it is lent; the implementations
+//!   send).
+//! * [`web`]: the web listener (sans-IO): the page, and WebSocket sessions carrying both
+//!   planes (PROTOCOL.md §6).
 //! * [`event_loop`]: the mio readiness loop: sockets, connections and timers. It and
 //!   [`crate::sys`] (socket set-up, batched UDP system calls, where every `unsafe` lives)
 //!   are the only code that does I/O.
@@ -34,6 +37,7 @@ pub mod relay;
 mod room;
 pub mod token;
 pub mod transmit;
+pub mod web;
 
 pub use event_loop::{Limits, Server};
 pub use relay::{Config, DatagramOutcome, Relay};

@@ -31,7 +31,7 @@ use super::limits::{Bucket, FAILURE_WINDOW, PasswordThrottle};
 use super::per_ip::PerIp;
 use super::room::{Outflow, Room};
 use super::token::{Token, TokenMap};
-use super::transmit::{Dest, Transmit};
+use super::transmit::{Addr, SessionId, Transmit};
 use crate::protocol::event::{EventBuf, EventKind, reason};
 
 mod config;
@@ -55,8 +55,17 @@ struct Member {
     room: usize,
     name: Box<str>,
     token: Token,
+    /// The IP its token was issued to (over TCP, or a session's peer): LEAVE must come
+    /// from it, and the per-IP member count is on it.
     ip: IpAddr,
-    addr: Option<Dest>,
+    /// The WebSocket session its token was issued on (PROTOCOL.md §6), or `None` for a
+    /// token issued over TCP. A session-bound member's datagrams count only when they come
+    /// on that session; a TCP-issued one's only over UDP. This is the seam for RESUME
+    /// (§5.5): moving a member sets this to the session it resumed on (or `None`), and
+    /// unbinds `addr` so that its next datagram there binds it.
+    session: Option<SessionId>,
+    /// Where its datagrams go once it has sent one (bound).
+    addr: Option<Addr>,
     deadline: Instant,
     bucket: Bucket,
     last_notice: Option<Instant>,

@@ -17,7 +17,7 @@
 use std::net::IpAddr;
 
 use super::counters::Counters;
-use super::transmit::{Dest, Transmit};
+use super::transmit::{Addr, Dest, SessionId, Transmit};
 use crate::protocol::event::{Event, EventBuf, EventKind};
 use crate::protocol::{MAX_DATAGRAM, next_seq};
 
@@ -50,6 +50,11 @@ pub(super) struct Room {
     bound: Vec<Dest>,
     /// ...and, at the same index, whose address each one is.
     bound_keys: Vec<usize>,
+    /// The WebSocket sessions of the bound members that came over the web (PROTOCOL.md
+    /// §6)...
+    sessions: Vec<SessionId>,
+    /// ...and, at the same index, whose session each one is.
+    session_keys: Vec<usize>,
     /// Seq of the last event (0: none yet).
     seq: u32,
     outbox: EventBuf,
@@ -76,6 +81,8 @@ impl Room {
             members: vec![host.0],
             bound: Vec::new(),
             bound_keys: Vec::new(),
+            sessions: Vec::new(),
+            session_keys: Vec::new(),
             seq: 0,
             outbox: EventBuf::default(),
             queued: false,
@@ -89,13 +96,16 @@ impl Room {
 
     /// The bound members: each one's destination and key.
     #[cfg(any(test, feature = "fuzzing"))]
-    pub fn bound(&self) -> impl Iterator<Item = (&Dest, usize)> {
-        self.bound.iter().zip(self.bound_keys.iter().copied())
+    pub fn bound(&self) -> impl Iterator<Item = (Addr, usize)> {
+        let udp = self.bound.iter().map(|&d| Addr::Udp(d));
+        let web = self.sessions.iter().map(|&s| Addr::Session(s));
+        udp.zip(self.bound_keys.iter().copied())
+            .chain(web.zip(self.session_keys.iter().copied()))
     }
 
-    /// How many members have bound an address.
+    /// How many members have bound an address (UDP or a session).
     pub fn bound_len(&self) -> usize {
-        self.bound.len()
+        self.bound.len() + self.sessions.len()
     }
 
     /// Adds a member (not bound yet: it hears nothing until [`Room::bind`]).
@@ -149,7 +159,8 @@ impl Room {
     }
 
     /// Sends the outbox, if it holds events, to every bound member (counting datagrams,
-    /// deliveries and refused sends), and empties it.
+    /// deliveries and refused sends), and empties it: the same bytes to the UDP members and
+    /// to the WebSocket members.
     pub fn flush(&mut self, counters: &mut Counters, tx: &mut impl Transmit) {
         if self.outbox.is_empty() {
             return;
@@ -159,6 +170,12 @@ impl Room {
             counters.datagrams_out += sent as u64;
             counters.deliveries += (sent * self.outbox.events()) as u64;
             counters.send_drops += (self.bound.len() - sent) as u64;
+        }
+        if !self.sessions.is_empty() {
+            let sent = tx.send_sessions(self.outbox.bytes(), &self.sessions);
+            counters.datagrams_out += sent as u64;
+            counters.deliveries += (sent * self.outbox.events()) as u64;
+            counters.send_drops += (self.sessions.len() - sent) as u64;
         }
         self.outbox.clear();
     }
@@ -174,13 +191,21 @@ impl Room {
     pub fn bind(
         &mut self,
         member: usize,
-        dest: Dest,
+        addr: Addr,
         counters: &mut Counters,
         tx: &mut impl Transmit,
     ) {
         self.flush(counters, tx);
-        self.bound.push(dest);
-        self.bound_keys.push(member);
+        match addr {
+            Addr::Udp(dest) => {
+                self.bound.push(dest);
+                self.bound_keys.push(member);
+            }
+            Addr::Session(session) => {
+                self.sessions.push(session);
+                self.session_keys.push(member);
+            }
+        }
     }
 
     /// Removes a member, bound or not (it hears nothing more). What is queued goes first, to
@@ -192,6 +217,9 @@ impl Room {
         if let Some(i) = self.bound_keys.iter().position(|&k| k == member) {
             self.bound_keys.swap_remove(i);
             self.bound.swap_remove(i);
+        } else if let Some(i) = self.session_keys.iter().position(|&k| k == member) {
+            self.session_keys.swap_remove(i);
+            self.sessions.swap_remove(i);
         }
     }
 
@@ -216,7 +244,9 @@ impl Room {
         if self.members.len() > usize::from(self.capacity) || self.capacity > max_capacity {
             return Err(format!("room '{name}' over capacity"));
         }
-        if self.bound.len() != self.bound_keys.len() {
+        if self.bound.len() != self.bound_keys.len()
+            || self.sessions.len() != self.session_keys.len()
+        {
             return Err(format!("room '{name}' bound lists differ"));
         }
         if self.outbox.events() >= batch_max {

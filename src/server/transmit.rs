@@ -11,14 +11,44 @@ use std::net::SocketAddr;
 use crate::sys::udp::BatchTx;
 pub use crate::sys::udp::Dest;
 
+/// A WebSocket session as a destination (PROTOCOL.md §6): the event loop's slab key of its
+/// connection and that connection's generation, so that a member bound to a session that
+/// has closed (its slot reused) is never sent another's datagrams. Finding it costs one
+/// slab index, not a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId {
+    /// The connection's slab key.
+    pub key: usize,
+    /// The connection's generation.
+    pub id: u64,
+}
+
+/// Where a bound member's datagrams go: a UDP address, or a WebSocket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addr {
+    /// Its UDP address (and the server address to send from).
+    Udp(Dest),
+    /// Its session.
+    Session(SessionId),
+}
+
 /// Sends one payload to many receivers without blocking.
 pub trait Transmit {
     /// Sends `payload` to each of `to`; returns how many sends succeeded.
     fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize;
+
+    /// Sends the same `payload` to each WebSocket session of `to` (framed there as one
+    /// channel-2 message); returns how many took it. Sessions have their own output
+    /// buffers, so this never touches the UDP socket. The default reaches no session (a
+    /// transmitter over a bare socket, or a test's that has none).
+    fn send_sessions(&mut self, payload: &[u8], to: &[SessionId]) -> usize {
+        let _ = (payload, to);
+        0
+    }
 }
 
 /// The socket path: `sendmmsg` on Linux, one `send_to` per receiver elsewhere (see
-/// [`crate::sys::udp`], where the system calls live).
+/// [`crate::sys::udp`], where the system calls live). A bare socket reaches no session.
 impl Transmit for BatchTx<'_> {
     fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
         BatchTx::send(self, payload, to)
@@ -30,6 +60,8 @@ impl Transmit for BatchTx<'_> {
 pub struct Recorder {
     /// Every datagram handed over, with its receivers.
     pub sent: Vec<(Vec<u8>, Vec<SocketAddr>)>,
+    /// Every datagram handed over for WebSocket sessions, with its sessions.
+    pub sent_sessions: Vec<(Vec<u8>, Vec<SessionId>)>,
     /// When set, only this many receivers of each call are accepted (the rest fail, as on a
     /// full socket buffer).
     pub accept_at_most: Option<usize>,
@@ -41,6 +73,11 @@ impl Transmit for Recorder {
         let addrs = to[..n].iter().map(|d| d.addr).collect();
         self.sent.push((payload.to_vec(), addrs));
         n
+    }
+
+    fn send_sessions(&mut self, payload: &[u8], to: &[SessionId]) -> usize {
+        self.sent_sessions.push((payload.to_vec(), to.to_vec()));
+        to.len()
     }
 }
 

@@ -38,6 +38,9 @@ pub enum Kind {
     Tcrp,
     /// One HTTP request for metrics, on the metrics listener.
     Http,
+    /// HTTP and WebSocket sessions, on the web listener; counted like TCRP (PROTOCOL.md
+    /// §6: every web connection counts for the connection limits from accept).
+    Web,
 }
 
 /// The verdict on a new connection.
@@ -55,9 +58,9 @@ pub enum Admit {
 #[derive(Debug, Default)]
 pub struct Admission {
     limits: Limits,
-    /// Open TCRP connections.
+    /// Open TCRP and web connections.
     tcrp: usize,
-    /// Open TCRP connections per client IP.
+    /// Open TCRP and web connections per client IP.
     per_ip: PerIp,
     /// Open metrics connections.
     metrics: usize,
@@ -78,7 +81,7 @@ impl Admission {
     pub fn admit(&mut self, kind: Kind, ip: IpAddr) -> Admit {
         let ip = ip.to_canonical();
         let full = match kind {
-            Kind::Tcrp => {
+            Kind::Tcrp | Kind::Web => {
                 self.tcrp >= self.limits.max_connections
                     || self.per_ip.at_cap(ip, self.limits.max_connections_per_ip)
             }
@@ -92,7 +95,7 @@ impl Admission {
             return Admit::Refused;
         }
         match kind {
-            Kind::Tcrp => {
+            Kind::Tcrp | Kind::Web => {
                 self.tcrp += 1;
                 self.per_ip.add(ip);
             }
@@ -107,14 +110,14 @@ impl Admission {
             (Admit::Dropped, _) => {}
             (Admit::Refused, _) => self.refused -= 1,
             (Admit::Counted, Kind::Http) => self.metrics -= 1,
-            (Admit::Counted, Kind::Tcrp) => {
+            (Admit::Counted, Kind::Tcrp | Kind::Web) => {
                 self.tcrp -= 1;
                 self.per_ip.remove(ip.to_canonical());
             }
         }
     }
 
-    /// Open TCRP connections (those that count against the limits).
+    /// Open TCRP and web connections (those that count against the limits).
     pub fn connections(&self) -> usize {
         self.tcrp
     }
@@ -139,6 +142,18 @@ mod tests {
         assert_eq!(adm.admit(Kind::Tcrp, b), Admit::Refused, "total cap");
         assert_eq!(adm.connections(), 3);
         adm.release(Kind::Tcrp, Admit::Counted, a);
+        assert_eq!(
+            adm.admit(Kind::Web, a),
+            Admit::Counted,
+            "web counts like TCRP"
+        );
+        assert_eq!(
+            adm.admit(Kind::Tcrp, a),
+            Admit::Refused,
+            "per-IP cap, web included"
+        );
+        adm.release(Kind::Tcrp, Admit::Refused, a);
+        adm.release(Kind::Web, Admit::Counted, a);
         assert_eq!(
             adm.admit(Kind::Tcrp, "127.0.0.2".parse().unwrap()),
             Admit::Counted

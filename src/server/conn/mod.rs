@@ -126,6 +126,10 @@ pub struct Conn {
     linger_until: Option<Instant>,
     /// The peer shut its side: close (without draining) once what is owed is out.
     peer_done: bool,
+    /// Silence after which the connection is closed ([`IDLE_TIMEOUT`] unless set).
+    idle: Duration,
+    /// Said on idle timeout before closing (a WebSocket close frame), if anything.
+    farewell: Option<Vec<u8>>,
 }
 
 impl Conn {
@@ -142,7 +146,43 @@ impl Conn {
             last_active: now,
             linger_until: None,
             peer_done: false,
+            idle: IDLE_TIMEOUT,
+            farewell: None,
         }
+    }
+
+    /// Starts the request clock now, before any byte: a peer that connects and says
+    /// nothing is closed after [`REQUEST_TIMEOUT`] rather than [`IDLE_TIMEOUT`] (an HTTP
+    /// client owes its request head at once).
+    pub fn expect_request(&mut self, now: Instant) {
+        self.request_since = Some(now);
+    }
+
+    /// Makes the connection a long-lived session: closed after `idle` of silence, saying
+    /// `farewell` first (it is written, then the connection drains and closes as after a
+    /// last answer).
+    pub fn set_session(&mut self, idle: Duration, farewell: Vec<u8>) {
+        self.idle = idle;
+        self.farewell = Some(farewell);
+    }
+
+    /// Appends `len` bytes written by `write` to the output if they fit under
+    /// [`MAX_OUTPUT`] and the connection is still reading; says whether they did. For
+    /// output that may be dropped (a session's datagrams), unlike answers, which are never
+    /// dropped and close a peer that does not read them.
+    pub fn offer(&mut self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        if self.phase != Phase::Reading {
+            return false;
+        }
+        if self.output.len() + len > MAX_OUTPUT && self.written > 0 {
+            self.output.drain(..self.written);
+            self.written = 0;
+        }
+        if self.output.len() + len > MAX_OUTPUT {
+            return false;
+        }
+        write(&mut self.output);
+        true
     }
 
     /// A connection over a limit: it is told `answer` (SERVER_FULL, 503) and closed.
@@ -264,7 +304,7 @@ impl Conn {
         if let Some(t) = self.linger_until {
             return t;
         }
-        let idle = self.last_active + IDLE_TIMEOUT;
+        let idle = self.last_active + self.idle;
         match self.request_since {
             Some(t) => idle.min(t + REQUEST_TIMEOUT),
             None => idle,
@@ -281,6 +321,16 @@ impl Conn {
             (None, Some(_)) => Closed::RequestTimeout,
             (None, None) => Closed::Idle,
         };
+        if why == Closed::Idle && self.phase == Phase::Reading {
+            if let Some(farewell) = self.farewell.take() {
+                // Say goodbye, then close as after a last answer; a peer that does not
+                // take the goodbye is closed after LINGER all the same.
+                self.output.extend_from_slice(&farewell);
+                self.phase = Phase::Closing;
+                self.linger_until = Some(now + LINGER);
+                return;
+            }
+        }
         self.phase = Phase::Closed(why);
     }
 }

@@ -317,6 +317,7 @@ fn a_scrape_is_answered_once_its_head_is_whole_then_drains() {
             slow_peers: 0,
             wakeups: 1,
             busy_seconds: 0.0,
+            web: Default::default(),
         },
     };
     let mut c = Conn::new(t0, http::INPUT_CAP);

@@ -10,13 +10,16 @@ use log::{debug, warn};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{ACCEPT_BACKOFF, ACCEPTS_PER_TURN, CONN_BASE, LISTENER, LoopStats, METRICS};
-use super::{DISCARD_BUF, READS_PER_TURN, Server};
+use super::{ACCEPT_BACKOFF, ACCEPTS_PER_TURN, CONN_BASE, LISTENER, LoopStats, METRICS, WEB};
+use super::{DISCARD_BUF, LoopTx, READS_PER_TURN, Server, WebSide};
 use crate::server::Relay;
 use crate::server::conn::admission::{Admit, Kind};
 use crate::server::conn::{Closed, Conn, Phase, http, tcrp};
 use crate::server::metrics::Snapshot;
-use crate::sys::udp::BatchTx as Tx;
+use crate::server::transmit::SessionId;
+use crate::server::web::frame::{self, CloseCode};
+use crate::server::web::session::{Web, WebState};
+use crate::server::web::{self as webmod};
 
 /// One TCP connection: its socket, and the [`Conn`] that decides what to do with it.
 #[derive(Debug)]
@@ -26,12 +29,18 @@ pub(super) struct Client {
     kind: Kind,
     admit: Admit,
     /// Generation, to recognise stale deadline entries of a reused slab slot.
-    id: u64,
-    conn: Conn,
+    pub(super) id: u64,
+    pub(super) conn: Conn,
     /// The earliest entry this connection has in the deadline queue.
     scheduled: Instant,
     /// Whether WRITABLE interest is registered.
     writing: bool,
+    /// A web connection's state (HTTP head, then WebSocket session); unused otherwise.
+    web: WebState,
+    /// Its session's idle timer and goodbye are set on the `Conn`.
+    session_set: bool,
+    /// Given output by [`Server::deliver_to_sessions`] since its last write.
+    pub(super) touched: bool,
 }
 
 impl Server {
@@ -44,6 +53,10 @@ impl Server {
             let listener = match kind {
                 Kind::Tcrp => &self.listeners.tcrp,
                 Kind::Http => match &self.listeners.metrics {
+                    Some(l) => l,
+                    None => return,
+                },
+                Kind::Web => match &self.listeners.web {
                     Some(l) => l,
                     None => return,
                 },
@@ -64,6 +77,7 @@ impl Server {
         self.backlog.push(match kind {
             Kind::Tcrp => LISTENER,
             Kind::Http => METRICS,
+            Kind::Web => WEB,
         });
     }
 
@@ -81,11 +95,18 @@ impl Server {
                 let answer = match kind {
                     Kind::Tcrp => tcrp::refusal(),
                     Kind::Http => http::refusal(),
+                    Kind::Web => webmod::http::refusal(),
                 };
                 Conn::refused(now, answer)
             }
             (Admit::Counted, Kind::Tcrp) => Conn::new(now, tcrp::INPUT_CAP),
             (Admit::Counted, Kind::Http) => Conn::new(now, http::INPUT_CAP),
+            (Admit::Counted, Kind::Web) => {
+                // The handshake must be whole within REQUEST_TIMEOUT of the accept.
+                let mut conn = Conn::new(now, webmod::INPUT_CAP);
+                conn.expect_request(now);
+                conn
+            }
         };
         if admit == Admit::Counted {
             self.stats.accepted += 1;
@@ -115,6 +136,9 @@ impl Server {
             conn,
             scheduled,
             writing: false,
+            web: WebState::default(),
+            session_set: false,
+            touched: false,
         });
         self.clients.deadlines.schedule(scheduled, key, id);
         if admit == Admit::Refused {
@@ -162,13 +186,14 @@ impl Server {
             relay,
             udp,
             clients,
+            web,
             stats,
             ..
         } = self;
         let client = &mut clients.slab[key];
         match client.kind {
             Kind::Tcrp => {
-                let mut tx = Tx::new(&udp.socket, &mut udp.sender);
+                let mut tx = LoopTx::new(udp, &mut web.outbox);
                 let peer = client.peer.ip();
                 let mut service = tcrp::Tcrp {
                     relay,
@@ -178,9 +203,40 @@ impl Server {
                 client.conn.on_read(now, n, &mut service);
             }
             Kind::Http => {
-                let snapshot = snapshot(relay, stats, clients.admission.connections());
+                let snapshot = snapshot(relay, stats, web, clients.admission.connections());
                 let mut service = http::Scrape { snapshot };
                 client.conn.on_read(now, n, &mut service);
+            }
+            Kind::Web => {
+                let WebSide {
+                    site,
+                    outbox,
+                    scratch,
+                    stats,
+                    session_idle,
+                    ..
+                } = web;
+                let mut tx = LoopTx::new(udp, outbox);
+                let mut service = Web {
+                    relay,
+                    tx: &mut tx,
+                    peer: client.peer.ip(),
+                    session: SessionId { key, id: client.id },
+                    state: &mut client.web,
+                    site,
+                    scratch,
+                    stats,
+                };
+                client.conn.on_read(now, n, &mut service);
+                if client.web.is_session() && !client.session_set {
+                    // PROTOCOL.md §6: a session with no message for max(60 s,
+                    // IdleTimeout) is closed with 1001.
+                    client.session_set = true;
+                    let mut goodbye = Vec::new();
+                    frame::write_close(&mut goodbye, CloseCode::GoingAway);
+                    client.conn.set_session(*session_idle, goodbye);
+                }
+                self.deliver_to_sessions();
             }
         }
     }
@@ -304,6 +360,11 @@ impl Server {
         clients
             .admission
             .release(client.kind, client.admit, client.peer.ip());
+        if client.web.is_session() {
+            // Its members stay until LEAVE or IdleTimeout; their datagrams find no session
+            // of this generation and are not sent.
+            self.web.stats.sessions_closed += 1;
+        }
         // Its deadline entry is garbage now; drop garbage once it dominates.
         clients.deadlines.forget();
         let slab = &clients.slab;
@@ -317,9 +378,11 @@ impl Server {
 fn snapshot<'a, R: rand::Rng>(
     relay: &'a Relay<R>,
     stats: &LoopStats,
+    web: &WebSide,
     connections: usize,
 ) -> Snapshot<'a> {
     Snapshot {
+        web: web.stats.clone(),
         counters: &relay.counters,
         rooms: relay.room_count(),
         members: relay.member_count(),

@@ -12,7 +12,7 @@ use crate::protocol::TOKEN_LEN;
 use crate::protocol::datagram::{ChatDatagram, DatagramError};
 use crate::protocol::event::{Event, EventKind};
 use crate::server::counters::DropReason;
-use crate::server::transmit::{Dest, Transmit};
+use crate::server::transmit::{Addr, Dest, SessionId, Transmit};
 
 impl<R: Rng> Relay<R> {
     /// Handles one received datagram from `from`. Rejected datagrams are dropped silently
@@ -40,6 +40,28 @@ impl<R: Rng> Relay<R> {
         bytes: &[u8],
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
+        self.count_datagram(now, Addr::Udp(from), bytes, tx)
+    }
+
+    /// Handles one datagram that came on WebSocket `session` (a channel-2 message,
+    /// PROTOCOL.md §6). Only members whose token was issued on that session take it.
+    pub fn handle_session_datagram(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        bytes: &[u8],
+        tx: &mut impl Transmit,
+    ) -> DatagramOutcome {
+        self.count_datagram(now, Addr::Session(session), bytes, tx)
+    }
+
+    fn count_datagram(
+        &mut self,
+        now: Instant,
+        from: Addr,
+        bytes: &[u8],
+        tx: &mut impl Transmit,
+    ) -> DatagramOutcome {
         self.counters.datagrams_in += 1;
         let outcome = self.accept_datagram(now, from, bytes, tx);
         match outcome {
@@ -53,7 +75,7 @@ impl<R: Rng> Relay<R> {
     fn accept_datagram(
         &mut self,
         now: Instant,
-        from: Dest,
+        from: Addr,
         bytes: &[u8],
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
@@ -72,12 +94,22 @@ impl<R: Rng> Relay<R> {
         if self.rooms[m.room].name.as_bytes() != d.room {
             return Dropped(DropReason::WrongRoom);
         }
-        if m.ip != from.addr.ip().to_canonical() {
-            return Dropped(DropReason::WrongIp);
-        }
-        match m.addr {
-            Some(bound) if bound.addr != from.addr => return Dropped(DropReason::WrongAddress),
-            _ => {}
+        match (from, m.session) {
+            (Addr::Udp(d), None) => {
+                if m.ip != d.addr.ip().to_canonical() {
+                    return Dropped(DropReason::WrongIp);
+                }
+                match m.addr {
+                    Some(Addr::Udp(bound)) if bound.addr != d.addr => {
+                        return Dropped(DropReason::WrongAddress);
+                    }
+                    _ => {}
+                }
+            }
+            (Addr::Session(s), Some(owner)) if s == owner => {}
+            // Another session, or the other transport: the token's address is not this
+            // one (§6: tokens are not accepted across transports).
+            _ => return Dropped(DropReason::WrongAddress),
         }
         m.deadline = now + self.cfg.idle_timeout;
         if m.addr.is_none() {
@@ -103,20 +135,23 @@ impl<R: Rng> Relay<R> {
 
     /// A member's first datagram: its room's datagrams go to `from` from now on, and the
     /// room hears its JOINED.
-    fn bind(&mut self, key: usize, from: Dest, tx: &mut impl Transmit) {
+    fn bind(&mut self, key: usize, from: Addr, tx: &mut impl Transmit) {
         let m = &mut self.members[key];
         m.addr = Some(from);
         let room = &mut self.rooms[m.room];
         room.bind(key, from, &mut self.counters, tx);
         self.counters.members_bound += 1;
-        info!(
-            "'{}' bound in room '{}' from {}",
-            m.name, room.name, from.addr
-        );
+        match from {
+            Addr::Udp(d) => info!("'{}' bound in room '{}' from {}", m.name, room.name, d.addr),
+            Addr::Session(_) => info!(
+                "'{}' bound in room '{}' on a WebSocket session from {}",
+                m.name, room.name, m.ip
+            ),
+        }
         self.emit_from(key, EventKind::Joined, "", tx);
     }
 
-    fn send_rate_notice(&mut self, key: usize, to: Dest, tx: &mut impl Transmit) {
+    fn send_rate_notice(&mut self, key: usize, to: Addr, tx: &mut impl Transmit) {
         let ev = Event {
             kind: EventKind::RateLimited as u8,
             seq: 0,
@@ -125,7 +160,10 @@ impl<R: Rng> Relay<R> {
         };
         self.notice.clear();
         if self.notice.push(&ev) {
-            let sent = tx.send(self.notice.bytes(), std::slice::from_ref(&to));
+            let sent = match to {
+                Addr::Udp(d) => tx.send(self.notice.bytes(), std::slice::from_ref(&d)),
+                Addr::Session(s) => tx.send_sessions(self.notice.bytes(), std::slice::from_ref(&s)),
+            };
             self.counters.rate_notices += 1;
             self.counters.datagrams_out += sent as u64;
             self.counters.send_drops += 1 - sent.min(1) as u64;

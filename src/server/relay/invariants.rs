@@ -4,6 +4,7 @@
 use rand::Rng;
 
 use super::Relay;
+use crate::server::transmit::Addr;
 
 impl<R: Rng> Relay<R> {
     /// Checks that the relay's tables agree with each other; `Err` names the first broken
@@ -27,6 +28,15 @@ impl<R: Rng> Relay<R> {
             if room.members().iter().filter(|&&k| k == key).count() != 1 {
                 return Err(format!("member {key} not listed once in its room"));
             }
+            match (m.session, m.addr) {
+                (Some(s), Some(Addr::Session(b))) if s != b => {
+                    return Err(format!("member {key} bound to another session"));
+                }
+                (Some(_), Some(Addr::Udp(_))) | (None, Some(Addr::Session(_))) => {
+                    return Err(format!("member {key} bound across transports"));
+                }
+                _ => {}
+            }
         }
         for (key, r) in &self.rooms {
             if self.by_name.get(&r.name) != Some(&key) {
@@ -40,7 +50,7 @@ impl<R: Rng> Relay<R> {
                 if self
                     .members
                     .get(k)
-                    .is_none_or(|m| m.room != key || m.addr != Some(*addr))
+                    .is_none_or(|m| m.room != key || m.addr != Some(addr))
                 {
                     return Err(format!("room '{}' sends to a stranger", r.name));
                 }

@@ -13,7 +13,10 @@ use crate::protocol::{Operation, Status};
 use crate::server::limits::{Bucket, FAILURE_WINDOW};
 use crate::server::room::Room;
 use crate::server::token::{self, Token, constant_time_eq};
-use crate::server::transmit::Transmit;
+use crate::server::transmit::{SessionId, Transmit};
+
+/// Where a request came from: the peer's IP, and the WebSocket session if it came on one.
+type Origin = (IpAddr, Option<SessionId>);
 
 impl<R: Rng> Relay<R> {
     /// Answers one TCRP request from `peer` into `out` (a RESPONSE, and a COMPLETE on
@@ -26,7 +29,34 @@ impl<R: Rng> Relay<R> {
         out: &mut Vec<u8>,
         tx: &mut impl Transmit,
     ) -> Status {
+        self.handle_request_on(now, peer, None, req, out, tx)
+    }
+
+    /// [`Relay::handle_request`] for a request that came on WebSocket `session` from
+    /// `peer` (PROTOCOL.md §6): the tokens it issues are bound to that session.
+    pub fn handle_session_request(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        session: SessionId,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+        tx: &mut impl Transmit,
+    ) -> Status {
+        self.handle_request_on(now, peer, Some(session), req, out, tx)
+    }
+
+    fn handle_request_on(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        session: Option<SessionId>,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+        tx: &mut impl Transmit,
+    ) -> Status {
         let peer = peer.to_canonical();
+        let origin = (peer, session);
         let op = req.operation();
         let room_bytes = req.room().as_bytes();
         let result = match *req {
@@ -36,13 +66,13 @@ impl<R: Rng> Relay<R> {
                 password,
                 capacity,
                 ..
-            } => self.create(now, peer, room, user, password, capacity),
+            } => self.create(now, origin, room, user, password, capacity),
             Request::Join {
                 room,
                 user,
                 password,
                 ..
-            } => self.join(now, peer, room, user, password),
+            } => self.join(now, origin, room, user, password),
             Request::Leave { room, token } => self.leave(peer, room, token, tx),
             Request::List => Ok(None),
             // Answered by the server's v1.1 work.
@@ -74,12 +104,13 @@ impl<R: Rng> Relay<R> {
     fn create(
         &mut self,
         now: Instant,
-        peer: IpAddr,
+        origin: Origin,
         room: &str,
         user: &str,
         password: &[u8],
         capacity: u16,
     ) -> Result<Option<usize>, Status> {
+        let peer = origin.0;
         if self.by_name.contains_key(room) {
             return Err(Status::RoomExists);
         }
@@ -98,7 +129,7 @@ impl<R: Rng> Relay<R> {
         };
         let key = self.rooms.vacant_key();
         self.rooms_per_ip.add(peer);
-        let host = self.add_member(now, key, peer, user);
+        let host = self.add_member(now, key, origin, user);
         let inserted = self
             .rooms
             .insert(Room::new(key, room, password, capacity, (host, peer)));
@@ -112,11 +143,12 @@ impl<R: Rng> Relay<R> {
     fn join(
         &mut self,
         now: Instant,
-        peer: IpAddr,
+        origin: Origin,
         room: &str,
         user: &str,
         password: &[u8],
     ) -> Result<Option<usize>, Status> {
+        let peer = origin.0;
         if self.throttle.is_throttled(peer, now) {
             return Err(Status::TooManyRequests);
         }
@@ -144,7 +176,7 @@ impl<R: Rng> Relay<R> {
         {
             return Err(Status::ServerFull);
         }
-        let m = self.add_member(now, key, peer, user);
+        let m = self.add_member(now, key, origin, user);
         self.rooms[key].admit(m);
         info!("'{user}' joined room '{room}' from {peer}");
         Ok(Some(m))
@@ -152,7 +184,8 @@ impl<R: Rng> Relay<R> {
 
     /// Enters a member of `room` into the member table, with a fresh token and deadline;
     /// the room itself is the caller's to tell.
-    fn add_member(&mut self, now: Instant, room: usize, ip: IpAddr, name: &str) -> usize {
+    fn add_member(&mut self, now: Instant, room: usize, origin: Origin, name: &str) -> usize {
+        let (ip, session) = origin;
         self.members_per_ip.add(ip);
         let token = loop {
             let t = token::generate(&mut self.rng);
@@ -169,6 +202,7 @@ impl<R: Rng> Relay<R> {
             name: name.into(),
             token,
             ip,
+            session,
             addr: None,
             deadline,
             bucket: Bucket::full(self.cfg.msg_burst, now),

@@ -455,3 +455,80 @@ fn one_ip_cannot_hold_more_than_its_share_of_members() {
     assert_eq!(w.request(0, ip(1), join("d")).0, Status::Ok);
     w.relay.check_invariants().unwrap();
 }
+
+/// PROTOCOL.md §6: a token issued on a WebSocket session is bound to that session; the
+/// same bytes reach UDP and session members; tokens do not cross transports; LEAVE goes by
+/// the session's peer IP.
+#[test]
+fn session_members_share_the_room_and_keep_to_their_transport() {
+    use crate::server::transmit::SessionId;
+    let mut w = World::new(Config::default());
+    let s1 = SessionId { key: 3, id: 30 };
+    let s2 = SessionId { key: 4, id: 40 };
+    let now = w.at(0);
+    let udp_token = w.create("mix", "alice");
+    let join = Request::Join {
+        room: "mix",
+        user: "web",
+        password: b"",
+        resume_key: None,
+    };
+    let mut out = Vec::new();
+    let status = w
+        .relay
+        .handle_session_request(now, ip(1), s1, &join, &mut out, &mut w.tx);
+    assert_eq!(status, Status::Ok);
+    let (_, n) = crate::protocol::frame::split_reply(&out).unwrap().unwrap();
+    let (complete, _) = crate::protocol::frame::split_reply(&out[n..])
+        .unwrap()
+        .unwrap();
+    let web_token = crate::protocol::frame::Grant::parse(complete.payload)
+        .unwrap()
+        .token
+        .to_vec();
+
+    let d = DatagramOutcome::Dropped(crate::server::counters::DropReason::WrongAddress);
+    // Across transports, and on another session: dropped.
+    let hb = chat_datagram("mix", &web_token, "");
+    assert_eq!(w.relay.handle_datagram(now, addr(5000), &hb, &mut w.tx), d);
+    assert_eq!(w.relay.handle_session_datagram(now, s2, &hb, &mut w.tx), d);
+    let udp_hb = chat_datagram("mix", &udp_token, "");
+    assert_eq!(
+        w.relay.handle_session_datagram(now, s1, &udp_hb, &mut w.tx),
+        d
+    );
+    // Both bind on their own transport.
+    assert_eq!(
+        w.relay.handle_datagram(now, addr(5000), &udp_hb, &mut w.tx),
+        DatagramOutcome::Heartbeat
+    );
+    assert_eq!(
+        w.relay.handle_session_datagram(now, s1, &hb, &mut w.tx),
+        DatagramOutcome::Heartbeat
+    );
+    assert_eq!(w.relay.bound_count(), 2);
+    let msg = chat_datagram("mix", &web_token, "hi from the web");
+    assert_eq!(
+        w.relay.handle_session_datagram(now, s1, &msg, &mut w.tx),
+        DatagramOutcome::Relayed
+    );
+    w.relay.flush(&mut w.tx);
+    w.relay.check_invariants().unwrap();
+    // The same bytes went to the UDP member and to the session.
+    let udp_last = w.tx.to(addr(5000)).last().unwrap().to_vec();
+    let (web_last, to) = w.tx.sent_sessions.last().unwrap().clone();
+    assert_eq!(udp_last, web_last);
+    assert_eq!(to, vec![s1]);
+    let evs: Vec<_> = Events::new(&udp_last).map(|e| e.unwrap()).collect();
+    assert_eq!(evs.last().unwrap().body, "hi from the web");
+    // LEAVE of the session's token from another IP: refused; from its IP over TCP: fine.
+    let leave = Request::Leave {
+        room: "mix",
+        token: &web_token,
+    };
+    assert_eq!(w.request(1, ip(9), leave).0, Status::Unauthorized);
+    assert_eq!(w.request(1, ip(1), leave).0, Status::Ok);
+    w.relay.flush(&mut w.tx);
+    w.relay.check_invariants().unwrap();
+    assert_eq!(w.relay.bound_count(), 1);
+}

@@ -32,7 +32,8 @@ impl Bench {
             queue: Vec::new(),
             tx: Recorder::default(),
         };
-        b.room.bind(0, dest(1), &mut b.counters, &mut b.tx);
+        b.room
+            .bind(0, Addr::Udp(dest(1)), &mut b.counters, &mut b.tx);
         b
     }
 
@@ -116,7 +117,8 @@ fn binding_flushes_what_the_old_set_was_to_see() {
     let mut b = Bench::new();
     b.emit("before", 64);
     b.room.admit(1);
-    b.room.bind(1, dest(2), &mut b.counters, &mut b.tx);
+    b.room
+        .bind(1, Addr::Udp(dest(2)), &mut b.counters, &mut b.tx);
     b.emit("after", 64);
     b.room.flush(&mut b.counters, &mut b.tx);
     assert_eq!(
@@ -134,7 +136,8 @@ fn removing_flushes_first_bound_or_not() {
     let mut b = Bench::new();
     b.room.admit(1);
     b.room.admit(2);
-    b.room.bind(2, dest(3), &mut b.counters, &mut b.tx);
+    b.room
+        .bind(2, Addr::Udp(dest(3)), &mut b.counters, &mut b.tx);
     b.emit("for 0 and 2", 64);
     // Member 1 never bound: its removal still sends what is queued first.
     b.room.remove(1, &mut b.counters, &mut b.tx);
@@ -183,7 +186,8 @@ fn close_sends_room_closed_after_what_is_queued() {
 fn refused_sends_are_counted() {
     let mut b = Bench::new();
     b.room.admit(1);
-    b.room.bind(1, dest(2), &mut b.counters, &mut b.tx);
+    b.room
+        .bind(1, Addr::Udp(dest(2)), &mut b.counters, &mut b.tx);
     b.tx.accept_at_most = Some(1);
     b.emit("x", 64);
     b.room.flush(&mut b.counters, &mut b.tx);
