@@ -69,6 +69,10 @@ pub const PROBES: u8 = 3;
 /// unanswered 36% of the time, and ten in a row happen once in 30 000 sessions, while a
 /// version 1 server costs only ten seconds of the SYNC's wait.
 pub const V1_PROBES: u8 = 10;
+/// How long the history asked for at join may hold up delivery while the server has not
+/// shown it speaks version 1.1 (a version 1 server never answers the NACK): about three
+/// SYNCs; a version 1.1 server answers the first at once.
+pub const HISTORY_WAIT: Duration = Duration::from_secs(3);
 /// Seqs past `Delivered` the reorder buffer covers: four times the server's default
 /// history (1024), so a client that falls behind a busy room still catches up, while the
 /// buffer holds at most 4096 events (about 16 MiB of the largest events).
@@ -438,6 +442,13 @@ pub struct Recovery {
     probe: Option<Probe>,
     /// When a datagram last went out (the v1 heartbeat's clock).
     last_sent: Instant,
+    /// When a v1 heartbeat last went out: until the server answered a SYNC, one goes every
+    /// IdleTimeout/4 too, since a version 1 server drops SYNCs without counting them as a
+    /// sign of life.
+    last_heartbeat: Instant,
+    /// While the server's version is unknown: when the history asked for at join is given
+    /// up, so that a version 1 server (which never answers its NACK) does not hold delivery.
+    history_deadline: Option<Instant>,
     /// When a SYNC last went out: one goes at least every IdleTimeout/4 even while NACKs
     /// flow, since only a SYNC's answer shows that the path still works.
     last_sync: Instant,
@@ -467,6 +478,8 @@ impl Recovery {
             rejoin: None,
             probe: None,
             last_sent: now,
+            last_heartbeat: now,
+            history_deadline: None,
             last_sync: now,
             transmits: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -726,6 +739,12 @@ impl Recovery {
         if let Some(p) = self.probe {
             consider(p.next_at);
         }
+        if self.mode == Mode::Unknown {
+            consider(self.last_heartbeat + self.cfg.idle_timeout / 4);
+        }
+        if let Some(d) = self.history_deadline {
+            consider(d);
+        }
         for p in &self.pending {
             if let SendState::InFlight { deadline } = p.state {
                 consider(deadline);
@@ -746,6 +765,12 @@ impl Recovery {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.link != Link::Live {
             return;
+        }
+        if self.mode == Mode::Unknown && now >= self.last_heartbeat + self.cfg.idle_timeout / 4 {
+            self.transmit(now, Transmit::Heartbeat);
+        }
+        if self.history_deadline.is_some_and(|d| now >= d) {
+            self.give_up_history();
         }
         let mut need_sync = false;
         for p in &mut self.pending {
@@ -811,6 +836,9 @@ impl Recovery {
             self.cfg.history.min(seq - 1).min(window)
         };
         self.anchored_once = true;
+        if history > 0 && self.mode == Mode::Unknown {
+            self.history_deadline = Some(now + HISTORY_WAIT);
+        }
         self.delivered = Some(seq_sub(seq, history.saturating_add(1)));
         self.highest = seq;
         self.slots.clear();
@@ -1216,6 +1244,9 @@ impl Recovery {
             }
         }
         self.last_sent = now;
+        if t == Transmit::Heartbeat {
+            self.last_heartbeat = now;
+        }
         self.transmits.push_back(t);
     }
 
@@ -1244,6 +1275,18 @@ impl Recovery {
         if self.mode == Mode::Unknown {
             self.mode = Mode::V11;
         }
+        self.history_deadline = None;
+    }
+
+    /// The server did not show it speaks version 1.1 in time: the history not yet here is
+    /// skipped (silently: it was said before this member came), so delivery goes on.
+    fn give_up_history(&mut self) {
+        self.history_deadline = None;
+        for slot in self.slots.iter_mut().take(self.history_left) {
+            if matches!(slot, Slot::Missing { .. }) {
+                *slot = Slot::Gone;
+            }
+        }
     }
 
     fn need_resume(&mut self) {
@@ -1259,6 +1302,7 @@ impl Recovery {
     fn fall_back_to_v1(&mut self, now: Instant) {
         self.mode = Mode::V1;
         self.probe = None;
+        self.history_deadline = None;
         self.outputs.push_back(Output::FellBackToV1);
         if let Some(d) = self.delivered {
             self.v1.observe(d);

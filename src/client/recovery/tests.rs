@@ -1204,3 +1204,39 @@ fn a_send_overtaken_by_a_later_one_goes_again_under_a_new_number() {
     // The next message gets a number above every one used.
     assert_eq!(h.r.send(h.now, "c"), 4);
 }
+
+#[test]
+fn history_unanswered_by_an_unknown_server_does_not_hold_delivery() {
+    let mut cfg = Config::new(ME, IDLE);
+    cfg.history = 5;
+    let mut h = H::with(cfg);
+    h.event(EventKind::Joined, 10, ME, "");
+    h.msg(11);
+    assert!(seqs(&h.out()).is_empty(), "waits for the history first");
+    // No SYNC answered, no NACK answered: after HISTORY_WAIT the history is skipped,
+    // silently, and delivery goes on.
+    h.advance(HISTORY_WAIT);
+    let out = h.out();
+    assert_eq!(seqs(&out), vec![10, 11]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Missed { .. })));
+}
+
+#[test]
+fn while_the_server_is_unknown_v1_heartbeats_go_out_too() {
+    let mut h = H::with(Config::new(ME, Duration::from_secs(1)));
+    let start = h.now;
+    let log = h.advance_log(ms(600), start);
+    let beats: Vec<u64> = log
+        .iter()
+        .filter(|(_, t)| *t == Transmit::Heartbeat)
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(beats, vec![250, 500], "{log:?}");
+    // Once the server answered a SYNC, SYNC alone is the heartbeat.
+    h.answer(3, 0);
+    let log = h.advance_log(ms(1200), start);
+    assert!(
+        !log.iter().any(|(_, t)| *t == Transmit::Heartbeat),
+        "{log:?}"
+    );
+}
