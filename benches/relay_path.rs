@@ -6,7 +6,9 @@
 //! machines). `scripts/callgrind-relay.sh` runs it under callgrind and prints instructions
 //! per message, which are repeatable.
 //!
-//! Arguments: `[messages] [members] [batch_max]` (defaults 2000000, 25, 64).
+//! Arguments: `[messages] [members] [batch_max] [history]` (defaults 2000000, 25, 64,
+//! 1024: the server's `--history`, so the cost of the v1.1 ring is in the figure; 0 leaves
+//! it out).
 
 #[path = "../tests/relay_fixture/mod.rs"]
 mod relay_fixture;
@@ -24,7 +26,12 @@ fn main() {
     let messages = nums.first().copied().unwrap_or(2_000_000);
     let members = nums.get(1).copied().unwrap_or(25).max(1);
     let batch_max = nums.get(2).copied().unwrap_or(64).max(1);
-    let mut f = relay_fixture::room(members, batch_max, &"x".repeat(64));
+    let history = nums.get(3).copied().unwrap_or(1024);
+    let cfg = ocm::server::Config {
+        history,
+        ..ocm::server::Config::default()
+    };
+    let mut f = relay_fixture::room_with(members, cfg, batch_max, &"x".repeat(64));
     let mut tx = Null(0);
     let mut now = f.t0;
     let start = Instant::now();
@@ -47,7 +54,8 @@ fn main() {
     let elapsed = start.elapsed();
     let c = &f.relay.counters;
     println!(
-        "relay path: {messages} messages, {members} members, batch-max {batch_max}: \
+        "relay path: {messages} messages, {members} members, batch-max {batch_max}, \
+         history {history}: \
          {:.1} ns/message, {:.2} ns/delivery, {:.1} events/datagram",
         elapsed.as_nanos() as f64 / messages as f64,
         elapsed.as_nanos() as f64 / c.deliveries as f64,

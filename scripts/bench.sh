@@ -3,9 +3,13 @@
 #   builds ocm-server and bench-client in release mode, starts ocm-server on free loopback
 #   ports, runs bench-client against it, stops the server, and prints the server's CPU time.
 #
-# Usage: scripts/bench.sh [bench-client args]
+# Usage: scripts/bench.sh [--history N] [bench-client args]
 #        (default: --users 500 --rooms 20 --rate 20000 --duration 10)
+# --history N goes to the server (events kept per room for NACKs; the server's default
+# when absent); everything else goes to bench-client. The bench speaks protocol v1.1 (SEND,
+# SYNC, NACK recovery) unless given --v1.
 # Extra server flags: OCM_SERVER_ARGS="--batch-max 1" scripts/bench.sh --rate 50000
+# Another server binary: OCM_SERVER_BIN=/path/to/ocm-server scripts/bench.sh
 #
 # The server runs with --msg-rate 0 (no per-member flood control, or the bench would
 # measure the rate limit) and --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1).
@@ -13,15 +17,49 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 
-if [ "$#" -eq 0 ]; then
-    set -- --users 500 --rooms 20 --rate 20000 --duration 10
+# --history N (or --history=N) is the server's; the rest is the bench's.
+history=""
+bench_args=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+    --history)
+        if [ "$#" -lt 2 ]; then
+            echo "bench.sh: --history needs a number" >&2
+            exit 2
+        fi
+        history="$2"
+        shift 2
+        ;;
+    --history=*)
+        history="${1#--history=}"
+        shift
+        ;;
+    *)
+        bench_args+=("$1")
+        shift
+        ;;
+    esac
+done
+if [ -n "$history" ] && ! [[ "$history" =~ ^[0-9]+$ ]]; then
+    echo "bench.sh: --history must be a number of events, not '$history'" >&2
+    exit 2
 fi
+if [ "${#bench_args[@]}" -eq 0 ]; then
+    bench_args=(--users 500 --rooms 20 --rate 20000 --duration 10)
+fi
+path="v1.1 (SEND with ClientSeq, SYNC heartbeats, gaps recovered with NACK)"
+for a in "${bench_args[@]}"; do
+    if [ "$a" = "--v1" ]; then
+        path="v1 (chat datagrams, empty heartbeats, no recovery)"
+    fi
+done
 
 echo "bench.sh: building (cargo build --release -p ocm -p bench-client)" >&2
 cargo build --release --quiet -p ocm -p bench-client
 
 target_dir="${CARGO_TARGET_DIR:-target}"
-server_bin="$target_dir/release/ocm-server"
+# OCM_SERVER_BIN: another server build to measure (e.g. a branch's), instead of this tree's.
+server_bin="${OCM_SERVER_BIN:-$target_dir/release/ocm-server}"
 bench_bin="$target_dir/release/bench-client"
 
 tmp="$(mktemp -d)"
@@ -40,6 +78,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0)
+if [ -n "$history" ]; then
+    server_args+=(--history "$history")
+fi
 # shellcheck disable=SC2206 # word splitting of the extra flags is wanted
 server_args+=(${OCM_SERVER_ARGS:-})
 echo "bench.sh: starting $server_bin ${server_args[*]}" >&2
@@ -62,7 +103,8 @@ if [ -z "$listening" ]; then
     exit 1
 fi
 tcp="$(sed -n 's/^listening tcp=\([^ ]*\) .*/\1/p' <<<"$listening")"
-echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0)" >&2
+echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --history ${history:-default})" >&2
+echo "bench.sh: protocol path $path; server --history ${history:-default}"
 
 # utime and stime of a process, in clock ticks: fields 14 and 15 of /proc/PID/stat,
 # counted after the command name (which is in parentheses and may hold spaces).
@@ -73,7 +115,7 @@ read -r utime0 stime0 < <(cpu_ticks "$server_pid")
 start_ns="$(date +%s%N)"
 
 set +e
-"$bench_bin" --server "$tcp" "$@"
+"$bench_bin" --server "$tcp" "${bench_args[@]}"
 bench_rc=$?
 set -e
 

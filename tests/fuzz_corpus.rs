@@ -138,6 +138,15 @@ fn relay_op() -> impl Strategy<Value = Vec<u8>> {
             v.extend(raw);
             v
         }),
+        // (v1.1) SEND, NACK, SYNC with a granted token from its own room, IP and port;
+        // RESUME with a granted token, from any of the IPs.
+        2 => (0u8..4, 0u8..8, 0u8..4, any::<u8>())
+            .prop_map(|(msg, tok, port, cs)| vec![240, 4 | (msg << 6), tok << 2, 4 | (port << 4), cs]),
+        2 => (0u8..8, 0u8..4, any::<u8>(), any::<u8>())
+            .prop_map(|(tok, port, f, c)| vec![241, 4, tok << 2, 4 | (port << 4), f, c]),
+        1 => (0u8..8, 0u8..4).prop_map(|(tok, port)| vec![242, 4, tok << 2, 4 | (port << 4)]),
+        1 => (0u8..8, any::<u8>(), any::<u8>())
+            .prop_map(|(tok, i, k)| vec![243, 4, tok << 2, i, k]),
         // Clock, flush, control.
         2 => (any::<u8>(), any::<u8>()).prop_map(|(step, run)| vec![9, step, run]),
         1 => Just(vec![10]),
@@ -163,8 +172,9 @@ proptest! {
         ops in prop::collection::vec(relay_op(), 0..80),
     ) {
         let mut input = config.to_vec();
-        // Start with a room and its host bound, so the rest has something to work on.
-        input.extend_from_slice(&[0, 0, 0, 0, 6, 4, 0, 4]);
+        // Start with a room and its host (with a resume key) bound, so the rest has
+        // something to work on.
+        input.extend_from_slice(&[0, 0x40, 0, 0, 6, 4, 0, 4]);
         input.extend(ops.concat());
         fuzzing::relay(&input);
     }

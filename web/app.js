@@ -7,6 +7,7 @@
 
 import { MAX_MESSAGE, MAX_NAME, MAX_PASSWORD, Status, byteLength, checkText } from './protocol.js';
 import { Session, defaultUrl } from './session.js';
+import { MAX_PLAINTEXT, RoomCrypto } from './e2e.js';
 
 /** A protocol status in words, for the room `room` and user `user` of the request. */
 export function statusText(status, room = '', user = '') {
@@ -109,12 +110,22 @@ function start() {
     send: $('send'),
     bytes: $('message-bytes'),
     status: $('status'),
+    e2e: $('e2e'),
+    passphrase: $('passphrase'),
+    chatE2e: $('chat-e2e'),
   };
 
   let current = null; // { room, user, isHost } while in a room
   let busy = false;
+  // End-to-end encryption (the functions are in their own block below): the room's
+  // RoomCrypto while in an encrypted room, the chains that keep sealing and opening in
+  // order, and own envelopes → their text, for the "sending…" line.
+  let e2e = null;
+  let e2eQueue = Promise.resolve();
+  let e2eSendQueue = Promise.resolve();
+  const e2eOwn = new Map();
 
-  const session = new Session({ url: defaultUrl(window.location), onEvent });
+  const session = new Session({ url: defaultUrl(window.location), onEvent: e2eRoute });
 
   try {
     el.name.value = window.localStorage.getItem('ocm.name') ?? '';
@@ -151,7 +162,7 @@ function start() {
     scrollIfFollowing(following);
   }
 
-  function messageNode({ seq = null, user, text, mine, history = false }) {
+  function messageNode({ seq = null, user, text, mine, history = false, e2eMark = null }) {
     const li = document.createElement('li');
     li.className = 'msg';
     li.dataset.testid = 'message';
@@ -172,6 +183,7 @@ function start() {
     body.dataset.testid = 'message-text';
     body.textContent = text;
     li.append(time, who, body);
+    if (e2eMark) e2eDecorate(li, who, e2eMark);
     return li;
   }
 
@@ -191,6 +203,7 @@ function start() {
 
   function showChat(room, user, isHost) {
     current = { room, user, isHost };
+    el.chatE2e.hidden = e2e === null;
     el.messages.replaceChildren();
     el.chatRoom.textContent = room;
     el.chatMe.textContent = isHost ? `you are ${user} (host)` : `you are ${user}`;
@@ -204,6 +217,7 @@ function start() {
 
   function showLobby() {
     current = null;
+    e2eLeave();
     el.chat.hidden = true;
     el.lobby.hidden = false;
     el.room.focus();
@@ -319,6 +333,11 @@ function start() {
     fieldError(null, '');
     busy = true;
     el.join.disabled = el.create.disabled = true;
+    if (!(await e2eEnter(checked.room))) {
+      busy = false;
+      el.join.disabled = el.create.disabled = false;
+      return;
+    }
     setStatus(creating ? 'Creating…' : 'Joining…');
     try {
       window.localStorage.setItem('ocm.name', checked.user);
@@ -335,6 +354,7 @@ function start() {
     busy = false;
     el.join.disabled = el.create.disabled = false;
     if (!result.ok) {
+      e2eLeave();
       const field = { [Status.ROOM_EXISTS]: 'room', [Status.ROOM_NOT_FOUND]: 'room', [Status.BAD_PASSWORD]: 'password', [Status.NAME_TAKEN]: 'name' }[result.status] ?? null;
       const text = statusText(result.status, checked.room, checked.user);
       fieldError(field, text.charAt(0).toUpperCase() + text.slice(1) + '.');
@@ -378,10 +398,135 @@ function start() {
 
   function updateBytes() {
     const c = messageCheck(el.message.value);
-    el.bytes.textContent = `${c.bytes} / ${MAX_MESSAGE} bytes`;
-    el.bytes.classList.toggle('over', c.bytes > MAX_MESSAGE);
+    const limit = e2e ? MAX_PLAINTEXT : MAX_MESSAGE;
+    el.bytes.textContent = `${c.bytes} / ${limit} bytes`;
+    el.bytes.classList.toggle('over', c.bytes > limit);
     el.message.setAttribute('aria-invalid', c.error ? 'true' : 'false');
     return c;
+  }
+
+  // --- end-to-end encrypted rooms (PROTOCOL.md §7, e2e.js) ------------------------
+  // While in an encrypted room, `e2e` is its RoomCrypto: own messages are sealed before
+  // session.send (once: a retransmission resends the same envelope), and every event goes
+  // through one promise chain so that opening envelopes (async WebCrypto) keeps their order.
+
+  el.e2e.addEventListener('change', () => {
+    el.passphrase.disabled = !el.e2e.checked;
+    if (el.e2e.checked) el.passphrase.focus();
+  });
+  el.passphrase.addEventListener('input', () => el.passphrase.removeAttribute('aria-invalid'));
+
+  /** Derives the room key when the box is ticked. False (with the reason shown) to stop. */
+  async function e2eEnter(room) {
+    e2eLeave();
+    if (!el.e2e.checked) return true;
+    const passphrase = el.passphrase.value;
+    if (passphrase === '') {
+      el.passphrase.setAttribute('aria-invalid', 'true');
+      el.passphrase.focus();
+      setStatus('An encrypted room needs a passphrase.', true);
+      return false;
+    }
+    el.passphrase.removeAttribute('aria-invalid');
+    if (!globalThis.crypto?.subtle) {
+      setStatus('Encrypted rooms need HTTPS (or localhost): this page has no WebCrypto here.', true);
+      return false;
+    }
+    setStatus('deriving key…');
+    try {
+      e2e = await RoomCrypto.fromPassphrase(passphrase, room);
+    } catch (err) {
+      setStatus(`Could not derive the room key: ${err?.message ?? err}.`, true);
+      return false;
+    }
+    return true;
+  }
+
+  function e2eLeave() {
+    e2e = null;
+    e2eOwn.clear();
+  }
+
+  function e2eSend(text) {
+    if (byteLength(text) > MAX_PLAINTEXT) {
+      setStatus(`An encrypted message holds at most ${MAX_PLAINTEXT} bytes.`, true);
+      return;
+    }
+    const crypto = e2e;
+    const user = current?.user ?? '';
+    el.message.value = '';
+    updateBytes();
+    el.message.focus();
+    e2eSendQueue = e2eSendQueue.then(async () => {
+      let envelope;
+      try {
+        envelope = await crypto.seal(text, user);
+      } catch (err) {
+        setStatus(err?.message ?? String(err), true);
+        return;
+      }
+      if (crypto !== e2e) return; // left the room meanwhile
+      e2eOwn.set(envelope, text);
+      const sent = session.send(envelope);
+      if (!sent.ok) {
+        e2eOwn.delete(envelope);
+        setStatus(sent.error, true);
+      }
+    });
+  }
+
+  function e2eRoute(e) {
+    if (!e2e) return onEvent(e);
+    const crypto = e2e;
+    e2eQueue = e2eQueue
+      .then(() => e2eShow(crypto, e))
+      .catch((err) => console.error('e2e', err));
+  }
+
+  async function e2eShow(crypto, e) {
+    if (e.type === 'pending') return onEvent({ ...e, text: e2eOwn.get(e.text) ?? e.text });
+    if (e.type !== 'message') return onEvent(e);
+    const shown = await crypto.open(e.text, e.user);
+    if (crypto !== e2e) return; // left the room meanwhile
+    if (e.mine) e2eOwn.delete(e.text);
+    switch (shown.shown) {
+      case 'encrypted':
+        return onEvent({ ...e, text: shown.text, e2eMark: 'encrypted' });
+      case 'not-encrypted':
+        return onEvent({ ...e, e2eMark: 'plain' });
+      case 'replay':
+        return undefined; // dropped, counted in crypto.replays
+      default: {
+        if (e.clientSeq !== null) {
+          el.messages.querySelector(`li.pending[data-client-seq="${e.clientSeq}"]`)?.remove();
+        }
+        const li = document.createElement('li');
+        li.className = 'notice warn';
+        li.dataset.testid = 'undecryptable';
+        li.dataset.user = e.user;
+        li.textContent = `${e.user}: ${shown.message}`;
+        place(li);
+        return undefined;
+      }
+    }
+  }
+
+  /** The lock on an encrypted message, or the "not encrypted" mark on a plain one. */
+  function e2eDecorate(li, who, mark) {
+    li.dataset.e2e = mark;
+    const span = document.createElement('span');
+    if (mark === 'encrypted') {
+      span.className = 'e2e-lock';
+      span.textContent = ' 🔒';
+      span.title = 'end-to-end encrypted';
+      span.setAttribute('aria-label', 'encrypted');
+      who.append(span);
+    } else {
+      span.className = 'state e2e-plain';
+      span.dataset.testid = 'not-encrypted';
+      span.textContent = 'not encrypted';
+      li.append(span);
+    }
   }
 
   el.entry.addEventListener('submit', (ev) => {
@@ -409,6 +554,10 @@ function start() {
     const c = updateBytes();
     if (!c.ok) {
       if (c.error) setStatus(c.error, true);
+      return;
+    }
+    if (e2e) {
+      e2eSend(el.message.value);
       return;
     }
     const sent = session.send(el.message.value);

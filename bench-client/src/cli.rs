@@ -4,6 +4,7 @@ use argh::FromArgs;
 use ocm::protocol::MAX_MESSAGE;
 
 use crate::body::{MAX_SENDER, MIN_BODY};
+use crate::loss::DEFAULT_SEED;
 
 /// Open-loop latency and throughput benchmark for ocm-server. Run the server with
 /// `--msg-rate 0` (no flood control), or its rate limit is what you measure.
@@ -77,7 +78,38 @@ pub struct Args {
     /// no progress lines on stderr
     #[argh(switch)]
     pub quiet: bool,
+
+    /// drop each datagram a socket receives with this probability, before it is read, as a
+    /// lossy network would (0 to 0.9; default: 0); the v1.1 path recovers them with NACK
+    #[argh(option, default = "0.0")]
+    pub loss: f64,
+
+    /// seed of --loss (default: a fixed one, so runs with the same flags lose alike)
+    #[argh(option, default = "DEFAULT_SEED")]
+    pub seed: u64,
+
+    /// the version 1 path: plain chat datagrams, empty heartbeats, no recovery (default: the
+    /// v1.1 path: SEND with ClientSeq, SYNC heartbeats, gaps recovered with NACK)
+    #[argh(switch)]
+    pub v1: bool,
+
+    /// v1.1: ms before an unanswered NACK is repeated the first time, doubling after
+    /// (default: 50, as PROTOCOL.md §5.4 suggests; 1 to 1000)
+    #[argh(option, default = "50")]
+    pub nack_retry_ms: u64,
+
+    /// control connections over TLS (a server with --tls-cert), checked against the
+    /// system's trusted CAs and the host in --server; the load itself stays UDP
+    #[argh(switch)]
+    pub tls: bool,
+
+    /// also trust the CA certificate(s) in this PEM file; implies --tls
+    #[argh(option)]
+    pub ca: Option<std::path::PathBuf>,
 }
+
+/// Highest `--loss`: past it a run measures little but retries.
+pub const MAX_LOSS: f64 = 0.9;
 
 /// Most worker threads.
 pub const MAX_THREADS: usize = 64;
@@ -130,6 +162,12 @@ impl Args {
         if !(self.p99_bound_ms.is_finite() && self.p99_bound_ms > 0.0) {
             return Err("--p99-bound-ms must be positive".into());
         }
+        if !(0.0..=MAX_LOSS).contains(&self.loss) {
+            return Err(format!("--loss must be a probability from 0 to {MAX_LOSS}"));
+        }
+        if !(1..=1000).contains(&self.nack_retry_ms) {
+            return Err("--nack-retry-ms must be 1 to 1000".into());
+        }
         if self.sweep && self.sweep_steps == 0 {
             return Err("--sweep-steps must be at least 1".into());
         }
@@ -163,6 +201,8 @@ mod tests {
         assert_eq!(a.rate, 20000.0);
         assert_eq!(a.duration, 10.0);
         assert!(!a.sweep);
+        assert!(!a.v1, "v1.1 is the default path");
+        assert_eq!((a.loss, a.seed), (0.0, DEFAULT_SEED));
         assert_eq!(a.check(), Ok(()));
         assert!(a.thread_count() >= 2);
     }
@@ -207,7 +247,18 @@ mod tests {
         assert!(check(&["--size", "3801"]).contains("--size"));
         assert!(check(&["--duration", "0"]).contains("--duration"));
         assert!(check(&["--threads", "0"]).contains("--threads"));
+        assert!(check(&["--loss", "0.95"]).contains("--loss"));
+        assert!(check(&["--loss", "-0.1"]).contains("--loss"));
+        assert!(check(&["--loss", "NaN"]).contains("--loss"));
+        assert!(check(&["--nack-retry-ms", "0"]).contains("--nack-retry-ms"));
         assert!(parse(&["--rate", "fast"]).is_err());
+    }
+
+    #[test]
+    fn loss_seed_and_path() {
+        let a = parse(&["--loss", "0.05", "--seed", "7", "--v1"]).unwrap();
+        assert_eq!((a.loss, a.seed, a.v1), (0.05, 7, true));
+        assert_eq!(a.check(), Ok(()));
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! (so a stalled server cannot hide its stall by slowing the sender: no coordinated
 //! omission, as in wrk2).
 //!
+//! It speaks protocol v1.1 by default (PROTOCOL.md §5): messages go as SEND with a
+//! ClientSeq, heartbeats are SYNC, and each user NACKs the gaps it sees in its room's Seq,
+//! so the headline figures include the cost of the server's history ring. `--loss P` drops
+//! received datagrams on purpose to measure that recovery; `--v1` keeps the version 1 path
+//! (chat datagrams, empty heartbeats, gaps only counted).
+//!
 //! ```text
 //!   schedule ──► stamp (sender, seq, intended time) ──► datagram ──► server
 //!                                                                      │ fan-out
@@ -20,6 +26,8 @@
 //! * [`schedule`]: when each message is due.
 //! * [`body`]: the stamp a message carries.
 //! * [`order`]: per-sender order at a receiver (gaps, late, duplicates).
+//! * [`gaps`]: v1.1: the Seqs a user is missing, and when to NACK them.
+//! * [`loss`]: `--loss`, the seeded filter that drops received datagrams.
 //! * [`stats`]: counters and histograms, per worker and shared.
 //! * [`report`]: the derived figures, the table and the JSON.
 //! * [`sweep`]: which rate to try next.
@@ -33,6 +41,8 @@
 
 pub mod body;
 pub mod cli;
+pub mod gaps;
+pub mod loss;
 pub mod order;
 pub mod report;
 pub mod run;

@@ -6,6 +6,7 @@ use hdrhistogram::Histogram;
 
 use crate::stats::Counters;
 use crate::sys::{CpuTime, UdpDrops};
+use crate::worker::Path;
 
 /// Loss above this (percent) fails a `--sweep` step.
 pub const MAX_LOSS_PCT: f64 = 0.1;
@@ -37,6 +38,14 @@ pub struct Setup {
     pub duration_s: f64,
     /// Warmup seconds before them.
     pub warmup_s: f64,
+    /// The protocol path.
+    pub path: Path,
+    /// `--loss`: probability a received datagram is dropped.
+    pub loss: f64,
+    /// `--seed` of the loss filter.
+    pub seed: u64,
+    /// `--nack-retry-ms`: first repeat of an unanswered NACK (v1.1).
+    pub nack_retry_ms: u64,
 }
 
 /// Percentiles of a histogram in µs.
@@ -89,6 +98,9 @@ pub struct StepReport {
     pub latency: Percentiles,
     /// How late the bench's sends left.
     pub send_lag: Percentiles,
+    /// Recovery latency: from the moment a gap was seen (a later event, or a SYNC's
+    /// LastSeq, showed it) to the arrival of an event that filled it after a NACK.
+    pub recovery: Percentiles,
     /// The bench's CPU time over the step.
     pub cpu: CpuTime,
     /// Wall-clock seconds of the step (warmup, load and drain).
@@ -111,6 +123,26 @@ impl StepReport {
             return 0.0;
         }
         self.lost() as f64 * 100.0 / self.counters.expected as f64
+    }
+
+    /// Measured deliveries received, percent of expected.
+    pub fn delivered_pct(&self) -> f64 {
+        if self.counters.expected == 0 {
+            return 0.0;
+        }
+        self.counters.received as f64 * 100.0 / self.counters.expected as f64
+    }
+
+    /// Room events given up: GONE, or the bench's own tracker bounds.
+    pub fn unrecovered(&self) -> u64 {
+        self.counters.gone + self.counters.abandoned
+    }
+
+    /// Bytes of the datagrams that answered NACKs over bytes of the datagrams the loss
+    /// filter dropped; `None` when nothing was dropped.
+    pub fn repair_ratio(&self) -> Option<f64> {
+        let c = &self.counters;
+        (c.lost_bytes > 0).then(|| c.repair_bytes as f64 / c.lost_bytes as f64)
     }
 
     /// Measured deliveries received per measured second.
@@ -212,6 +244,64 @@ impl StepReport {
             c.duplicates,
             c.out_of_order
         );
+        let _ = match s.path {
+            Path::V11 => writeln!(
+                t,
+                "  Protocol      v1.1: SEND with ClientSeq, SYNC heartbeats, gaps NACKed (repeated after {} ms, doubling)",
+                s.nack_retry_ms
+            ),
+            Path::V1 => writeln!(
+                t,
+                "  Protocol      v1: chat datagrams, empty heartbeats, no recovery"
+            ),
+        };
+        if s.loss > 0.0 {
+            let _ = writeln!(
+                t,
+                "  Loss filter   {:.2}% of received datagrams dropped (seed {}): {} datagrams, {} bytes",
+                s.loss * 100.0,
+                s.seed,
+                c.lost_datagrams,
+                c.lost_bytes
+            );
+        }
+        if s.path == Path::V11 {
+            let _ = writeln!(
+                t,
+                "  Recovery      delivered {:.3}% of expected; {} events recovered by NACK ({} filled before their NACK), {} unrecovered ({} GONE, {} abandoned), {} still missing at the end",
+                self.delivered_pct(),
+                c.recovered,
+                c.reordered,
+                self.unrecovered(),
+                c.gone,
+                c.abandoned,
+                c.still_missing
+            );
+            let ratio = self
+                .repair_ratio()
+                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"));
+            let _ = writeln!(
+                t,
+                "  Repair        {} NACKs sent ({} gaps), {} repair datagrams, {} bytes = {ratio} the bytes lost; {} GONE, {} SYNC events; {} drain SYNCs",
+                c.nacks,
+                c.gaps,
+                c.repair_datagrams,
+                c.repair_bytes,
+                c.gone_events,
+                c.sync_events,
+                c.drain_syncs
+            );
+            let r = &self.recovery;
+            let _ = writeln!(
+                t,
+                "  Recovery lat. gap seen -> event received, {} events: p50 {}, p90 {}, p99 {}, max {}",
+                r.count,
+                fmt_us(r.at[0]),
+                fmt_us(r.at[1]),
+                fmt_us(r.p99()),
+                fmt_us(r.max)
+            );
+        }
         let _ = writeln!(
             t,
             "  Throughput    {:.0} deliveries/s, {:.0} datagrams/s, {:.2} events/datagram",
@@ -278,6 +368,14 @@ impl StepReport {
                 c.foreign, c.malformed
             ));
         }
+        if c.abandoned > 0 {
+            w.push(format!(
+                "the bench's gap tracker gave up {} events (more than {} gaps open for one user, or a jump over {} Seqs)",
+                c.abandoned,
+                crate::gaps::MAX_GAPS,
+                crate::gaps::MAX_GAP
+            ));
+        }
         if c.send_failed + c.unsent > 0 || c.recv_errors > 0 {
             w.push(format!(
                 "{} send errors, {} sends given up, {} receive errors",
@@ -300,6 +398,10 @@ impl StepReport {
         j.int("threads", s.threads as u64);
         j.num("duration_s", s.duration_s);
         j.num("warmup_s", s.warmup_s);
+        j.str("protocol", s.path.name());
+        j.num("loss", s.loss);
+        j.int("seed", s.seed);
+        j.int("nack_retry_ms", s.nack_retry_ms);
         j.num("rate_asked", self.rate_asked);
         j.num("rate_achieved", self.rate_achieved);
         j.int("sent", c.sent_measured);
@@ -310,6 +412,7 @@ impl StepReport {
         j.int("received", c.received);
         j.int("lost", self.lost());
         j.num("loss_pct", self.loss_pct());
+        j.num("delivered_pct", self.delivered_pct());
         j.int("duplicates", c.duplicates);
         j.int("out_of_order", c.out_of_order);
         j.int("stale", c.stale);
@@ -322,6 +425,34 @@ impl StepReport {
         j.int("room_closed", c.room_closed);
         j.int("rate_limited", c.rate_limited);
         j.int("heartbeats", c.heartbeats);
+        j.int("lost_datagrams", c.lost_datagrams);
+        j.int("lost_bytes", c.lost_bytes);
+        j.int("recovered", c.recovered);
+        j.int("reordered", c.reordered);
+        j.int("unrecovered", self.unrecovered());
+        j.int("gone", c.gone);
+        j.int("abandoned", c.abandoned);
+        j.int("still_missing", c.still_missing);
+        j.int("room_duplicates", c.room_duplicates);
+        j.int("gaps", c.gaps);
+        j.int("nacks", c.nacks);
+        j.int("drain_syncs", c.drain_syncs);
+        j.int("repair_datagrams", c.repair_datagrams);
+        j.int("repair_bytes", c.repair_bytes);
+        match self.repair_ratio() {
+            Some(r) => j.num("repair_to_lost_bytes", r),
+            None => j.raw("repair_to_lost_bytes", "null"),
+        }
+        j.int("gone_events", c.gone_events);
+        j.int("sync_events", c.sync_events);
+        j.int("recovery_samples", self.recovery.count);
+        for (name, v) in ["p50", "p90", "p99", "p999", "p9999"]
+            .iter()
+            .zip(self.recovery.at)
+        {
+            j.num(&format!("recovery_{name}_us"), v);
+        }
+        j.num("recovery_max_us", self.recovery.max);
         j.num("deliveries_per_s", self.deliveries_per_s());
         j.num("datagrams_per_s", self.datagrams_per_s());
         j.num("events_per_datagram", self.events_per_datagram());
@@ -454,6 +585,10 @@ mod tests {
                 threads: 2,
                 duration_s: 2.0,
                 warmup_s: 1.0,
+                path: Path::V11,
+                loss: 0.0,
+                seed: 1,
+                nack_retry_ms: 50,
             },
             rate_asked: 200.0,
             rate_achieved: 200.0,
@@ -468,6 +603,7 @@ mod tests {
             },
             latency: Percentiles::of(&h),
             send_lag: Percentiles::default(),
+            recovery: Percentiles::default(),
             cpu: CpuTime {
                 user_s: 0.5,
                 sys_s: 0.25,
@@ -521,6 +657,69 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&j).unwrap();
         assert_eq!(v["expected"], 2000);
         assert_eq!(v["lost"], 2);
+    }
+
+    #[test]
+    fn recovery_figures_in_table_and_json() {
+        let mut r = sample();
+        assert_eq!(r.repair_ratio(), None, "nothing dropped");
+        assert!(!r.table().contains("Loss filter"));
+        let mut h = stats::latency_histogram();
+        for v in 1..=100u64 {
+            stats::record(&mut h, v * 100_000); // 0.1 .. 10 ms
+        }
+        r.setup.loss = 0.05;
+        r.recovery = Percentiles::of(&h);
+        r.counters.lost_datagrams = 40;
+        r.counters.lost_bytes = 4_000;
+        r.counters.repair_datagrams = 45;
+        r.counters.repair_bytes = 5_000;
+        r.counters.recovered = 100;
+        r.counters.gone = 2;
+        r.counters.abandoned = 1;
+        r.counters.nacks = 42;
+        assert_eq!(r.repair_ratio(), Some(1.25));
+        assert_eq!(r.unrecovered(), 3);
+        assert!((r.delivered_pct() - 99.9).abs() < 1e-9);
+        let t = r.table();
+        for needle in [
+            "Protocol      v1.1",
+            "Loss filter   5.00% of received datagrams dropped (seed 1): 40 datagrams, 4000 bytes",
+            "delivered 99.900% of expected; 100 events recovered by NACK",
+            "3 unrecovered (2 GONE, 1 abandoned)",
+            "42 NACKs sent",
+            "45 repair datagrams, 5000 bytes = 1.25x the bytes lost",
+            "gap seen -> event received, 100 events: p50 5.00ms",
+            "p99 9.90ms",
+        ] {
+            assert!(t.contains(needle), "no {needle:?} in\n{t}");
+        }
+        assert!(
+            r.warnings()[0].contains("gave up 1 events"),
+            "{:?}",
+            r.warnings()
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(v["protocol"], "v1.1");
+        assert_eq!(v["loss"], 0.05);
+        assert_eq!(v["recovered"], 100);
+        assert_eq!(v["unrecovered"], 3);
+        assert_eq!(v["lost_bytes"], 4_000);
+        assert_eq!(v["repair_bytes"], 5_000);
+        assert_eq!(v["repair_to_lost_bytes"], 1.25);
+        assert_eq!(v["recovery_samples"], 100);
+        assert!(
+            (v["recovery_p99_us"].as_f64().unwrap() - 9_900.0).abs() < 20.0,
+            "{v}"
+        );
+        assert!((v["delivered_pct"].as_f64().unwrap() - 99.9).abs() < 1e-9);
+        // The v1 path says so, and has no recovery lines.
+        r.setup.path = Path::V1;
+        let t = r.table();
+        assert!(t.contains("Protocol      v1: chat datagrams"), "{t}");
+        assert!(!t.contains("Recovery"), "{t}");
+        let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+        assert_eq!(v["protocol"], "v1");
     }
 
     #[test]

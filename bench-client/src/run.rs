@@ -6,17 +6,18 @@ use std::io::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use ocm::client::control::{ControlClient, DEFAULT_TIMEOUT};
+use ocm::client::control::{self, ControlClient, DEFAULT_TIMEOUT};
 use ocm::client::{ControlError, Membership};
 use ocm::protocol::Status;
 
 use crate::cli::Args;
+use crate::loss::LossFilter;
 use crate::report::{Json, Percentiles, Setup, StepReport, fmt_us};
 use crate::stats::{self, Counters, Shared};
 use crate::sweep::Sweep;
 use crate::sys::{self, CpuTime, UdpDrops};
 use crate::topology::{Clock, Topology};
-use crate::worker::{BindStage, LoadOutcome, StepPlan, User, Worker, bind_done};
+use crate::worker::{BindStage, LoadOutcome, Path, StepPlan, User, Worker, bind_done};
 
 /// How long after "now" a step's schedule starts, so every worker is running by then.
 const STEP_LEAD_NS: u64 = 100_000_000;
@@ -26,6 +27,13 @@ const GIVE_UP_NS: u64 = 2_000_000_000;
 /// Runs the benchmark the arguments describe; prints the table(s) on stdout.
 pub fn run(args: &Args) -> Result<(), String> {
     args.check()?;
+    if args.tls || args.ca.is_some() {
+        // Every ControlClient::connect of this process speaks TLS from here on.
+        let tls = control::Tls::new(args.ca.as_deref())
+            .and_then(|t| t.for_host(control::host_of(&args.server)))
+            .map_err(|e| e.to_string())?;
+        control::use_tls(tls);
+    }
     let nofile =
         sys::raise_nofile_limit().map_err(|e| format!("cannot raise the open-file limit: {e}"))?;
     if nofile < args.users as u64 + 64 {
@@ -129,8 +137,14 @@ fn run_with_rooms(
     // User u goes to worker u % threads, in increasing order (see schedule.rs).
     let mut per_worker: Vec<Vec<User>> = (0..threads).map(|_| Vec::new()).collect();
     for (u, m) in members.iter().enumerate() {
-        let user = User::new(u as u32, topo.room_of[u], m.clone(), args.rcvbuf)
-            .map_err(|e| format!("cannot open a UDP socket to {}: {e}", m.udp_addr))?;
+        let user = User::new(
+            u as u32,
+            topo.room_of[u],
+            m.clone(),
+            args.rcvbuf,
+            args.nack_retry_ms * 1_000_000,
+        )
+        .map_err(|e| format!("cannot open a UDP socket to {}: {e}", m.udp_addr))?;
         per_worker[u % threads].push(user);
     }
     let ports: HashSet<u16> = per_worker.iter().flatten().map(|u| u.local_port).collect();
@@ -140,10 +154,11 @@ fn run_with_rooms(
         .next()
         .and_then(|u| u.rcvbuf().ok())
         .unwrap_or(0);
+    let path = if args.v1 { Path::V1 } else { Path::V11 };
     let mut workers = per_worker
         .into_iter()
         .enumerate()
-        .map(|(i, users)| Worker::new(i, users))
+        .map(|(i, users)| Worker::new(i, users, path, LossFilter::new(args.loss, args.seed, i)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot set up the event loop: {e}"))?;
     let first = members.first().ok_or_else(|| "no members".to_string())?;
@@ -161,17 +176,32 @@ fn run_with_rooms(
         threads,
         duration_s: args.duration,
         warmup_s: args.warmup,
+        path,
+        loss: args.loss,
+        seed: args.seed,
+        nack_retry_ms: args.nack_retry_ms,
     };
     if !args.quiet {
         eprintln!(
-            "bench-client: {} users in {} rooms on {} (data plane {udp}), {threads} threads, socket receive buffer {rcvbuf} bytes",
+            "bench-client: {} users in {} rooms on {} (data plane {udp}), {threads} threads, socket receive buffer {rcvbuf} bytes, protocol {}{}",
             topo.users(),
             topo.rooms(),
-            args.server
+            args.server,
+            path.name(),
+            if args.loss > 0.0 {
+                format!(", receive loss {} (seed {})", args.loss, args.seed)
+            } else {
+                String::new()
+            }
         );
     }
 
     bind_all(&mut workers, &clock, topo, &shared, args)?;
+    if path == Path::V11 && shared.sum(|w| w.synced.load(Relaxed)) == 0 {
+        return Err(
+            "the server answered no SYNC: it speaks protocol version 1 only; run with --v1".into(),
+        );
+    }
 
     let ctx = StepCtx {
         clock,
@@ -300,6 +330,7 @@ fn step(
     let mut counters = Counters::default();
     let mut latency = stats::latency_histogram();
     let mut lag = stats::latency_histogram();
+    let mut recovery = stats::latency_histogram();
     let mut last_send = 0;
     for o in outcomes {
         let o = o.map_err(|e| format!("load step: {e}"))?;
@@ -307,6 +338,7 @@ fn step(
         // Same bounds everywhere, so adding cannot fail.
         let _ = latency.add(&o.latency);
         let _ = lag.add(&o.send_lag);
+        let _ = recovery.add(&o.recovery);
         last_send = last_send.max(o.last_measured_send_ns);
     }
     let send_span_s = last_send.saturating_sub(plan.measure_from_ns) as f64 / 1e9;
@@ -317,6 +349,7 @@ fn step(
         counters,
         latency: Percentiles::of(&latency),
         send_lag: Percentiles::of(&lag),
+        recovery: Percentiles::of(&recovery),
         cpu,
         wall_s,
         drops,
@@ -370,8 +403,20 @@ fn progress<T>(
             fmt_us(interval.value_at_quantile(0.99) as f64 / 1e3)
         };
         let t = now_ns.saturating_sub(plan.start_ns) as f64 / 1e9;
+        let mut recovery = String::new();
+        if ctx.setup.loss > 0.0 {
+            let dropped = shared.sum(|w| w.lost_datagrams.load(Relaxed));
+            recovery.push_str(&format!("  dropped {dropped}"));
+        }
+        if ctx.setup.path == Path::V11 {
+            let recovered = shared.sum(|w| w.recovered.load(Relaxed));
+            let unrecovered = shared.sum(|w| w.unrecovered.load(Relaxed));
+            recovery.push_str(&format!(
+                "  recovered {recovered}  unrecovered {unrecovered}"
+            ));
+        }
         eprintln!(
-            "[{t:5.1}s {phase:>6}] sent {sent} ({per_s:.0}/s)  delivered {delivered}  missing {missing} ({loss:.3}%)  p99 {p99}"
+            "[{t:5.1}s {phase:>6}] sent {sent} ({per_s:.0}/s)  delivered {delivered}  missing {missing} ({loss:.3}%){recovery}  p99 {p99}"
         );
         let _ = std::io::stderr().flush();
     }

@@ -67,8 +67,39 @@ pub struct Counters {
     pub room_closed: u64,
     /// RATE_LIMITED events: the server's flood control dropped our messages.
     pub rate_limited: u64,
-    /// Heartbeats sent.
+    /// Heartbeats sent (empty datagrams on the v1 path, SYNC on v1.1).
     pub heartbeats: u64,
+    /// Datagrams the `--loss` filter dropped.
+    pub lost_datagrams: u64,
+    /// Bytes of those datagrams.
+    pub lost_bytes: u64,
+    /// Room events (any kind) that filled a gap after it was NACKed.
+    pub recovered: u64,
+    /// Room events that filled a gap before its NACK went out (reordering).
+    pub reordered: u64,
+    /// Room events seen before (any kind; MESSAGE ones also count in `duplicates`).
+    pub room_duplicates: u64,
+    /// Missing Seqs given up because GONE said the server no longer holds them.
+    pub gone: u64,
+    /// Missing Seqs given up by the bench's tracker (too many gaps, or too large a jump).
+    pub abandoned: u64,
+    /// Seqs still missing when the step ended (summed over users).
+    pub still_missing: u64,
+    /// Gaps opened.
+    pub gaps: u64,
+    /// NACK datagrams sent.
+    pub nacks: u64,
+    /// SYNC datagrams sent at the end of a step to find a lost tail.
+    pub drain_syncs: u64,
+    /// Datagrams that answered a NACK: their first room event was behind the highest Seq
+    /// the user had seen, or they held a GONE.
+    pub repair_datagrams: u64,
+    /// Bytes of those datagrams.
+    pub repair_bytes: u64,
+    /// GONE events received.
+    pub gone_events: u64,
+    /// SYNC events received (answers and tail notices).
+    pub sync_events: u64,
 }
 
 impl Counters {
@@ -96,6 +127,21 @@ impl Counters {
         self.room_closed += o.room_closed;
         self.rate_limited += o.rate_limited;
         self.heartbeats += o.heartbeats;
+        self.lost_datagrams += o.lost_datagrams;
+        self.lost_bytes += o.lost_bytes;
+        self.recovered += o.recovered;
+        self.reordered += o.reordered;
+        self.room_duplicates += o.room_duplicates;
+        self.gone += o.gone;
+        self.abandoned += o.abandoned;
+        self.still_missing += o.still_missing;
+        self.gaps += o.gaps;
+        self.nacks += o.nacks;
+        self.drain_syncs += o.drain_syncs;
+        self.repair_datagrams += o.repair_datagrams;
+        self.repair_bytes += o.repair_bytes;
+        self.gone_events += o.gone_events;
+        self.sync_events += o.sync_events;
     }
 }
 
@@ -119,10 +165,18 @@ pub struct Published {
     pub done_sending: AtomicBool,
     /// When it finished sending, ns on the run clock.
     pub done_at_ns: AtomicU64,
+    /// Events recovered so far this step (filled after a NACK).
+    pub recovered: AtomicU64,
+    /// Seqs given up so far this step (GONE, or the tracker's bounds).
+    pub unrecovered: AtomicU64,
+    /// Datagrams the `--loss` filter dropped so far this step.
+    pub lost_datagrams: AtomicU64,
     /// Users of this worker that saw their own JOINED (bind phase).
     pub own_joined: AtomicU64,
     /// JOINED events of distinct members seen by the hosts of this worker (bind phase).
     pub host_seen: AtomicU64,
+    /// Users of this worker whose SYNC was answered (bind phase, v1.1 path).
+    pub synced: AtomicU64,
 }
 
 /// State shared by the workers of a run and the thread that prints progress.
@@ -152,6 +206,9 @@ impl Shared {
             w.received.store(0, Relaxed);
             w.delivered.store(0, Relaxed);
             w.missing.store(0, Relaxed);
+            w.recovered.store(0, Relaxed);
+            w.unrecovered.store(0, Relaxed);
+            w.lost_datagrams.store(0, Relaxed);
             w.done_sending.store(false, Relaxed);
             w.done_at_ns.store(0, Relaxed);
         }
@@ -255,6 +312,21 @@ mod tests {
             room_closed: 1,
             rate_limited: 1,
             heartbeats: 1,
+            lost_datagrams: 1,
+            lost_bytes: 1,
+            recovered: 1,
+            reordered: 1,
+            room_duplicates: 1,
+            gone: 1,
+            abandoned: 1,
+            still_missing: 1,
+            gaps: 1,
+            nacks: 1,
+            drain_syncs: 1,
+            repair_datagrams: 1,
+            repair_bytes: 1,
+            gone_events: 1,
+            sync_events: 1,
         };
         let mut sum = one;
         sum.add(&one);

@@ -13,10 +13,13 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use ocm::client::Membership;
 use ocm::protocol::MAX_DATAGRAM;
+use ocm::protocol::control::{CONTROL_HEADER_LEN, ControlBody, ControlDatagram};
 use ocm::protocol::datagram::ChatDatagram;
-use ocm::protocol::event::{self, Event, EventKind};
+use ocm::protocol::event::{EventKind, Gone, RawEvent, RawEvents, SyncInfo};
 
 use crate::body::Stamp;
+use crate::gaps::{GapCounts, GapTracker, Seen};
+use crate::loss::LossFilter;
 use crate::order::{Arrival, OrderTracker};
 use crate::schedule::Schedule;
 use crate::stats::{self, Counters, Published, Shared};
@@ -38,6 +41,34 @@ const BIND_RETRY_NS: u64 = 500_000_000;
 /// Datagram batches read from one socket per readiness before moving on to the others
 /// (the socket is revisited at once, so none is left behind).
 const MAX_BATCHES_PER_VISIT: usize = 8;
+/// After every worker has sent its share, how long before users start asking SYNC: past
+/// the server's 50 ms tail notice, which finds most lost tails by itself.
+const DRAIN_SYNC_AFTER_NS: u64 = 100_000_000;
+/// While a step drains, each user asks SYNC this often: a tail whose last datagram and
+/// tail notice were both lost is otherwise found only at the next heartbeat (seconds away,
+/// past the grace period). A person's client waits for that heartbeat; the bench cannot.
+const DRAIN_SYNC_EVERY_NS: u64 = 100_000_000;
+/// Largest NACK datagram: header, the longest room name and token, FromSeq and Count.
+const NACK_BUF: usize = CONTROL_HEADER_LEN + 255 + 255 + 6;
+
+/// Which protocol path the bench speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Version 1: plain chat datagrams, empty heartbeats, gaps only counted.
+    V1,
+    /// Version 1.1: SEND with ClientSeq, SYNC heartbeats, gaps recovered with NACK.
+    V11,
+}
+
+impl Path {
+    /// `v1` or `v1.1`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::V1 => "v1",
+            Path::V11 => "v1.1",
+        }
+    }
+}
 
 /// One simulated user: a member of one room with its own UDP socket.
 pub struct User {
@@ -53,14 +84,27 @@ pub struct User {
     pub local_port: u16,
     last_send_ns: u64,
     seq: u32,
+    /// The ClientSeq of its next SEND (v1.1), from 1; never reused once relayed.
+    client_seq: u32,
     joined: bool,
+    /// Whether a SYNC of its was answered (v1.1 bind).
+    synced: bool,
     seen: HashSet<String>,
     trackers: Vec<OrderTracker>,
+    /// Its room's Seqs it has not received (v1.1), for the whole run.
+    gaps: GapTracker,
 }
 
 impl User {
-    /// A user with a fresh socket connected to `membership.udp_addr`.
-    pub fn new(id: u32, room: u32, membership: Membership, rcvbuf: usize) -> io::Result<User> {
+    /// A user with a fresh socket connected to `membership.udp_addr`, repeating unanswered
+    /// NACKs first after `nack_retry_ns`.
+    pub fn new(
+        id: u32,
+        room: u32,
+        membership: Membership,
+        rcvbuf: usize,
+        nack_retry_ns: u64,
+    ) -> io::Result<User> {
         let any: std::net::SocketAddr = if membership.udp_addr.is_ipv4() {
             "0.0.0.0:0".parse().map_err(io::Error::other)?
         } else {
@@ -82,9 +126,12 @@ impl User {
             local_port,
             last_send_ns: 0,
             seq: 0,
+            client_seq: 1,
             joined: false,
+            synced: false,
             seen: HashSet::new(),
             trackers: Vec::new(),
+            gaps: GapTracker::with_retry(nack_retry_ns),
         })
     }
 
@@ -93,7 +140,8 @@ impl User {
         socket::recv_buffer(&self.sock)
     }
 
-    fn send(&mut self, out: &mut [u8], message: &str, now_ns: u64) -> io::Result<()> {
+    /// A version 1 chat datagram (empty: a heartbeat).
+    fn send_chat(&mut self, out: &mut [u8], message: &str, now_ns: u64) -> io::Result<()> {
         let d = ChatDatagram {
             room: self.membership.room.as_bytes(),
             token: &self.membership.token,
@@ -106,6 +154,78 @@ impl User {
         self.last_send_ns = now_ns;
         Ok(())
     }
+
+    /// A v1.1 control datagram.
+    fn send_control(
+        &mut self,
+        out: &mut [u8],
+        body: ControlBody<'_>,
+        now_ns: u64,
+    ) -> io::Result<()> {
+        let n = encode_control(&self.membership, body, out)?;
+        self.sock.send(&out[..n])?;
+        self.last_send_ns = now_ns;
+        Ok(())
+    }
+
+    /// A chat message on `path`: a chat datagram, or a SEND with the next ClientSeq.
+    fn send_message(
+        &mut self,
+        out: &mut [u8],
+        message: &str,
+        now_ns: u64,
+        path: Path,
+    ) -> io::Result<()> {
+        match path {
+            Path::V1 => self.send_chat(out, message, now_ns),
+            Path::V11 => {
+                let body = ControlBody::Send {
+                    client_seq: self.client_seq,
+                    message,
+                };
+                self.send_control(out, body, now_ns)?;
+                // A SEND that did not leave was not relayed: its number may be used again.
+                self.client_seq = self.client_seq.wrapping_add(1).max(1);
+                Ok(())
+            }
+        }
+    }
+
+    /// A heartbeat on `path`: an empty chat datagram, or a SYNC.
+    fn heartbeat(&mut self, out: &mut [u8], now_ns: u64, path: Path) -> io::Result<()> {
+        match path {
+            Path::V1 => self.send_chat(out, "", now_ns),
+            Path::V11 => self.send_control(out, ControlBody::Sync, now_ns),
+        }
+    }
+
+    /// Sends the NACKs its gap tracker says are due; returns how many left.
+    fn send_nacks(&mut self, out: &mut [u8], now_ns: u64) -> u64 {
+        let (membership, sock, mut sent) = (&self.membership, &self.sock, 0u64);
+        self.gaps.poll_nacks(now_ns, |from_seq, count| {
+            let body = ControlBody::Nack { from_seq, count };
+            // A NACK that cannot leave now is repeated at the gap's next round.
+            if let Ok(n) = encode_control(membership, body, out)
+                && sock.send(&out[..n]).is_ok()
+            {
+                sent += 1;
+            }
+        });
+        if sent > 0 {
+            self.last_send_ns = now_ns;
+        }
+        sent
+    }
+}
+
+fn encode_control(m: &Membership, body: ControlBody<'_>, out: &mut [u8]) -> io::Result<usize> {
+    ControlDatagram {
+        room: m.room.as_bytes(),
+        token: &m.token,
+        body,
+    }
+    .encode(out)
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 
 /// Which users bind in a bind stage.
@@ -146,12 +266,17 @@ pub struct LoadOutcome {
     pub send_lag: Histogram<u64>,
     /// When its last measured message actually left (ns on the run clock).
     pub last_measured_send_ns: u64,
+    /// Recovery latency, ns from the moment a gap was seen to the arrival of an event that
+    /// filled it after a NACK (any kind, warmup and drain included).
+    pub recovery: Histogram<u64>,
 }
 
 /// Receives what a user's socket delivers.
 trait Sink {
     fn datagram(&mut self, user: &mut User, data: &[u8], cut: bool, now_ns: u64);
     fn recv_error(&mut self);
+    /// The `--loss` filter dropped a datagram of `len` bytes.
+    fn lost(&mut self, _len: usize) {}
 }
 
 /// A worker's users, poll and buffers.
@@ -168,11 +293,22 @@ pub struct Worker {
     body: Vec<u8>,
     pending: Vec<usize>,
     ready: Vec<usize>,
+    /// The protocol path of the run.
+    path: Path,
+    /// `--loss`, applied while a load step runs (binding loses nothing).
+    loss: LossFilter,
+    loss_on: bool,
 }
 
 impl Worker {
-    /// A worker owning `users`; registers their sockets.
-    pub fn new(index: usize, mut users: Vec<User>) -> io::Result<Worker> {
+    /// A worker owning `users` on `path`, dropping received datagrams with `loss` during
+    /// load steps; registers their sockets.
+    pub fn new(
+        index: usize,
+        mut users: Vec<User>,
+        path: Path,
+        loss: LossFilter,
+    ) -> io::Result<Worker> {
         let poll = Poll::new()?;
         for (i, u) in users.iter_mut().enumerate() {
             poll.registry()
@@ -198,6 +334,9 @@ impl Worker {
             body: Vec::new(),
             pending: Vec::new(),
             ready: Vec::new(),
+            path,
+            loss,
+            loss_on: false,
         })
     }
 
@@ -271,6 +410,10 @@ impl Worker {
                     let now = clock.now_ns();
                     for k in 0..n {
                         if let Some((_, _, data)) = self.batch.get(k) {
+                            if self.loss_on && self.loss.drop_next() {
+                                sink.lost(data.len());
+                                continue;
+                            }
                             // A datagram longer than any OCM server sends reads one byte
                             // over the limit: report it cut, at the limit.
                             let cut = data.len() > MAX_DATAGRAM;
@@ -309,7 +452,10 @@ impl Worker {
         let mut sink = BindSink {
             own_joined: me.own_joined.load(Relaxed),
             host_seen: me.host_seen.load(Relaxed),
+            synced: me.synced.load(Relaxed),
+            counts: GapCounts::default(),
         };
+        self.loss_on = false;
         let mut next_retry = 0u64;
         loop {
             let now = clock.now_ns();
@@ -317,14 +463,22 @@ impl Worker {
                 for u in self.users.iter_mut() {
                     let in_stage = topo.is_host(u.id as usize) == (stage == BindStage::Hosts);
                     if in_stage && !u.joined {
-                        // A lost heartbeat is retried; an error here is retried too.
-                        let _ = u.send(&mut self.out, "", now);
+                        // A lost heartbeat is retried; an error here is retried too. On
+                        // v1.1 a SYNC follows: it makes the member a v1.1 member, and its
+                        // answer shows the server speaks v1.1 (an empty heartbeat first,
+                        // so a version 1 server binds the member and the run can say why
+                        // nothing else works).
+                        let _ = u.send_chat(&mut self.out, "", now);
+                        if self.path == Path::V11 {
+                            let _ = u.send_control(&mut self.out, ControlBody::Sync, now);
+                        }
                     }
                 }
                 next_retry = now + BIND_RETRY_NS;
             }
             me.own_joined.store(sink.own_joined, Relaxed);
             me.host_seen.store(sink.host_seen, Relaxed);
+            me.synced.store(sink.synced, Relaxed);
             if bind_done(shared, topo, stage) || now >= deadline_ns {
                 return Ok(());
             }
@@ -339,7 +493,8 @@ impl Worker {
 
     /// Runs one load step: sends this worker's share of the schedule, reads everything,
     /// and returns once every worker has sent its share and either every expected delivery
-    /// arrived or the grace period after the last send is over.
+    /// arrived or the grace period after the last send is over. On the v1.1 path it also
+    /// NACKs the gaps it sees, and asks SYNC while the step drains.
     pub fn load(
         &mut self,
         clock: &Clock,
@@ -363,7 +518,8 @@ impl Worker {
             u.trackers =
                 vec![OrderTracker::default(); topo.size_of_room_of(u.id as usize) as usize];
         }
-        let mut sink = LoadSink::new(topo, plan);
+        let path = self.path;
+        let mut sink = LoadSink::new(topo, plan, path);
         let mut sender = Sender {
             sched,
             next: 0,
@@ -373,18 +529,32 @@ impl Worker {
         };
         let mut next_hb = 0u64;
         let mut next_flush = 0u64;
+        let mut next_drain_sync = 0u64;
+        self.loss_on = self.loss.active();
         loop {
             let now = clock.now_ns();
             sender.send_due(self, &mut sink.c, topo, clock);
             if now >= next_hb {
                 for u in self.users.iter_mut() {
                     if now.saturating_sub(u.last_send_ns) >= heartbeat_ns
-                        && u.send(&mut self.out, "", now).is_ok()
+                        && u.heartbeat(&mut self.out, now, path).is_ok()
                     {
                         sink.c.heartbeats += 1;
                     }
                 }
                 next_hb = now + HEARTBEAT_CHECK_NS;
+            }
+            if path == Path::V11 && now >= sink.next_nack_ns {
+                sink.next_nack_ns = u64::MAX;
+                for u in self.users.iter_mut() {
+                    if u.gaps.open_gaps() == 0 {
+                        continue;
+                    }
+                    sink.c.nacks += u.send_nacks(&mut sink.nack_buf, now);
+                    if let Some(due) = u.gaps.next_due() {
+                        sink.next_nack_ns = sink.next_nack_ns.min(due);
+                    }
+                }
             }
             if now >= next_flush {
                 if let Ok(mut h) = shared.interval[self.index].lock() {
@@ -400,17 +570,37 @@ impl Worker {
                 if received >= expected || now >= last_done + plan.grace_ns {
                     break;
                 }
+                if path == Path::V11
+                    && now >= last_done + DRAIN_SYNC_AFTER_NS
+                    && now >= next_drain_sync
+                {
+                    for u in self.users.iter_mut() {
+                        if u.heartbeat(&mut self.out, now, path).is_ok() {
+                            sink.c.drain_syncs += 1;
+                        }
+                    }
+                    next_drain_sync = now + DRAIN_SYNC_EVERY_NS;
+                }
             }
-            let wake = sender.next_due();
+            let mut wake = sender.next_due();
+            if path == Path::V11 && sink.next_nack_ns != u64::MAX {
+                wake = Some(wake.map_or(sink.next_nack_ns, |w| w.min(sink.next_nack_ns)));
+            }
             self.turn(clock, wake, &mut sink, |w, s| {
                 sender.send_due(w, &mut s.c, topo, clock)
             })?;
         }
+        self.loss_on = false;
+        sink.c.gaps = sink.counts.opened;
+        sink.c.gone = sink.counts.gone;
+        sink.c.abandoned = sink.counts.abandoned;
+        sink.c.still_missing = self.users.iter().map(|u| u.gaps.missing()).sum();
         Ok(LoadOutcome {
             counters: sink.c,
             latency: sink.latency,
             send_lag: sender.send_lag,
             last_measured_send_ns: sender.last_measured_send_ns,
+            recovery: sink.recovery,
         })
     }
 }
@@ -432,6 +622,10 @@ fn publish(me: &Published, sink: &LoadSink, sender: &Sender, now: u64) {
     me.received.store(sink.c.received, Relaxed);
     me.delivered.store(sink.c.events, Relaxed);
     me.missing.store(sink.missing, Relaxed);
+    me.recovered.store(sink.c.recovered, Relaxed);
+    me.unrecovered
+        .store(sink.counts.gone + sink.counts.abandoned, Relaxed);
+    me.lost_datagrams.store(sink.c.lost_datagrams, Relaxed);
     if sender.next >= sender.sched.len() && !me.done_sending.load(Relaxed) {
         me.done_at_ns.store(now, Relaxed);
         // Release: whoever sees the flag also sees the counters stored above.
@@ -484,7 +678,7 @@ impl Sender {
                 c.send_failed += 1;
                 continue;
             };
-            match user.send(&mut w.out, body, now) {
+            match user.send_message(&mut w.out, body, now, w.path) {
                 Ok(()) => {
                     user.seq = user.seq.wrapping_add(1);
                     c.sent += 1;
@@ -502,16 +696,38 @@ impl Sender {
     }
 }
 
-/// Counts JOINED events during the bind phase.
+/// Counts JOINED events during the bind phase (and, on v1.1, SYNC answers); starts each
+/// user's gap tracker at its first event, so that nothing from then on goes unseen.
 struct BindSink {
     own_joined: u64,
     host_seen: u64,
+    synced: u64,
+    /// Gaps while binding are rare (nothing is dropped on purpose); they are NACKed in the
+    /// first load step. Their counts are not a step's.
+    counts: GapCounts,
 }
 
 impl Sink for BindSink {
-    fn datagram(&mut self, user: &mut User, data: &[u8], _cut: bool, _now_ns: u64) {
-        for ev in event::Events::new(data) {
+    fn datagram(&mut self, user: &mut User, data: &[u8], _cut: bool, now_ns: u64) {
+        for ev in RawEvents::new(data) {
             let Ok(ev) = ev else { break };
+            match ev.known_kind() {
+                Some(EventKind::Sync) => {
+                    if let Ok(info) = SyncInfo::parse(ev.body) {
+                        user.gaps.sync(info.last_seq, now_ns, &mut self.counts);
+                    }
+                    if ev.user == user.membership.user && !user.synced {
+                        user.synced = true;
+                        self.synced += 1;
+                    }
+                    continue;
+                }
+                Some(EventKind::Gone) => continue,
+                _ => {}
+            }
+            if is_room_event(&ev) {
+                user.gaps.event(ev.seq, now_ns, &mut self.counts);
+            }
             if ev.known_kind() != Some(EventKind::Joined) {
                 continue;
             }
@@ -528,30 +744,50 @@ impl Sink for BindSink {
     fn recv_error(&mut self) {}
 }
 
-/// Counts and times deliveries during a load step.
+/// Whether `ev` is one of the room's sequence (Kinds 1-5, Seq > 0).
+fn is_room_event(ev: &RawEvent<'_>) -> bool {
+    matches!(ev.kind, 1..=5) && ev.seq != 0
+}
+
+/// Counts and times deliveries during a load step; on v1.1, tracks gaps and sends the
+/// NACKs that are due at once.
 struct LoadSink<'a> {
     topo: &'a Topology,
     plan: StepPlan,
+    path: Path,
     c: Counters,
     missing: i64,
     latency: Histogram<u64>,
     interval: Histogram<u64>,
+    /// Gap-from-seen-to-filled times of recovered events.
+    recovery: Histogram<u64>,
+    counts: GapCounts,
+    /// When the next NACK of any user of this worker may be due (u64::MAX: none known).
+    /// Early is harmless (a scan finds nothing due); it is never late.
+    next_nack_ns: u64,
+    nack_buf: Vec<u8>,
 }
 
 impl<'a> LoadSink<'a> {
-    fn new(topo: &'a Topology, plan: &StepPlan) -> Self {
+    fn new(topo: &'a Topology, plan: &StepPlan, path: Path) -> Self {
         LoadSink {
             topo,
             plan: *plan,
+            path,
             c: Counters::default(),
             missing: 0,
             latency: stats::latency_histogram(),
             interval: stats::latency_histogram(),
+            recovery: stats::latency_histogram(),
+            counts: GapCounts::default(),
+            // Gaps left from binding or an earlier step are looked at once at the start.
+            next_nack_ns: 0,
+            nack_buf: vec![0; NACK_BUF],
         }
     }
 
-    fn message(&mut self, user: &mut User, ev: &Event<'_>, now_ns: u64) {
-        let Some(st) = Stamp::decode(ev.body.as_bytes()) else {
+    fn message(&mut self, user: &mut User, body: &[u8], now_ns: u64) {
+        let Some(st) = Stamp::decode(body) else {
             self.c.foreign += 1;
             return;
         };
@@ -590,6 +826,33 @@ impl<'a> LoadSink<'a> {
             stats::record(&mut self.latency, lat);
         }
     }
+
+    /// v1.1: takes a room event to the gap tracker. False when it is a duplicate, to be
+    /// dropped (a v1.1 receiver delivers each Seq once).
+    fn track(&mut self, user: &mut User, ev: &RawEvent<'_>, now_ns: u64) -> bool {
+        match user.gaps.event(ev.seq, now_ns, &mut self.counts) {
+            Seen::New => true,
+            Seen::Filled {
+                nacked: true,
+                waited_ns,
+            } => {
+                self.c.recovered += 1;
+                stats::record(&mut self.recovery, waited_ns);
+                true
+            }
+            Seen::Filled { nacked: false, .. } => {
+                self.c.reordered += 1;
+                true
+            }
+            Seen::Duplicate => {
+                self.c.room_duplicates += 1;
+                if ev.known_kind() == Some(EventKind::Message) {
+                    self.c.duplicates += 1;
+                }
+                false
+            }
+        }
+    }
 }
 
 impl Sink for LoadSink<'_> {
@@ -602,31 +865,266 @@ impl Sink for LoadSink<'_> {
         if cut {
             self.c.malformed += 1;
         }
-        for ev in event::Events::new(data) {
+        let v11 = self.path == Path::V11;
+        // A datagram answers a NACK when its first room event is behind the highest Seq
+        // this user has seen (live datagrams only move forward: the loopback and the
+        // --loss filter never reorder), or when it holds a GONE.
+        let mut first_room_event = true;
+        let mut repair = false;
+        for ev in RawEvents::new(data) {
             let Ok(ev) = ev else {
                 self.c.malformed += 1;
                 break;
             };
-            match ev.known_kind() {
-                Some(EventKind::Message) => {
-                    self.c.events += 1;
-                    if in_window {
-                        self.c.window_events += 1;
-                    }
-                    self.message(user, &ev, now_ns);
+            let kind = ev.known_kind();
+            if kind == Some(EventKind::Message) {
+                self.c.events += 1;
+                if in_window {
+                    self.c.window_events += 1;
                 }
+            }
+            if v11 {
+                match kind {
+                    Some(EventKind::Gone) => {
+                        self.c.gone_events += 1;
+                        repair = true;
+                        match Gone::parse(ev.body) {
+                            Ok(g) => {
+                                user.gaps.gone(g.from_seq, g.count, &mut self.counts);
+                            }
+                            Err(_) => self.c.malformed += 1,
+                        }
+                        continue;
+                    }
+                    Some(EventKind::Sync) => {
+                        self.c.sync_events += 1;
+                        match SyncInfo::parse(ev.body) {
+                            Ok(info) => user.gaps.sync(info.last_seq, now_ns, &mut self.counts),
+                            Err(_) => self.c.malformed += 1,
+                        }
+                        continue;
+                    }
+                    _ => {}
+                }
+                if is_room_event(&ev) {
+                    if first_room_event {
+                        first_room_event = false;
+                        repair = user.gaps.is_behind(ev.seq);
+                    }
+                    if !self.track(user, &ev, now_ns) {
+                        continue;
+                    }
+                }
+            }
+            match kind {
+                Some(EventKind::Message) => self.message(user, ev.body, now_ns),
                 Some(EventKind::Joined) => self.c.joined += 1,
                 Some(EventKind::Left) => self.c.left += 1,
                 Some(EventKind::TimedOut) => self.c.timed_out += 1,
                 Some(EventKind::RoomClosed) => self.c.room_closed += 1,
                 Some(EventKind::RateLimited) => self.c.rate_limited += 1,
-                // v1.1 notices: this worker speaks v1 for now.
+                // v1.1 notices on the v1 path, RESUMED, and kinds this version does not
+                // know: ignored, as a receiver must.
                 Some(EventKind::Gone | EventKind::Sync | EventKind::Resumed) | None => {}
             }
+        }
+        if repair {
+            self.c.repair_datagrams += 1;
+            self.c.repair_bytes += data.len() as u64;
+        }
+        if v11 && let Some(mut due) = user.gaps.next_due() {
+            if due <= now_ns {
+                // Three later events arrived (or the wait passed): NACK now, not at the
+                // next scan.
+                self.c.nacks += user.send_nacks(&mut self.nack_buf, now_ns);
+                due = user.gaps.next_due().unwrap_or(u64::MAX);
+            }
+            self.next_nack_ns = self.next_nack_ns.min(due);
         }
     }
 
     fn recv_error(&mut self) {
         self.c.recv_errors += 1;
+    }
+
+    fn lost(&mut self, len: usize) {
+        self.c.lost_datagrams += 1;
+        self.c.lost_bytes += len as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::net::UdpSocket as StdUdp;
+
+    /// Intended send times of the step below: measured from 1 s to 2 s.
+    const PLAN: StepPlan = StepPlan {
+        rate: 100.0,
+        start_ns: 0,
+        measure_from_ns: 1_000_000_000,
+        end_ns: 2_000_000_000,
+        grace_ns: 0,
+        give_up_ns: 0,
+        size: 64,
+    };
+
+    /// User 0 of a two-user room, its socket connected to a fake server on loopback.
+    fn user_and_server() -> (User, StdUdp) {
+        let server = StdUdp::bind("127.0.0.1:0").unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let addr = server.local_addr().unwrap();
+        let m = Membership {
+            room: "r".into(),
+            user: "u0".into(),
+            token: vec![7; 32],
+            udp_addr: addr,
+            idle_timeout: Duration::from_secs(30),
+            host: false,
+            server: addr,
+            password: Vec::new(),
+            resume_key: Vec::new(),
+        };
+        let mut u = User::new(0, 0, m, 0, crate::gaps::NACK_RETRY_NS).unwrap();
+        u.trackers = vec![OrderTracker::default(); 2];
+        (u, server)
+    }
+
+    /// A datagram of MESSAGE events from user 1, one per Seq; user 1's own numbering is
+    /// the Seq minus one.
+    fn messages(seqs: &[u32]) -> Vec<u8> {
+        let mut out = vec![0u8; MAX_DATAGRAM];
+        let mut n = 0;
+        for &seq in seqs {
+            let mut body = [0u8; 64];
+            let stamp = Stamp {
+                sender: 1,
+                seq: seq - 1,
+                intended_ns: 1_500_000_000,
+            };
+            let body = stamp.encode(&mut body).unwrap();
+            let ev = RawEvent {
+                kind: EventKind::Message as u8,
+                seq,
+                user: "u1",
+                body: body.as_bytes(),
+            };
+            n += ev.encode(&mut out[n..]).unwrap();
+        }
+        out.truncate(n);
+        out
+    }
+
+    fn notice(ev: RawEvent<'_>) -> Vec<u8> {
+        let mut out = vec![0u8; 64];
+        let n = ev.encode(&mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    /// The next datagram the fake server got, as a control body.
+    fn next_nack(server: &StdUdp) -> (u32, u16) {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let n = server.recv(&mut buf).unwrap();
+        let d = ControlDatagram::parse(&buf[..n]).unwrap();
+        assert_eq!((d.room, d.token), (&b"r"[..], &[7u8; 32][..]));
+        match d.body {
+            ControlBody::Nack { from_seq, count } => (from_seq, count),
+            other => panic!("not a NACK: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn gaps_are_nacked_and_repairs_counted() {
+        let topo = Topology::new(2, 1);
+        let (mut user, server) = user_and_server();
+        let mut sink = LoadSink::new(&topo, &PLAN, Path::V11);
+        let t = 1_000_000_000u64;
+        // 10 anchors; 11; then 12 is lost (the filter counts it), 13, 14, 15 arrive: the
+        // third event past the gap NACKs it at once.
+        sink.datagram(&mut user, &messages(&[10]), false, t);
+        sink.datagram(&mut user, &messages(&[11]), false, t + 1);
+        sink.lost(93);
+        sink.datagram(&mut user, &messages(&[13]), false, t + 2);
+        sink.datagram(&mut user, &messages(&[14]), false, t + 3);
+        assert_eq!(sink.c.nacks, 0, "two later events are not enough");
+        sink.datagram(&mut user, &messages(&[15]), false, t + 4);
+        assert_eq!(sink.c.nacks, 1);
+        assert_eq!(next_nack(&server), (12, 1));
+        assert_eq!(sink.c.repair_datagrams, 0, "live datagrams are not repairs");
+        // The repair: behind the highest Seq, so it answers the NACK.
+        let repair = messages(&[12]);
+        sink.datagram(&mut user, &repair, false, t + 1_000_000);
+        let c = sink.c;
+        assert_eq!((c.recovered, c.reordered, c.received), (1, 0, 6));
+        assert_eq!(c.repair_datagrams, 1);
+        assert_eq!(c.repair_bytes, repair.len() as u64);
+        assert_eq!((c.lost_datagrams, c.lost_bytes), (1, 93));
+        assert_eq!(sink.recovery.len(), 1);
+        // Detected at t+2 (when 13 showed the gap), filled at t+1ms.
+        assert!(sink.recovery.equivalent(sink.recovery.max(), 1_000_000 - 2));
+        // A second copy: a duplicate, dropped, and still a repair datagram.
+        sink.datagram(&mut user, &repair, false, t + 2_000_000);
+        assert_eq!((sink.c.duplicates, sink.c.room_duplicates), (1, 1));
+        assert_eq!(sink.c.received, 6);
+        assert_eq!(sink.c.repair_datagrams, 2);
+
+        // A tail notice says the room is at 18: 16-18 are missing, NACKed after the wait.
+        let mut body = [0u8; SyncInfo::BODY_LEN];
+        let tail = SyncInfo {
+            last_seq: 18,
+            last_client_seq: 0,
+        };
+        sink.datagram(
+            &mut user,
+            &notice(tail.event("", &mut body)),
+            false,
+            t + 3_000_000,
+        );
+        assert_eq!(sink.c.sync_events, 1);
+        assert_eq!(user.gaps.missing(), 3);
+        let due = t + 3_000_000 + crate::gaps::REORDER_WAIT_NS;
+        assert_eq!(user.gaps.next_due(), Some(due));
+        assert!(sink.next_nack_ns <= due, "the worker looks by then");
+        sink.c.nacks += user.send_nacks(&mut sink.nack_buf, due);
+        assert_eq!(next_nack(&server), (16, 3));
+        // GONE for 16-17; 18 comes back packed with nothing else.
+        let mut body = [0u8; Gone::BODY_LEN];
+        let gone = Gone {
+            from_seq: 16,
+            count: 2,
+        };
+        let g = notice(gone.event(&mut body));
+        sink.datagram(&mut user, &g, false, t + 20_000_000);
+        sink.datagram(&mut user, &messages(&[18]), false, t + 21_000_000);
+        let c = sink.c;
+        assert_eq!((c.gone_events, sink.counts.gone, c.recovered), (1, 2, 2));
+        assert_eq!(c.repair_datagrams, 4, "the GONE and the repair of 18");
+        assert_eq!(user.gaps.missing(), 0);
+        assert_eq!(c.malformed + c.foreign, 0);
+    }
+
+    #[test]
+    fn the_v1_path_tracks_no_gaps() {
+        let topo = Topology::new(2, 1);
+        let (mut user, server) = user_and_server();
+        let mut sink = LoadSink::new(&topo, &PLAN, Path::V1);
+        for (i, seq) in [1u32, 2, 5, 6, 7, 8].into_iter().enumerate() {
+            sink.datagram(
+                &mut user,
+                &messages(&[seq]),
+                false,
+                1_000_000_000 + i as u64,
+            );
+        }
+        assert_eq!(sink.c.nacks, 0);
+        assert_eq!(user.gaps.open_gaps(), 0);
+        assert_eq!(sink.c.received, 6);
+        assert_eq!(sink.missing, 2, "seen as per-sender gaps, as before");
+        server.set_nonblocking(true).unwrap();
+        assert!(server.recv(&mut [0u8; 64]).is_err(), "nothing sent");
     }
 }

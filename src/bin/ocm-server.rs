@@ -8,10 +8,14 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use std::sync::Arc;
+
+use ocm::server::tls;
 use ocm::server::web::{self, http::Site};
 use ocm::server::{Config, Limits, Server};
 use ocm::sys;
@@ -20,6 +24,10 @@ use signal_hook_mio::v1_0::Signals;
 
 /// The TCP port when none is given (PROTOCOL.md's default port).
 const DEFAULT_PORT: u16 = 9001;
+/// Exit status when the server cannot run at all (sockets, the event loop).
+const EXIT_FAILED: u8 = 1;
+/// Exit status for settings that cannot work (the TLS files): nothing was started.
+const EXIT_CONFIG: u8 = 2;
 
 /// `--idle-timeout`'s default, in the flag's unit (whole seconds).
 fn default_idle_timeout() -> u16 {
@@ -94,6 +102,25 @@ struct Args {
     #[argh(option, default = "Config::default().batch_max")]
     batch_max: usize,
 
+    /// events each room keeps for NACK (v1.1 history); 0 keeps none (default: 1024)
+    #[argh(option, default = "Config::default().history")]
+    history: usize,
+
+    /// event bytes all rooms' histories hold together; past it the largest shed first
+    /// (default: 268435456)
+    #[argh(option, default = "Config::default().history_memory")]
+    history_memory: usize,
+
+    /// bytes per second refilling a member's budget for NACK answers; 0 turns the limit off
+    /// (default: 1048576)
+    #[argh(option, default = "Config::default().repair_rate")]
+    repair_rate: u64,
+
+    /// bytes of NACK answers a member may receive at once; 0 turns the limit off
+    /// (default: 4194304)
+    #[argh(option, default = "Config::default().repair_burst")]
+    repair_burst: u64,
+
     /// serve Prometheus metrics over HTTP at ADDR:PORT (GET /metrics); off unless given
     #[argh(option)]
     metrics: Option<SocketAddr>,
@@ -107,6 +134,15 @@ struct Args {
     /// whose pages may open WebSocket sessions besides the server's own; repeatable
     #[argh(option)]
     web_origin: Vec<String>,
+
+    /// PEM certificate chain (leaf first); with --tls-key, the TCRP listener speaks TLS
+    /// only and the web listener HTTPS and WSS only (the UDP data plane stays as it is)
+    #[argh(option)]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert (PKCS#8, RSA or EC)
+    #[argh(option)]
+    tls_key: Option<PathBuf>,
 }
 
 /// `--web`: an address, or off.
@@ -162,6 +198,10 @@ impl Args {
             msg_rate: self.msg_rate,
             msg_burst: self.msg_burst,
             batch_max: self.batch_max,
+            history: self.history,
+            history_memory: self.history_memory,
+            repair_rate: self.repair_rate,
+            repair_burst: self.repair_burst,
         };
         let limits = Limits {
             max_connections: self.max_connections,
@@ -174,11 +214,19 @@ impl Args {
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(&args) {
+    // Checked before anything is bound, so a bad file starts nothing (no listening line).
+    let tls = match tls::load(args.tls_cert.as_deref(), args.tls_key.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("ocm-server: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run(&args, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ocm-server: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }
@@ -196,7 +244,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-fn run(args: &Args) -> Result<(), String> {
+fn run(args: &Args, tls: Option<Arc<rustls::ServerConfig>>) -> Result<(), String> {
     let (config, limits) = args.config()?;
     // Every TCP connection is a descriptor; a failure leaves the limit as it was.
     if let Err(e) = sys::rlimit::raise_nofile_limit() {
@@ -223,11 +271,17 @@ fn run(args: &Args) -> Result<(), String> {
         let site = Site::new(args.web_origin.iter().cloned());
         server = server.with_web(web, site).map_err(|e| e.to_string())?;
     }
+    if let Some(tls) = tls {
+        server = server.with_tls(tls);
+    }
     let (tcp_addr, udp_addr) = server.local_addrs().map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
     let mut lines = format!("listening tcp={tcp_addr} udp={udp_addr}");
     if let Some(addr) = server.web_addr() {
         lines.push_str(&format!(" web={addr}"));
+    }
+    if server.tls_on() {
+        lines.push_str(" tls=on");
     }
     lines.push('\n');
     if let Some(addr) = server.metrics_addr() {
@@ -315,6 +369,10 @@ mod tests {
             ("max-members-per-ip", c.max_members_per_ip.to_string()),
             ("max-rooms-per-ip", c.max_rooms_per_ip.to_string()),
             ("batch-max", c.batch_max.to_string()),
+            ("history", c.history.to_string()),
+            ("history-memory", c.history_memory.to_string()),
+            ("repair-rate", c.repair_rate.to_string()),
+            ("repair-burst", c.repair_burst.to_string()),
             (
                 "web",
                 format!(

@@ -1,14 +1,23 @@
-//! The client side of TCRP: create, join, leave and list over a blocking TCP connection.
+//! The client side of TCRP: create, join, leave and list over a blocking TCP connection,
+//! plain or TLS (PROTOCOL.md §6: a server with `--tls-cert` speaks TLS only).
 //!
 //! Every connect, read and write has a timeout, and every failure is a [`ControlError`]
-//! that says what a person can do about it.
+//! that says what a person can do about it. TLS ([`Tls`]) is a blocking
+//! `rustls::StreamOwned` over the same `TcpStream`; a certificate that does not verify is
+//! an error naming why, never a fall-back to plain text. Only the control plane is
+//! encrypted: the data plane stays UDP, in clear.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use crate::protocol::frame::{
     Frame, Grant, InvalidField, Request, parse_list, parse_status, split_reply,
@@ -119,6 +128,17 @@ pub enum ControlError {
     },
     /// The request cannot be sent as asked (a name too long, say).
     Invalid(InvalidField),
+    /// TLS: the server's certificate did not verify.
+    Untrusted {
+        /// The name it was checked against.
+        name: String,
+        /// What was wrong with it.
+        why: CertificateError,
+    },
+    /// TLS failed otherwise (the server does not speak TLS, say).
+    Tls(rustls::Error),
+    /// A plain connection got a TLS record back: the server speaks TLS only.
+    TlsRequired,
 }
 
 impl ControlError {
@@ -144,6 +164,14 @@ impl fmt::Display for ControlError {
             ControlError::Closed => f.write_str("the server closed the connection mid-reply"),
             ControlError::Malformed(what) => write!(f, "malformed reply from the server: {what}"),
             ControlError::Invalid(e) => write!(f, "cannot send that request: {e}"),
+            ControlError::Untrusted { name, why } => untrusted(f, name, why),
+            ControlError::TlsRequired => f.write_str(
+                "the server speaks TLS only; connect with --tls (and --ca FILE for a private CA)",
+            ),
+            ControlError::Tls(e) => write!(
+                f,
+                "TLS with the server failed ({e}); does it speak TLS (ocm-server --tls-cert)?"
+            ),
             ControlError::Refused { status, op, room } => match status {
                 Status::RoomExists => write!(f, "room '{room}' already exists"),
                 Status::RoomNotFound => write!(f, "room '{room}' does not exist"),
@@ -168,6 +196,31 @@ impl fmt::Display for ControlError {
     }
 }
 
+/// Says why a certificate was refused, with what to do about it.
+fn untrusted(f: &mut fmt::Formatter<'_>, name: &str, why: &CertificateError) -> fmt::Result {
+    let hint = match why {
+        CertificateError::UnknownIssuer | CertificateError::BadSignature => {
+            "; pass --ca FILE for a private CA"
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "; name the server in --server as its certificate does"
+        }
+        _ => "",
+    };
+    // The variant's name says it best ("UnknownIssuer"); its details follow in Display.
+    let debug = format!("{why:?}");
+    let short = debug.split([' ', '{', '(']).next().unwrap_or("");
+    let detail = why.to_string();
+    write!(
+        f,
+        "the server's certificate is not trusted for {name}: {short}"
+    )?;
+    if detail != short {
+        write!(f, " ({detail})")?;
+    }
+    f.write_str(hint)
+}
+
 impl std::error::Error for ControlError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -180,6 +233,10 @@ impl std::error::Error for ControlError {
 
 impl From<io::Error> for ControlError {
     fn from(e: io::Error) -> Self {
+        // rustls reports through io::Error (InvalidData) in a blocking stream.
+        if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+            return ControlError::Tls(tls.clone());
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ControlError::Timeout,
             io::ErrorKind::UnexpectedEof
@@ -190,18 +247,284 @@ impl From<io::Error> for ControlError {
     }
 }
 
+/// Why TLS settings for the client could not be made.
+#[derive(Debug)]
+pub enum TlsSetupError {
+    /// `--ca FILE` could not be read or held no certificate.
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
+    /// No trusted certificate at all: the system has none and no `--ca` was given.
+    NoRoots,
+    /// The server name cannot be checked against a certificate.
+    BadName(String),
+}
+
+impl fmt::Display for TlsSetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsSetupError::CaFile { path, why } => write!(f, "--ca {}: {why}", path.display()),
+            TlsSetupError::NoRoots => {
+                f.write_str("no trusted certificates: the system has none; pass --ca FILE")
+            }
+            TlsSetupError::BadName(name) => {
+                write!(f, "'{name}' is not a host name or IP address for TLS")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TlsSetupError {}
+
+/// TLS settings for control connections: whom to trust, and (optionally) the name the
+/// server's certificate must carry whatever address is dialled.
+#[derive(Clone)]
+pub struct Tls {
+    config: Arc<ClientConfig>,
+    name: Option<ServerName<'static>>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish()
+    }
+}
+
+impl Tls {
+    /// Trusts the system's certificate store (`rustls-native-certs`: the same roots the
+    /// rest of the system uses, read from disk, so it works offline) and, if given, the
+    /// CA certificates in the PEM file `extra_ca`.
+    pub fn new(extra_ca: Option<&Path>) -> Result<Tls, TlsSetupError> {
+        let mut roots = RootCertStore::empty();
+        // Unreadable entries of the system store are skipped: the rest still count.
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = extra_ca {
+            let ca_error = |why: String| TlsSetupError::CaFile {
+                path: path.to_path_buf(),
+                why,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            add_pem(&mut roots, &pem).map_err(ca_error)?;
+        }
+        if roots.is_empty() {
+            return Err(TlsSetupError::NoRoots);
+        }
+        Ok(Tls::with_roots(roots))
+    }
+
+    /// Trusts only the CA certificates in `pem` (for tests and private deployments).
+    pub fn from_ca_pem(pem: &[u8]) -> Result<Tls, TlsSetupError> {
+        let mut roots = RootCertStore::empty();
+        add_pem(&mut roots, pem).map_err(|why| TlsSetupError::CaFile {
+            path: PathBuf::from("(in memory)"),
+            why,
+        })?;
+        Ok(Tls::with_roots(roots))
+    }
+
+    fn with_roots(roots: RootCertStore) -> Tls {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+            // The ring provider supports the default versions; this cannot fail.
+            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"));
+        Tls {
+            config: Arc::new(config),
+            name: None,
+        }
+    }
+
+    /// Checks the server's certificate against `host` (a name or an IP address) for every
+    /// connection, whatever address is dialled: the name given in `--server`, kept for
+    /// LEAVE, which dials the address the first connection reached.
+    pub fn for_host(mut self, host: &str) -> Result<Tls, TlsSetupError> {
+        self.name = Some(server_name(host)?);
+        Ok(self)
+    }
+
+    /// The name to check for a connection to `addr` (host:port).
+    fn name_for(&self, addr: &str) -> Result<ServerName<'static>, TlsSetupError> {
+        match &self.name {
+            Some(name) => Ok(name.clone()),
+            None => server_name(host_of(addr)),
+        }
+    }
+}
+
+/// Adds every certificate in `pem`; an error if there is none.
+fn add_pem(roots: &mut RootCertStore, pem: &[u8]) -> Result<(), String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("no CERTIFICATE in it".into());
+    }
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    }
+    Ok(())
+}
+
+fn server_name(host: &str) -> Result<ServerName<'static>, TlsSetupError> {
+    ServerName::try_from(host.to_string()).map_err(|_| TlsSetupError::BadName(host.to_string()))
+}
+
+/// The host of `host:port`, `[v6]:port` or a bare host.
+pub fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match addr.rsplit_once(':') {
+        Some((host, _)) if !host.contains(':') => host,
+        _ => addr,
+    }
+}
+
+/// TLS for every [`ControlClient::connect`] of this process (and so for the free
+/// functions below), set once by a program that talks to one server (`ocm-client --tls`,
+/// `bench-client --tls`), so that every control call, wherever it is made, speaks TLS.
+static PROCESS_TLS: OnceLock<Tls> = OnceLock::new();
+
+/// Makes every [`ControlClient::connect`] of this process speak TLS with `tls`. False if
+/// it was already set (the first setting stays).
+pub fn use_tls(tls: Tls) -> bool {
+    PROCESS_TLS.set(tls).is_ok()
+}
+
+/// A control connection: plain TCP, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stream::Plain(s) => f.debug_tuple("Plain").field(s).finish(),
+            Stream::Tls(s) => f.debug_tuple("Tls").field(s.get_ref()).finish(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl Drop for Stream {
+    /// Says close_notify (one bounded write), so the server sees a clean end.
+    fn drop(&mut self) {
+        if let Stream::Tls(s) = self {
+            s.conn.send_close_notify();
+            let _ = s.conn.write_tls(&mut s.sock);
+        }
+    }
+}
+
+/// Does the handshake now (bounded by the stream's timeouts), so that a certificate that
+/// does not verify is reported as such before any request.
+fn handshake(
+    tcp: TcpStream,
+    tls: &Tls,
+    addr: &str,
+) -> Result<StreamOwned<ClientConnection, TcpStream>, ControlError> {
+    let name = tls.name_for(addr).map_err(|e| ControlError::Connect {
+        addr: addr.to_string(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e.to_string()),
+    })?;
+    let shown = name.to_str().into_owned();
+    let mut conn =
+        ClientConnection::new(Arc::clone(&tls.config), name).map_err(ControlError::Tls)?;
+    let mut tcp = tcp;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            return Err(match ControlError::from(e) {
+                ControlError::Tls(rustls::Error::InvalidCertificate(why)) => {
+                    ControlError::Untrusted { name: shown, why }
+                }
+                other => other,
+            });
+        }
+    }
+    Ok(StreamOwned::new(conn, tcp))
+}
+
+/// Sets a connected stream's timeouts and options; returns the server's address.
+fn prepare(stream: &TcpStream, timeout: Duration) -> Result<SocketAddr, ControlError> {
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    Ok(stream.peer_addr()?)
+}
+
 /// A TCRP connection to one server. Requests on it are answered in order.
 #[derive(Debug)]
 pub struct ControlClient {
-    stream: TcpStream,
+    stream: Stream,
     server: SocketAddr,
     timeout: Duration,
     buf: Vec<u8>,
 }
 
 impl ControlClient {
-    /// Connects to `addr` (host:port), trying each resolved address within `timeout`.
+    /// Connects to `addr` (host:port), trying each resolved address within `timeout`;
+    /// over TLS if this process chose it ([`use_tls`]).
     pub fn connect(addr: &str, timeout: Duration) -> Result<Self, ControlError> {
+        Self::connect_with(addr, timeout, PROCESS_TLS.get())
+    }
+
+    /// Connects to `addr` over TLS with `tls`, or plain TCP with `None`.
+    pub fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        tls: Option<&Tls>,
+    ) -> Result<Self, ControlError> {
+        let tcp = Self::dial(addr, timeout)?;
+        let server = prepare(&tcp, timeout)?;
+        let stream = match tls {
+            Some(tls) => Stream::Tls(Box::new(handshake(tcp, tls, addr)?)),
+            None => Stream::Plain(tcp),
+        };
+        Ok(Self::over(stream, server, timeout))
+    }
+
+    fn dial(addr: &str, timeout: Duration) -> Result<TcpStream, ControlError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|_| ControlError::Resolve(addr.to_string()))?
@@ -209,7 +532,7 @@ impl ControlClient {
         let mut last = None;
         for a in &addrs {
             match TcpStream::connect_timeout(a, timeout) {
-                Ok(stream) => return Self::from_stream(stream, timeout),
+                Ok(stream) => return Ok(stream),
                 Err(e) => last = Some(e),
             }
         }
@@ -221,16 +544,22 @@ impl ControlClient {
 
     /// Wraps an already connected stream.
     pub fn from_stream(stream: TcpStream, timeout: Duration) -> Result<Self, ControlError> {
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        let server = stream.peer_addr()?;
-        Ok(ControlClient {
+        let server = prepare(&stream, timeout)?;
+        Ok(Self::over(Stream::Plain(stream), server, timeout))
+    }
+
+    fn over(stream: Stream, server: SocketAddr, timeout: Duration) -> Self {
+        ControlClient {
             stream,
             server,
             timeout,
             buf: Vec::with_capacity(1024),
-        })
+        }
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
     }
 
     /// The server's control-plane address.
@@ -384,6 +713,7 @@ impl ControlClient {
         let mut out = Vec::with_capacity(64);
         req.encode(&mut out).map_err(ControlError::Invalid)?;
         self.stream.write_all(&out)?;
+        self.stream.flush()?;
         Ok(())
     }
 
@@ -421,9 +751,10 @@ impl ControlClient {
             if left.is_zero() {
                 return Err(ControlError::Timeout);
             }
-            self.stream.set_read_timeout(Some(left))?;
+            self.stream.tcp().set_read_timeout(Some(left))?;
             let mut chunk = [0u8; 4096];
             let n = match self.stream.read(&mut chunk) {
+                Ok(0) if self.looks_like_tls() => return Err(ControlError::TlsRequired),
                 Ok(0) => return Err(ControlError::Closed),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -431,6 +762,14 @@ impl ControlClient {
             };
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+impl ControlClient {
+    /// Whether a plain connection got the start of a TLS record (an alert or a
+    /// handshake, content type 21 or 22, version 3.x) instead of a reply.
+    fn looks_like_tls(&self) -> bool {
+        matches!(self.stream, Stream::Plain(_)) && matches!(self.buf[..], [21 | 22, 3, ..])
     }
 }
 
@@ -520,4 +859,48 @@ pub fn join_again(membership: &Membership, timeout: Duration) -> Result<Membersh
 /// Connects and lists the rooms.
 pub fn list(server: &str) -> Result<Vec<RoomInfo>, ControlError> {
     ControlClient::connect(server, DEFAULT_TIMEOUT)?.list()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tls_name_is_the_host_of_the_server_address() {
+        assert_eq!(host_of("localhost:9001"), "localhost");
+        assert_eq!(host_of("127.0.0.1:9001"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:9001"), "::1");
+        assert_eq!(host_of("chat.example"), "chat.example");
+        assert_eq!(host_of("::1"), "::1");
+        assert!(
+            server_name(host_of("[::1]:9")).is_ok_and(|n| matches!(n, ServerName::IpAddress(_)))
+        );
+        assert!(server_name("").is_err());
+    }
+
+    #[test]
+    fn an_untrusted_certificate_says_why_and_what_to_do() {
+        let e = ControlError::Untrusted {
+            name: "localhost".into(),
+            why: CertificateError::UnknownIssuer,
+        };
+        assert_eq!(
+            e.to_string(),
+            "the server's certificate is not trusted for localhost: UnknownIssuer; pass --ca FILE for a private CA"
+        );
+        let e = ControlError::Untrusted {
+            name: "h".into(),
+            why: CertificateError::Expired,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("the server's certificate is not trusted for h: Expired")
+        );
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let e = Tls::from_ca_pem(b"not pem at all").expect_err("no CA");
+        assert!(e.to_string().contains("no CERTIFICATE"), "{e}");
+    }
 }

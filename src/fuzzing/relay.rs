@@ -8,12 +8,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::protocol::datagram::ChatDatagram;
+use crate::protocol::control::ClientDatagram;
 use crate::protocol::frame::Request;
 use crate::server::Config;
 
 mod check;
 mod model;
+mod v11;
 
 use model::{Harness, StepCtx};
 
@@ -41,9 +42,10 @@ fn ip(i: u8) -> IpAddr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum RelayOp {
-    /// `[op, room|user<<2|password<<4, capacity, ip]`
+    /// `[op, room|user<<2|password<<4|key<<6, capacity, ip]` (key: bit 6 gives the
+    /// resume key)
     Create = 0,
-    /// `[op, room|user<<2|password<<4, _, ip]`
+    /// `[op, room|user<<2|password<<4|key<<6, _, ip]`
     Join = 2,
     /// `[op, room (bit 2: the token's own), token choice, ip (bit 2: the token's own)]`
     Leave = 4,
@@ -61,14 +63,37 @@ pub enum RelayOp {
     Flush = 10,
     /// `[op, what]`: 0 shutdown; 1-3 the socket takes all / no / one receiver per send.
     Control = 11,
+    /// (v1.1) `[op, a, t, i, client_seq]`: a SEND aimed like [`RelayOp::Datagram`] (the
+    /// message by `a >> 4`, never empty), ClientSeq `client_seq % 8`.
+    Send = 240,
+    /// (v1.1) `[op, a, t, i, from, count]`: a NACK aimed like a datagram; FromSeq 0, 1-48
+    /// or just below 2^32; Count 0, 513, or 1-40.
+    Nack = 241,
+    /// (v1.1) `[op, a, t, i]`: a SYNC aimed like a datagram.
+    Sync = 242,
+    /// (v1.1) `[op, a (bit 2: the token's own room), t, i (bit 2: the token's own IP),
+    /// key]`: RESUME with the resume key (`key % 4` 0 or 3), a wrong one, or a short one.
+    Resume = 243,
 }
 
 impl RelayOp {
-    /// Every operation byte value (mod 12) is one operation.
+    /// Op byte values below [`RelayOp::V11_FROM`] name one operation each by their value
+    /// modulo this.
     pub const CYCLE: u8 = 12;
+    /// Op byte values from this one on name the v1.1 operations (by value modulo 4), so
+    /// that the corpus of version 1 keeps its meaning.
+    pub const V11_FROM: u8 = 240;
 
     /// The operation an op byte names.
     pub fn from_byte(b: u8) -> RelayOp {
+        if b >= Self::V11_FROM {
+            return match b % 4 {
+                0 => RelayOp::Send,
+                1 => RelayOp::Nack,
+                2 => RelayOp::Sync,
+                _ => RelayOp::Resume,
+            };
+        }
         match b % Self::CYCLE {
             0 | 1 => RelayOp::Create,
             2 | 3 => RelayOp::Join,
@@ -120,7 +145,12 @@ impl Bytes<'_> {
 /// from its own JOINED on, with no gap, until it leaves, times out or its room closes, and
 /// nothing after; RATE_LIMITED with Seq 0 to the limited sender alone, at most once a
 /// second; member counts within capacity and limits; counters matching what the harness
-/// saw.
+/// saw. (v1.1, `v11.rs`) A ClientSeq relays once; a NACK answer holds exactly the held
+/// events of its range with their original bytes, after one GONE for the part no longer
+/// held, as far as the repair bucket pays, and the bucket is never overdrawn; SYNC answers
+/// say the room's latest Seq and the member's ClientSeq; tail notices and RESUMED go alone,
+/// Seq 0, to exactly the room's bound v1.1 members; RESUME's statuses follow §5.5, and a
+/// resumed member hears nothing until it pins a new address.
 pub fn relay(data: &[u8]) {
     let mut b = Bytes(data);
     let mut c = [0u8; RELAY_CONFIG_LEN];
@@ -154,6 +184,11 @@ fn config(c: &[u8; RELAY_CONFIG_LEN]) -> Config {
         msg_rate: u32::from(c[8] % 4),
         msg_burst: 1 + u32::from(c[9] % 3),
         batch_max: 1 + usize::from(c[1] % 8),
+        // (v1.1) Small rings, so that NACKs meet GONE; tight memory and repair buckets.
+        history: usize::from(c[9] / 4 % 8),
+        history_memory: 64 + 64 * usize::from(c[7] / 4 % 16),
+        repair_rate: 64 * u64::from(c[8] / 4 % 4),
+        repair_burst: 128 * u64::from(c[8] / 16 % 4),
     }
 }
 
@@ -167,7 +202,7 @@ fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
                 user: USERS[usize::from(a >> 2) % 4],
                 password: PASSWORDS[usize::from(a >> 4) % 3],
                 capacity: CAPACITIES[usize::from(cap) % CAPACITIES.len()],
-                resume_key: None,
+                resume_key: (a & 0x40 != 0).then_some(v11::KEY),
             };
             h.request(ip(i), &req, ctx);
         }
@@ -177,7 +212,7 @@ fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
                 room: ROOMS[usize::from(a % 4)],
                 user: USERS[usize::from(a >> 2) % 4],
                 password: PASSWORDS[usize::from(a >> 4) % 3],
-                resume_key: None,
+                resume_key: (a & 0x40 != 0).then_some(v11::KEY),
             };
             h.request(ip(i), &req, ctx);
         }
@@ -200,9 +235,9 @@ fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
             // it binds belongs to that token's room alone.
             let port = RAW_PORT_BASE + (h.datagrams % 20_000) as u16;
             let from = SocketAddr::new(ip(0), port);
-            let which = ChatDatagram::parse(&raw)
+            let which = ClientDatagram::parse(&raw)
                 .ok()
-                .and_then(|d| h.issued.iter().position(|i| i.token == d.token));
+                .and_then(|d| h.issued.iter().position(|i| i.token == d.token()));
             h.datagram(from, &raw, which, ctx);
         }
         RelayOp::Clock => {
@@ -224,5 +259,32 @@ fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
             assert_eq!(h.tx.asked.len(), before, "a second flush sent again");
         }
         RelayOp::Control => h.control(b.byte(), ctx),
+        RelayOp::Send => {
+            let (a, t, i, cs) = (b.byte(), b.byte(), b.byte(), b.byte());
+            h.send(a, t, i, u32::from(cs % 8), ctx);
+        }
+        RelayOp::Nack => {
+            let (a, t, i) = (b.byte(), b.byte(), b.byte());
+            let (f, c) = (b.byte(), b.byte());
+            let from_seq = match f {
+                0 => 0,
+                250.. => u32::MAX - u32::from(f - 250),
+                _ => 1 + u32::from(f) % 48,
+            };
+            let count = match c % 8 {
+                0 => 0,
+                1 => 513,
+                _ => 1 + u16::from(c / 8) % 40,
+            };
+            h.nack(a, t, i, from_seq, count, ctx);
+        }
+        RelayOp::Sync => {
+            let (a, t, i) = (b.byte(), b.byte(), b.byte());
+            h.sync(a, t, i, ctx);
+        }
+        RelayOp::Resume => {
+            let (a, t, i, k) = (b.byte(), b.byte(), b.byte(), b.byte());
+            h.resume(a, t, i, k, ctx);
+        }
     }
 }

@@ -27,11 +27,19 @@ pub enum DropReason {
     WrongAddress,
     /// The member's message bucket was empty.
     RateLimited,
+    /// (v1.1) A control datagram with an Op other than SEND, NACK, SYNC.
+    UnknownOp,
+    /// (v1.1) A control datagram whose body has the wrong length for its Op.
+    BadBody,
+    /// (v1.1) A NACK with FromSeq 0.
+    NackFromSeqZero,
+    /// (v1.1) A NACK with Count 0 or over 512.
+    NackCount,
 }
 
 impl DropReason {
     /// Every reason, in a stable order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Oversize,
         DropReason::Malformed,
         DropReason::MessageTooLong,
@@ -41,6 +49,10 @@ impl DropReason {
         DropReason::WrongIp,
         DropReason::WrongAddress,
         DropReason::RateLimited,
+        DropReason::UnknownOp,
+        DropReason::BadBody,
+        DropReason::NackFromSeqZero,
+        DropReason::NackCount,
     ];
 
     /// Snake-case name, for logs and metric labels.
@@ -55,6 +67,10 @@ impl DropReason {
             DropReason::WrongIp => "wrong_ip",
             DropReason::WrongAddress => "wrong_address",
             DropReason::RateLimited => "rate_limited",
+            DropReason::UnknownOp => "unknown_op",
+            DropReason::BadBody => "bad_body",
+            DropReason::NackFromSeqZero => "nack_from_seq_zero",
+            DropReason::NackCount => "nack_count",
         }
     }
 }
@@ -94,6 +110,26 @@ pub struct Counters {
     pub members_timed_out: u64,
     /// Members that left with LEAVE.
     pub members_left: u64,
+    /// (v1.1) NACKs accepted.
+    pub nacks: u64,
+    /// (v1.1) Events resent in NACK answers.
+    pub repair_events: u64,
+    /// (v1.1) Bytes of the events resent (what the repair bucket was charged).
+    pub repair_bytes: u64,
+    /// (v1.1) Held events of NACK ranges not resent: the repair bucket was empty.
+    pub repair_dropped: u64,
+    /// (v1.1) GONE events sent.
+    pub gone: u64,
+    /// (v1.1) SYNCs accepted (each answered).
+    pub syncs: u64,
+    /// (v1.1) Tail notices sent (one per room and quiet spell, whatever the receivers).
+    pub tail_notices: u64,
+    /// (v1.1) SENDs whose ClientSeq was already relayed: accepted, not relayed.
+    pub duplicate_sends: u64,
+    /// (v1.1) Gauge: events held in all rooms' histories.
+    pub history_events: u64,
+    /// (v1.1) Gauge: event bytes held in all rooms' histories.
+    pub history_bytes: u64,
 }
 
 impl Counters {
@@ -125,6 +161,18 @@ impl fmt::Display for Counters {
             self.deliveries,
             self.rooms_created,
             self.rooms_closed
+        )?;
+        write!(
+            f,
+            "; v1.1 nacks={} repair_events={} repair_dropped={} gone={} syncs={} tail_notices={} duplicate_sends={} history_bytes={}",
+            self.nacks,
+            self.repair_events,
+            self.repair_dropped,
+            self.gone,
+            self.syncs,
+            self.tail_notices,
+            self.duplicate_sends,
+            self.history_bytes
         )?;
         f.write_str("; drops:")?;
         for r in DropReason::ALL {

@@ -14,6 +14,11 @@
 //! and counted past 256 KiB), and writes the sessions it touched once at the end of the
 //! turn (`web.rs` beside this file).
 //!
+//! TLS (`--tls-cert`, PROTOCOL.md §6): a connection on the TCRP or web listener then has a
+//! [`TlsLayer`] between its socket and its [`Conn`]; `tls.rs` beside this file moves records
+//! between the socket and the layer and plaintext between the layer and the `Conn`, in the
+//! same turn and with the same budgets, timers and caps as a plain connection.
+//!
 //! Where I/O happens: this file reads and writes the TCP sockets, accepts, and drives the
 //! UDP socket through [`crate::sys::udp`] (`recvmmsg`/`sendmmsg`), which is also where the
 //! relay's [`Transmit`] sends; `tcp.rs` beside this file does the
@@ -29,9 +34,11 @@
 //!   served during a flood; UDP sends that the socket refuses are dropped and counted.
 //!
 //! [`Conn`]: super::conn::Conn
+//! [`TlsLayer`]: super::tls::TlsLayer
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info};
@@ -53,6 +60,7 @@ use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
 
 mod tcp;
+mod tls;
 mod web;
 
 pub use super::conn::admission::Limits;
@@ -94,6 +102,11 @@ struct LoopStats {
     accepted: u64,
     refused: u64,
     slow_peers: u64,
+    /// TLS handshakes completed.
+    tls_handshakes: u64,
+    /// TLS connections closed for breaking TLS (not a ClientHello, a bad record, a failed
+    /// handshake).
+    tls_errors: u64,
 }
 
 /// The listeners, and the accept back-off shared by them.
@@ -173,6 +186,8 @@ pub struct Server {
     clients: Clients,
     web: WebSide,
     stats: LoopStats,
+    /// With `--tls-cert` and `--tls-key`: the TCRP and web listeners speak TLS only.
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// Sources that still had input when their turn's budget ran out: served first next
     /// turn, and the poll does not wait while any is here.
     backlog: Vec<Token>,
@@ -241,6 +256,7 @@ impl Server {
                 ..WebSide::default()
             },
             stats: LoopStats::default(),
+            tls: None,
             backlog: Vec::new(),
         })
     }
@@ -256,6 +272,18 @@ impl Server {
         self.listeners.web = Some(l);
         self.web.site = site;
         Ok(self)
+    }
+
+    /// Makes the TCRP and web listeners speak TLS only (PROTOCOL.md §6), with `config`
+    /// (see [`crate::server::tls::load`]).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Server {
+        self.tls = Some(config);
+        self
+    }
+
+    /// Whether the TCRP and web listeners speak TLS.
+    pub fn tls_on(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The web listener's address, if there is one.

@@ -38,6 +38,10 @@ pub struct Snapshot<'a> {
     pub refused: u64,
     /// TCP peers closed for not reading their replies.
     pub slow_peers: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// TLS connections closed for breaking TLS.
+    pub tls_errors: u64,
     /// Event-loop wake-ups.
     pub wakeups: u64,
     /// Seconds the loop spent working (not waiting in poll).
@@ -69,8 +73,28 @@ pub fn render(s: &Snapshot<'_>, out: &mut String) {
     render_connections(s, out);
     render_requests(s.counters, out);
     render_data_plane(s.counters, out);
+    render_recovery(s.counters, out);
     render_lifecycle(s, out);
     render_web(&s.web, out);
+    render_tls(s, out);
+}
+
+/// The TLS listeners (PROTOCOL.md §6); zero when TLS is off.
+fn render_tls(s: &Snapshot<'_>, out: &mut String) {
+    one(
+        out,
+        "tls_handshakes_total",
+        "counter",
+        "TLS handshakes completed on the TCRP and web listeners.",
+        s.tls_handshakes,
+    );
+    one(
+        out,
+        "tls_errors_total",
+        "counter",
+        "TLS connections closed for breaking TLS (not a ClientHello, a bad record, a failed handshake).",
+        s.tls_errors,
+    );
 }
 
 /// WebSocket sessions and their traffic (PROTOCOL.md §6).
@@ -108,6 +132,75 @@ fn render_web(w: &WebStats, out: &mut String) {
         "counter",
         "Datagrams for a WebSocket session that its full output buffer (256 KiB) could not take.",
         w.datagrams_dropped,
+    );
+}
+
+/// (v1.1) NACK answers, SYNC, tail notices, SEND retransmissions, RESUME and history.
+fn render_recovery(c: &Counters, out: &mut String) {
+    let counters: [(&str, &str, u64); 8] = [
+        ("nacks_total", "NACKs accepted.", c.nacks),
+        (
+            "repair_events_total",
+            "Events resent in NACK answers.",
+            c.repair_events,
+        ),
+        (
+            "repair_bytes_total",
+            "Bytes of events resent in NACK answers.",
+            c.repair_bytes,
+        ),
+        (
+            "repair_dropped_total",
+            "Held events of NACK ranges not resent: the repair bucket was empty.",
+            c.repair_dropped,
+        ),
+        ("gone_total", "GONE events sent.", c.gone),
+        ("syncs_total", "SYNCs accepted and answered.", c.syncs),
+        ("tail_notices_total", "Tail notices sent.", c.tail_notices),
+        (
+            "duplicate_sends_total",
+            "SENDs of an already relayed ClientSeq (accepted, not relayed).",
+            c.duplicate_sends,
+        ),
+    ];
+    for (name, help, value) in counters {
+        one(out, name, "counter", help, value);
+    }
+    family(
+        out,
+        "resumes_total",
+        "counter",
+        "RESUME requests answered, by status.",
+    );
+    for st in [
+        Status::Ok,
+        Status::InvalidRequest,
+        Status::TooManyRequests,
+        Status::RoomNotFound,
+        Status::Unauthorized,
+        Status::ServerFull,
+    ] {
+        let n = c.requests[Operation::Resume as usize - 1][st as usize];
+        sample(
+            out,
+            "resumes_total",
+            &format!("status=\"{}\"", st.name()),
+            n,
+        );
+    }
+    one(
+        out,
+        "history_events",
+        "gauge",
+        "Events held in all rooms' histories.",
+        c.history_events,
+    );
+    one(
+        out,
+        "history_bytes",
+        "gauge",
+        "Event bytes held in all rooms' histories.",
+        c.history_bytes,
     );
 }
 
@@ -377,70 +470,4 @@ pub fn respond(req: HttpRequest, body: &str, out: &mut Vec<u8>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_are_read_only_when_whole() {
-        assert_eq!(parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"), None);
-        assert_eq!(
-            parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Some(HttpRequest::Metrics)
-        );
-        assert_eq!(
-            parse_request(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
-            Some(HttpRequest::Metrics)
-        );
-        assert_eq!(
-            parse_request(b"GET / HTTP/1.1\r\n\r\n"),
-            Some(HttpRequest::NotFound)
-        );
-        assert_eq!(
-            parse_request(b"POST /metrics HTTP/1.1\r\n\r\n"),
-            Some(HttpRequest::MethodNotAllowed)
-        );
-        assert_eq!(
-            parse_request(b"\x16\x03\x01garbage\r\n\r\n"),
-            Some(HttpRequest::Bad)
-        );
-        assert_eq!(
-            parse_request(&[b'a'; MAX_HTTP_REQUEST]),
-            Some(HttpRequest::Bad)
-        );
-    }
-
-    #[test]
-    fn exposition_names_every_family_with_the_prefix() {
-        let mut c = Counters::default();
-        c.request(Operation::Create, Status::Ok);
-        c.drop(DropReason::UnknownToken);
-        c.drop(DropReason::UnknownToken);
-        let s = Snapshot {
-            counters: &c,
-            rooms: 1,
-            members: 3,
-            bound: 2,
-            connections: 4,
-            accepted: 5,
-            refused: 0,
-            slow_peers: 0,
-            wakeups: 9,
-            busy_seconds: 0.25,
-            web: WebStats::default(),
-        };
-        let mut out = String::new();
-        render(&s, &mut out);
-        assert!(out.contains("ocm_requests_total{op=\"create\",status=\"ok\"} 1\n"));
-        assert!(out.contains("ocm_datagrams_dropped_total{reason=\"unknown_token\"} 2\n"));
-        assert!(out.contains("ocm_members{state=\"unbound\"} 1\n"));
-        assert!(out.contains("ocm_loop_busy_seconds_total 0.250000\n"));
-        for line in out.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("ocm_"), "{line}");
-        }
-        let mut resp = Vec::new();
-        respond(HttpRequest::Metrics, &out, &mut resp);
-        let text = String::from_utf8(resp).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
-        assert!(text.contains(&format!("Content-Length: {}\r\n", out.len())));
-    }
-}
+mod tests;

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod per_ip;
 pub mod relay;
 mod room;
+pub mod tls;
 pub mod token;
 pub mod transmit;
 pub mod web;

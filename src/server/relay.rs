@@ -15,6 +15,8 @@
 //!   and rooms (each removal does all its bookkeeping in one call).
 //! * `requests.rs`: the control plane (CREATE, JOIN, LEAVE, LIST).
 //! * `datagrams.rs`: the data plane (checking, binding, relaying, rate-limit notices).
+//! * `recovery.rs`: v1.1 control datagrams (SEND, NACK, SYNC), tail notices and the
+//!   server-wide history cap. `resume.rs`: resume keys and RESUME.
 //! * `config.rs`: the settings. `invariants.rs` and `testing.rs`: for tests and fuzzing.
 
 use std::collections::BTreeMap;
@@ -31,14 +33,18 @@ use super::limits::{Bucket, FAILURE_WINDOW, PasswordThrottle};
 use super::per_ip::PerIp;
 use super::room::{Outflow, Room};
 use super::token::{Token, TokenMap};
-use super::transmit::{Addr, SessionId, Transmit};
+use super::transmit::{Addr, SessionId, Targets, Transmit};
 use crate::protocol::event::{EventBuf, EventKind, reason};
+use recovery::RepairBucket;
+use resume::ResumeKey;
 
 mod config;
 mod datagrams;
 #[cfg(any(test, feature = "fuzzing"))]
 mod invariants;
+mod recovery;
 mod requests;
+mod resume;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod testing;
 
@@ -69,6 +75,18 @@ struct Member {
     deadline: Instant,
     bucket: Bucket,
     last_notice: Option<Instant>,
+    /// Whether it has ever bound (its JOINED went out): binding again after RESUME is
+    /// silent.
+    joined: bool,
+    /// (v1.1) Whether a control datagram of it was accepted: only such members receive
+    /// Kinds 7-9.
+    v11: bool,
+    /// (v1.1) The highest ClientSeq relayed for it (0: none).
+    client_seq: u32,
+    /// (v1.1) What NACK answers may still send it.
+    repair: RepairBucket,
+    /// (v1.1) The key RESUME must show; `None`: it cannot resume.
+    resume_key: Option<ResumeKey>,
 }
 
 /// Whether a member being removed still has an entry in the deadline queue.
@@ -87,6 +105,12 @@ pub enum DatagramOutcome {
     Heartbeat,
     /// A message was relayed.
     Relayed,
+    /// (v1.1) A SEND whose ClientSeq was already relayed: accepted, not relayed.
+    Duplicate,
+    /// (v1.1) A NACK was answered (with whatever the range held).
+    Nack,
+    /// (v1.1) A SYNC was answered.
+    Sync,
     /// Dropped silently, for this reason.
     Dropped(DropReason),
 }
@@ -113,6 +137,14 @@ pub struct Relay<R> {
     next_prune: Option<Instant>,
     rate_body: String,
     notice: EventBuf,
+    /// (v1.1) Rooms' tail-notice deadlines (key: room, id: its generation).
+    tails: DeadlineQueue,
+    /// (v1.1) Scratch: the receivers of a tail notice or RESUMED.
+    dests: Targets,
+    /// (v1.1) Scratch: one datagram of a NACK answer.
+    repair_buf: Vec<u8>,
+    /// (v1.1) Scratch: (history bytes, room key) of the rings a memory-cap pass sheds.
+    shed: Vec<(usize, usize)>,
     /// Everything counted so far.
     pub counters: Counters,
 }
@@ -139,6 +171,10 @@ impl<R: Rng> Relay<R> {
             next_prune: None,
             rate_body,
             notice: EventBuf::default(),
+            tails: DeadlineQueue::default(),
+            dests: Targets::default(),
+            repair_buf: Vec::with_capacity(crate::protocol::MAX_DATAGRAM),
+            shed: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -170,8 +206,9 @@ impl<R: Rng> Relay<R> {
                 self.deadlines.schedule(m.deadline, key, id);
                 continue;
             }
-            self.time_out(key, tx);
+            self.time_out(key, now, tx);
         }
+        self.send_due_tail_notices(now, tx);
         if self.next_prune.is_some_and(|t| t <= now) {
             self.throttle.prune(now);
             self.next_prune = (!self.throttle.is_empty()).then(|| now + FAILURE_WINDOW);
@@ -179,7 +216,7 @@ impl<R: Rng> Relay<R> {
     }
 
     /// Drops a member whose deadline entry was just popped.
-    fn time_out(&mut self, key: usize, tx: &mut impl Transmit) {
+    fn time_out(&mut self, key: usize, now: Instant, tx: &mut impl Transmit) {
         let room_key = self.members[key].room;
         let room = &self.rooms[room_key];
         let is_host = room.host == key;
@@ -189,7 +226,7 @@ impl<R: Rng> Relay<R> {
         );
         self.counters.members_timed_out += 1;
         // TIMED_OUT goes to the member too: emit it while it is still bound.
-        self.emit_from(key, EventKind::TimedOut, "", tx);
+        self.emit_from(key, EventKind::TimedOut, "", now, tx);
         self.remove_member(key, Entry::Popped, tx);
         if is_host {
             self.close_room(room_key, reason::HOST_TIMED_OUT, tx);
@@ -198,10 +235,10 @@ impl<R: Rng> Relay<R> {
 
     /// When the relay next needs [`Relay::handle_timeout`]: the poll timeout.
     pub fn next_timeout(&self) -> Option<Instant> {
-        match (self.deadlines.next(), self.next_prune) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.deadlines.next(), self.tails.next(), self.next_prune]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Sends every outbox that holds events. The loop calls this at the end of each
@@ -229,17 +266,32 @@ impl<R: Rng> Relay<R> {
     }
 
     /// Emits a room event with no body in the name of `user` (or none: "").
-    fn emit(&mut self, room: usize, kind: EventKind, user: &str, tx: &mut impl Transmit) {
+    fn emit(
+        &mut self,
+        room: usize,
+        kind: EventKind,
+        user: &str,
+        now: Instant,
+        tx: &mut impl Transmit,
+    ) {
         let mut out = Outflow {
             counters: &mut self.counters,
             batch_max: self.cfg.batch_max,
             queue: &mut self.queued,
         };
         self.rooms[room].emit(kind, user, "", &mut out, tx);
+        self.after_room_event(room, now);
     }
 
     /// Emits an event in the name of member `key` to its room.
-    fn emit_from(&mut self, key: usize, kind: EventKind, body: &str, tx: &mut impl Transmit) {
+    fn emit_from(
+        &mut self,
+        key: usize,
+        kind: EventKind,
+        body: &str,
+        now: Instant,
+        tx: &mut impl Transmit,
+    ) {
         // Split borrows: the member's name is read while the room's outbox is written.
         let Relay {
             members,
@@ -256,6 +308,8 @@ impl<R: Rng> Relay<R> {
             queue: queued,
         };
         rooms[m.room].emit(kind, &m.name, body, &mut out, tx);
+        let room = m.room;
+        self.after_room_event(room, now);
     }
 
     /// Removes a member from its room and the tables: its token is void from now on, its

@@ -15,11 +15,16 @@
 //! lent to [`Room::emit`] as `&str`.
 
 use std::net::IpAddr;
+use std::time::Instant;
 
 use super::counters::Counters;
 use super::transmit::{Addr, Dest, SessionId, Transmit};
 use crate::protocol::event::{Event, EventBuf, EventKind};
 use crate::protocol::{MAX_DATAGRAM, next_seq};
+
+pub mod history;
+
+use history::History;
 
 /// What an emitted event may need besides the room: where sends are counted, how many
 /// events a datagram may carry, and the list of rooms to flush at the end of the wake-up.
@@ -37,6 +42,8 @@ pub(super) struct Outflow<'a> {
 pub(super) struct Room {
     /// Its key in the relay's room table (so that it can queue itself for a flush).
     key: usize,
+    /// Generation, so that stale tail-notice entries for a reused slot are recognised.
+    pub id: u64,
     pub name: Box<str>,
     pub password: Option<Box<[u8]>>,
     pub capacity: u16,
@@ -60,19 +67,37 @@ pub(super) struct Room {
     outbox: EventBuf,
     /// Whether the room is on the relay's list of outboxes to flush.
     queued: bool,
+    /// (v1.1) The latest events' bytes, for NACK.
+    history: History,
+    /// (v1.1) When the tail notice for the latest event is due; `None` once it went out
+    /// (or before any event).
+    pub tail_due: Option<Instant>,
+    /// (v1.1) Whether the relay's tail queue holds an entry for this room.
+    pub tail_scheduled: bool,
+}
+
+/// Where a new room is and what it keeps.
+pub(super) struct Slot {
+    /// Its key in the relay's room table.
+    pub key: usize,
+    /// Its generation.
+    pub id: u64,
+    /// Most events its history keeps (`--history`).
+    pub history: usize,
 }
 
 impl Room {
     /// A room at `key` of the relay's table, with `host` as its only member, not bound.
     pub fn new(
-        key: usize,
+        slot: Slot,
         name: &str,
         password: &[u8],
         capacity: u16,
         host: (usize, IpAddr),
     ) -> Room {
         Room {
-            key,
+            key: slot.key,
+            id: slot.id,
             name: name.into(),
             password: (!password.is_empty()).then(|| password.into()),
             capacity,
@@ -86,7 +111,30 @@ impl Room {
             seq: 0,
             outbox: EventBuf::default(),
             queued: false,
+            history: History::new(slot.history),
+            tail_due: None,
+            tail_scheduled: false,
         }
+    }
+
+    /// Seq of the last event (0: none yet).
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// The events the room still holds.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Sheds the oldest held event (the server-wide history cap); returns its length.
+    pub fn shed_oldest(&mut self, counters: &mut Counters) -> usize {
+        self.history.shed_oldest(counters)
+    }
+
+    /// Gives back memory a shed ring no longer needs.
+    pub fn trim_history(&mut self) {
+        self.history.trim();
     }
 
     /// Every member key, bound or not, in order of joining (but for removals).
@@ -95,7 +143,6 @@ impl Room {
     }
 
     /// The bound members: each one's destination and key.
-    #[cfg(any(test, feature = "fuzzing"))]
     pub fn bound(&self) -> impl Iterator<Item = (Addr, usize)> {
         let udp = self.bound.iter().map(|&d| Addr::Udp(d));
         let web = self.sessions.iter().map(|&s| Addr::Session(s));
@@ -156,6 +203,10 @@ impl Room {
         }
         self.outbox.push(&ev);
         counters.events += 1;
+        // Encoded once: the ring keeps the bytes just written to the outbox.
+        let bytes = self.outbox.bytes();
+        self.history
+            .push(self.seq, &bytes[bytes.len() - ev.len()..], counters);
     }
 
     /// Sends the outbox, if it holds events, to every bound member (counting datagrams,
@@ -212,8 +263,14 @@ impl Room {
     /// the old membership: so a TIMED_OUT for this member leaves before a newcomer can take
     /// its name.
     pub fn remove(&mut self, member: usize, counters: &mut Counters, tx: &mut impl Transmit) {
-        self.flush(counters, tx);
+        self.unbind(member, counters, tx);
         self.members.retain(|&k| k != member);
+    }
+
+    /// Unbinds a member that stays in the room (RESUME): it hears nothing until it binds
+    /// again. What is queued goes first, to the old set, this member included.
+    pub fn unbind(&mut self, member: usize, counters: &mut Counters, tx: &mut impl Transmit) {
+        self.flush(counters, tx);
         if let Some(i) = self.bound_keys.iter().position(|&k| k == member) {
             self.bound_keys.swap_remove(i);
             self.bound.swap_remove(i);
@@ -223,11 +280,12 @@ impl Room {
         }
     }
 
-    /// Sends ROOM_CLOSED with `why` after whatever is queued, to every bound member. The
-    /// caller then voids the members' tokens and drops the room.
+    /// Sends ROOM_CLOSED with `why` after whatever is queued, to every bound member, and
+    /// ends the history. The caller then voids the members' tokens and drops the room.
     pub fn close(&mut self, why: &str, counters: &mut Counters, tx: &mut impl Transmit) {
         self.append(EventKind::RoomClosed, "", why, counters, tx);
         self.flush(counters, tx);
+        self.history.clear(counters);
     }
 
     /// Checks the room's own rules (`key` is where the relay holds it); `Err` names the
@@ -254,6 +312,10 @@ impl Room {
         }
         if !self.outbox.is_empty() && !self.queued {
             return Err(format!("room '{name}' holds events but is not queued"));
+        }
+        self.history.check()?;
+        if !self.history.is_empty() && self.history.newest() != self.seq {
+            return Err(format!("room '{name}' history does not end at its Seq"));
         }
         Ok(())
     }

@@ -45,6 +45,60 @@ pub trait Transmit {
         let _ = (payload, to);
         0
     }
+
+    /// Sends `payload` to one receiver, over whichever transport it is bound to.
+    fn send_one(&mut self, payload: &[u8], to: Addr) -> usize {
+        match to {
+            Addr::Udp(d) => self.send(payload, std::slice::from_ref(&d)),
+            Addr::Session(s) => self.send_sessions(payload, std::slice::from_ref(&s)),
+        }
+    }
+
+    /// Sends `payload` to every receiver of `to`, both transports.
+    fn send_targets(&mut self, payload: &[u8], to: &Targets) -> usize {
+        let mut sent = 0;
+        if !to.udp.is_empty() {
+            sent += self.send(payload, &to.udp);
+        }
+        if !to.sessions.is_empty() {
+            sent += self.send_sessions(payload, &to.sessions);
+        }
+        sent
+    }
+}
+
+/// A reusable list of receivers over both transports (the v1.1 members a tail notice or a
+/// RESUMED goes to): UDP destinations for one `sendmmsg`, sessions for their buffers.
+#[derive(Debug, Default)]
+pub struct Targets {
+    udp: Vec<Dest>,
+    sessions: Vec<SessionId>,
+}
+
+impl Targets {
+    /// Empties the list, keeping its memory.
+    pub fn clear(&mut self) {
+        self.udp.clear();
+        self.sessions.clear();
+    }
+
+    /// Adds one receiver.
+    pub fn push(&mut self, to: Addr) {
+        match to {
+            Addr::Udp(d) => self.udp.push(d),
+            Addr::Session(s) => self.sessions.push(s),
+        }
+    }
+
+    /// How many receivers.
+    pub fn len(&self) -> usize {
+        self.udp.len() + self.sessions.len()
+    }
+
+    /// Whether there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The socket path: `sendmmsg` on Linux, one `send_to` per receiver elsewhere (see

@@ -23,21 +23,28 @@ impl Transmit for Null {
     }
 }
 
-/// A relay, the time it was set up at, and one encoded `message` per member.
+/// A relay, the time it was set up at, one encoded `message` per member, and the members'
+/// tokens.
 pub struct Fixture {
     pub relay: Relay<StdRng>,
     pub t0: Instant,
     pub datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    pub tokens: Vec<Vec<u8>>,
 }
 
 /// Room "room" with `members` bound members (rate limit off, `batch_max` as given), all
 /// from 127.0.0.1, at ports 5000 and up.
 pub fn room(members: usize, batch_max: usize, message: &str) -> Fixture {
+    room_with(members, Config::default(), batch_max, message)
+}
+
+/// [`room`] with the rest of the settings from `cfg` (v1.1: `history`, repair limits).
+pub fn room_with(members: usize, cfg: Config, batch_max: usize, message: &str) -> Fixture {
     let cfg = Config {
         msg_rate: 0,
         batch_max,
         max_capacity: u16::MAX,
-        ..Config::default()
+        ..cfg
     };
     let mut relay = Relay::new(cfg, StdRng::seed_from_u64(1));
     let t0 = Instant::now();
@@ -64,5 +71,6 @@ pub fn room(members: usize, batch_max: usize, message: &str) -> Fixture {
         relay,
         t0,
         datagrams,
+        tokens,
     }
 }

@@ -88,6 +88,17 @@ struct Args {
     #[argh(option, default = "DEFAULT_HISTORY")]
     history: u32,
 
+    /// speak TLS to the server's control port (ocm-server --tls-cert), checking its
+    /// certificate against the system's trusted CAs and the name in --server; chat
+    /// messages still go over UDP, unencrypted
+    #[argh(switch)]
+    tls: bool,
+
+    /// also trust the CA certificate(s) in this PEM file (a private CA, such as
+    /// scripts/dev-cert.sh makes); implies --tls
+    #[argh(option)]
+    ca: Option<PathBuf>,
+
     /// write the log to this file (default: none in full-screen mode, warnings to stderr in
     /// plain mode; RUST_LOG sets the level)
     #[argh(option)]
@@ -108,6 +119,10 @@ fn run(args: Args) -> u8 {
         eprintln!("ocm-client: cannot open the log file: {e}");
         return EXIT_USAGE;
     }
+    if let Err(msg) = use_tls(&args) {
+        eprintln!("ocm-client: {msg}");
+        return EXIT_USAGE;
+    }
     if args.list {
         return list(&args.server);
     }
@@ -122,6 +137,19 @@ fn run(args: Args) -> u8 {
         history: args.history,
     };
     chat(&args.server, membership, options, full_screen)
+}
+
+/// With --tls or --ca, every control connection of this process speaks TLS, checked
+/// against the host named in --server (LEAVE included, which dials the address reached).
+fn use_tls(args: &Args) -> Result<(), String> {
+    if !args.tls && args.ca.is_none() {
+        return Ok(());
+    }
+    let tls = control::Tls::new(args.ca.as_deref())
+        .and_then(|t| t.for_host(control::host_of(&args.server)))
+        .map_err(|e| e.to_string())?;
+    control::use_tls(tls);
+    Ok(())
 }
 
 fn init_logging(path: Option<&PathBuf>, full_screen: bool) -> io::Result<()> {

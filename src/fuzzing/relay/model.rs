@@ -10,6 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::{PORT_BASE, ROOMS, USERS, ip};
+use crate::protocol::control::{ClientDatagram, ClientDatagramError, ControlError};
 use crate::protocol::datagram::{ChatDatagram, DatagramError};
 use crate::protocol::frame::{Frame, Grant, Request, parse_list, parse_status, split_reply};
 use crate::protocol::{MAX_DATAGRAM, MAX_MESSAGE, Operation, State, Status, TOKEN_LEN};
@@ -59,6 +60,18 @@ pub(super) struct Issued {
     pub(super) last_notice: Option<Instant>,
     /// When it was granted or last had a datagram accepted: its idle deadline's start.
     pub(super) last_seen: Instant,
+    /// (v1.1) When it was granted: its repair bucket was full then.
+    pub(super) granted: Instant,
+    /// (v1.1) Whether it gave the resume key.
+    pub(super) key: bool,
+    /// Whether it ever bound (so pinning again after RESUME sends no JOINED).
+    pub(super) joined: bool,
+    /// (v1.1) Whether a control datagram of it was accepted.
+    pub(super) v11: bool,
+    /// (v1.1) The highest ClientSeq seen relayed for it.
+    pub(super) client_seq: u32,
+    /// (v1.1) Bytes of events it was resent in NACK answers.
+    pub(super) repair_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +85,9 @@ pub(super) struct AddrState {
     pub(super) fresh_user: Option<&'static str>,
     /// The room instance of every token bound here.
     pub(super) rid: Option<u32>,
+    /// (v1.1) The current run was started by a member pinned again after RESUME: its first
+    /// event may be any (no JOINED).
+    pub(super) any_first: bool,
 }
 
 pub(super) struct Harness {
@@ -97,6 +113,10 @@ pub(super) struct Harness {
     pub(super) notices: u64,
     /// Per IP, the times of its last five BAD_PASSWORD answers.
     pub(super) failures: HashMap<IpAddr, VecDeque<Instant>>,
+    /// (v1.1) The bytes of each room event as first sent, by (room instance, Seq).
+    pub(super) originals: HashMap<(u32, u32), Vec<u8>>,
+    /// (v1.1) Events resent by NACK before their first sending was seen: checked then.
+    pub(super) claims: Vec<(u32, u32, Vec<u8>)>,
 }
 
 /// A step's effect on what the harness expects of the sends it made.
@@ -114,6 +134,11 @@ pub(super) struct StepCtx {
     pub(super) timeout_ran: bool,
     /// Room instances whose host was seen to time out: closed once the step ends.
     pub(super) closing: Vec<u32>,
+    /// (v1.1) Sends (by index, `start..end`) that were NACK or SYNC answers, checked
+    /// already.
+    pub(super) answers: Vec<(usize, usize)>,
+    /// (v1.1) The issued token a RESUME of this step moved.
+    pub(super) resumed: Option<usize>,
 }
 
 impl Harness {
@@ -140,6 +165,8 @@ impl Harness {
             deliveries: 0,
             notices: 0,
             failures: HashMap::new(),
+            originals: HashMap::new(),
+            claims: Vec::new(),
         }
     }
 
@@ -208,7 +235,16 @@ impl Harness {
 
     pub(super) fn request(&mut self, peer: IpAddr, req: &Request<'_>, ctx: &mut StepCtx) {
         let (rooms, members) = (self.relay.room_count(), self.relay.member_count());
-        let throttled = req.operation() == Operation::Join && self.throttled(peer);
+        let throttled =
+            matches!(req.operation(), Operation::Join | Operation::Resume) && self.throttled(peer);
+        let want_resume = match *req {
+            Request::Resume {
+                room,
+                token,
+                resume_key,
+            } => Some(self.expect_resume(peer, room, token, resume_key)),
+            _ => None,
+        };
         let mut out = Vec::new();
         let status = self
             .relay
@@ -223,14 +259,24 @@ impl Harness {
             throttled,
             "password throttle for {peer}"
         );
-        if status == Status::BadPassword {
+        if status == Status::BadPassword
+            || (op == Operation::Resume && status == Status::Unauthorized)
+        {
             self.note_failure(peer);
+        }
+        if let Some((want, _)) = want_resume {
+            assert_eq!(status, want, "RESUME from {peer}");
         }
         let grown = (
             self.relay.room_count() as isize - rooms as isize,
             self.relay.member_count() as isize - members as isize,
         );
         match (req, status, complete) {
+            (Request::Resume { .. }, Status::Ok, Some(f)) => {
+                assert_eq!(grown, (0, 0), "RESUME changed counts");
+                let w = want_resume.and_then(|(_, w)| w).unwrap();
+                self.resumed(w, &f, peer, ctx);
+            }
             (Request::Create { room, user, .. }, Status::Ok, Some(f)) => {
                 assert!(
                     !self.issued.iter().any(|i| i.room == *room && i.live_bound),
@@ -242,7 +288,7 @@ impl Harness {
                 self.next_rid += 1;
                 let room = ROOMS.iter().find(|r| **r == *room).unwrap();
                 self.current_rid.insert(room, rid);
-                self.grant(&f, room, rid, user, peer, true);
+                self.grant(&f, (room, rid, user), peer, true, req);
             }
             (Request::Join { room, user, .. }, Status::Ok, Some(f)) => {
                 assert!(
@@ -259,7 +305,7 @@ impl Harness {
                     .get(room)
                     .expect("JOIN OK of a room never created");
                 assert!(!self.closed_rids.contains(&rid), "JOIN OK of a closed room");
-                self.grant(&f, room, rid, user, peer, false);
+                self.grant(&f, (room, rid, user), peer, false, req);
             }
             (Request::Leave { token, .. }, Status::Ok, None) => {
                 let w = self.issued.iter().position(|i| i.token == *token);
@@ -302,12 +348,21 @@ impl Harness {
     pub(super) fn grant(
         &mut self,
         f: &Frame<'_>,
-        room: &'static str,
-        rid: u32,
-        user: &str,
+        (room, rid, user): (&'static str, u32, &str),
         peer: IpAddr,
         host: bool,
+        req: &Request<'_>,
     ) {
+        let key = matches!(
+            req,
+            Request::Create {
+                resume_key: Some(_),
+                ..
+            } | Request::Join {
+                resume_key: Some(_),
+                ..
+            }
+        );
         let g = Grant::parse(f.payload).expect("a well-formed grant");
         assert_eq!(g.token.len(), TOKEN_LEN);
         assert!(
@@ -333,6 +388,12 @@ impl Harness {
             dead: false,
             last_notice: None,
             last_seen: self.now,
+            granted: self.now,
+            key,
+            joined: false,
+            v11: false,
+            client_seq: 0,
+            repair_bytes: 0,
         });
     }
 
@@ -350,8 +411,14 @@ impl Harness {
         }
     }
 
-    /// A chat datagram with a chosen token, room, address and message.
-    pub(super) fn chat_datagram(&mut self, a: u8, t: u8, i: u8, ctx: &mut StepCtx) {
+    /// Where a datagram aimed by `a`, `t`, `i` goes: its room, token (and which issued one
+    /// it is) and source address (see [`super::RelayOp::Datagram`]).
+    pub(super) fn aim(
+        &self,
+        a: u8,
+        t: u8,
+        i: u8,
+    ) -> (&'static str, Vec<u8>, Option<usize>, SocketAddr) {
         let mut room = ROOMS[usize::from(a % 4)];
         let (token, which) = self.choose_token(t, room);
         let mut from_ip = ip(i);
@@ -366,6 +433,12 @@ impl Harness {
             }
             port = PORT_BASE + (own.rid % 8000) as u16 * 4 + u16::from(i >> 4) % 4;
         }
+        (room, token, which, SocketAddr::new(from_ip, port))
+    }
+
+    /// A chat datagram with a chosen token, room, address and message.
+    pub(super) fn chat_datagram(&mut self, a: u8, t: u8, i: u8, ctx: &mut StepCtx) {
+        let (room, token, which, from) = self.aim(a, t, i);
         let long_a = "x".repeat(1500);
         let long_b = "m".repeat(MAX_MESSAGE);
         let message: &str = match a >> 4 {
@@ -396,7 +469,7 @@ impl Harness {
             d.encode(&mut buf)
                 .expect("the harness builds valid datagrams")
         };
-        self.datagram(SocketAddr::new(from_ip, port), &buf[..n], which, ctx);
+        self.datagram(from, &buf[..n], which, ctx);
     }
 
     pub(super) fn datagram(
@@ -405,25 +478,31 @@ impl Harness {
         bytes: &[u8],
         which: Option<usize>,
         ctx: &mut StepCtx,
-    ) {
+    ) -> DatagramOutcome {
         let outcome = self
             .relay
             .handle_datagram(self.now, from, bytes, &mut self.tx);
         self.datagrams += 1;
-        if let Err(e) = ChatDatagram::parse(bytes) {
-            assert_eq!(outcome, DatagramOutcome::Dropped(unparsed(e)));
-            return;
-        }
+        let d = match ClientDatagram::parse(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                assert_eq!(outcome, DatagramOutcome::Dropped(unparsed(e)));
+                return outcome;
+            }
+        };
         let accepted = matches!(
             outcome,
             DatagramOutcome::Heartbeat
                 | DatagramOutcome::Relayed
                 | DatagramOutcome::Dropped(DropReason::RateLimited)
+                | DatagramOutcome::Duplicate
+                | DatagramOutcome::Nack
+                | DatagramOutcome::Sync
         );
         let Some(w) = which else {
             // Junk or corrupted tokens are never a member's.
             assert_eq!(outcome, DatagramOutcome::Dropped(DropReason::UnknownToken));
-            return;
+            return outcome;
         };
         let i = &self.issued[w];
         if i.dead {
@@ -432,17 +511,22 @@ impl Harness {
                 DatagramOutcome::Dropped(DropReason::UnknownToken),
                 "a void token was accepted"
             );
-            return;
+            return outcome;
         }
         if accepted {
-            let d = ChatDatagram::parse(bytes).unwrap();
-            assert_eq!(d.room, i.room.as_bytes(), "accepted for the wrong room");
+            assert_eq!(d.room(), i.room.as_bytes(), "accepted for the wrong room");
             assert_eq!(from.ip(), i.ip, "accepted from the wrong IP");
-            assert_eq!(
-                d.is_heartbeat(),
-                outcome == DatagramOutcome::Heartbeat,
-                "{outcome:?}"
-            );
+            match d {
+                ClientDatagram::Chat(c) => assert_eq!(
+                    c.is_heartbeat(),
+                    outcome == DatagramOutcome::Heartbeat,
+                    "{outcome:?}"
+                ),
+                ClientDatagram::Control(_) => {
+                    assert_ne!(outcome, DatagramOutcome::Heartbeat);
+                    self.issued[w].v11 = true;
+                }
+            }
             self.issued[w].last_seen = self.now;
             let i = &self.issued[w];
             match i.addr {
@@ -462,8 +546,7 @@ impl Harness {
             }
         } else if let Some(a) = i.addr.filter(|_| i.live_bound) {
             // A live bound member's token: only a wrong room, IP or address drops it.
-            let d = ChatDatagram::parse(bytes).unwrap();
-            let want = if d.room != i.room.as_bytes() {
+            let want = if d.room() != i.room.as_bytes() {
                 DropReason::WrongRoom
             } else if from.ip() != i.ip {
                 DropReason::WrongIp
@@ -473,16 +556,20 @@ impl Harness {
             };
             assert_eq!(outcome, DatagramOutcome::Dropped(want));
         }
+        outcome
     }
 
     pub(super) fn bind(&mut self, w: usize, from: SocketAddr) {
         let i = &mut self.issued[w];
         i.addr = Some(from);
         i.live_bound = true;
+        let resumed = i.joined;
+        i.joined = true;
         let st = self.addrs.entry(from).or_default();
         if st.live == 0 {
             st.expect = None;
             st.fresh_user = Some(i.user);
+            st.any_first = resumed;
         } else {
             assert_eq!(st.rid, Some(i.rid), "one address, two rooms (harness bug)");
         }
@@ -542,11 +629,23 @@ fn answer_frames<'a>(
 }
 
 /// The drop a datagram that does not parse must be counted as.
-fn unparsed(e: DatagramError) -> DropReason {
+fn unparsed(e: ClientDatagramError) -> DropReason {
     match e {
-        DatagramError::Oversize => DropReason::Oversize,
-        DatagramError::Malformed => DropReason::Malformed,
-        DatagramError::MessageTooLong => DropReason::MessageTooLong,
-        DatagramError::BadText(_) => DropReason::BadText,
+        ClientDatagramError::Chat(e) => match e {
+            DatagramError::Oversize => DropReason::Oversize,
+            DatagramError::Malformed => DropReason::Malformed,
+            DatagramError::MessageTooLong => DropReason::MessageTooLong,
+            DatagramError::BadText(_) => DropReason::BadText,
+        },
+        ClientDatagramError::Control(e) => match e {
+            ControlError::Oversize => DropReason::Oversize,
+            ControlError::UnknownOp(_) => DropReason::UnknownOp,
+            ControlError::BodyLength(_) => DropReason::BadBody,
+            ControlError::MessageTooLong => DropReason::MessageTooLong,
+            ControlError::MessageText(_) => DropReason::BadText,
+            ControlError::FromSeqZero => DropReason::NackFromSeqZero,
+            ControlError::Count(_) => DropReason::NackCount,
+            _ => DropReason::Malformed,
+        },
     }
 }

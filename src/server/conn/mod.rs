@@ -158,6 +158,16 @@ impl Conn {
         self.request_since = Some(now);
     }
 
+    /// The connection's preamble (a TLS handshake) is over: the request clock that
+    /// [`Conn::expect_request`] started at accept stops, unless a request is under way, and
+    /// the connection is timed as a fresh one from now.
+    pub fn preamble_done(&mut self, now: Instant) {
+        self.last_active = now;
+        if self.filled == 0 {
+            self.request_since = None;
+        }
+    }
+
     /// Makes the connection a long-lived session: closed after `idle` of silence, saying
     /// `farewell` first (it is written, then the connection drains and closes as after a
     /// last answer).

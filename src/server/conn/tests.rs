@@ -117,6 +117,25 @@ fn a_request_must_be_whole_10_s_after_its_first_byte() {
 }
 
 #[test]
+fn a_tls_handshake_is_timed_from_accept_then_the_connection_idles_like_a_plain_one() {
+    let t0 = Instant::now();
+    let mut c = Conn::new(t0, tcrp::INPUT_CAP);
+    c.expect_request(t0);
+    assert_eq!(c.deadline(), t0 + REQUEST_TIMEOUT, "a stalled handshake");
+    // The handshake ends at t1: from then on, only the idle timer runs.
+    let t1 = t0 + Duration::from_secs(2);
+    c.preamble_done(t1);
+    assert_eq!(c.deadline(), t1 + IDLE_TIMEOUT);
+    c.on_timeout(t0 + REQUEST_TIMEOUT);
+    assert_eq!(c.phase(), Phase::Reading);
+    // Without preamble_done, the handshake's deadline closes it.
+    let mut stalled = Conn::new(t0, tcrp::INPUT_CAP);
+    stalled.expect_request(t0);
+    stalled.on_timeout(t0 + REQUEST_TIMEOUT);
+    assert_eq!(stalled.phase(), Phase::Closed(Closed::RequestTimeout));
+}
+
+#[test]
 fn a_connection_idle_for_60_s_is_closed() {
     let t0 = Instant::now();
     let mut p = Peer::new();
@@ -315,6 +334,8 @@ fn a_scrape_is_answered_once_its_head_is_whole_then_drains() {
             accepted: 1,
             refused: 0,
             slow_peers: 0,
+            tls_handshakes: 0,
+            tls_errors: 0,
             wakeups: 1,
             busy_seconds: 0.0,
             web: Default::default(),

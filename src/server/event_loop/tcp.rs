@@ -16,6 +16,7 @@ use crate::server::Relay;
 use crate::server::conn::admission::{Admit, Kind};
 use crate::server::conn::{Closed, Conn, Phase, http, tcrp};
 use crate::server::metrics::Snapshot;
+use crate::server::tls::TlsLayer;
 use crate::server::transmit::SessionId;
 use crate::server::web::frame::{self, CloseCode};
 use crate::server::web::session::{Web, WebState};
@@ -24,9 +25,9 @@ use crate::server::web::{self as webmod};
 /// One TCP connection: its socket, and the [`Conn`] that decides what to do with it.
 #[derive(Debug)]
 pub(super) struct Client {
-    stream: TcpStream,
-    peer: SocketAddr,
-    kind: Kind,
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    pub(super) kind: Kind,
     admit: Admit,
     /// Generation, to recognise stale deadline entries of a reused slab slot.
     pub(super) id: u64,
@@ -41,6 +42,19 @@ pub(super) struct Client {
     session_set: bool,
     /// Given output by [`Server::deliver_to_sessions`] since its last write.
     pub(super) touched: bool,
+    /// On a TLS listener: the layer between the socket and the `Conn` (`tls.rs` beside
+    /// this file); `None` for plain connections, which never see it.
+    pub(super) tls: Option<TlsLayer>,
+}
+
+impl Client {
+    /// Whether there is something to write: answers owed, or TLS records.
+    fn wants_write(&self) -> bool {
+        match &self.tls {
+            None => self.conn.wants_write(),
+            Some(tls) => tls.wants_write() || tls.handed < self.conn.output().len(),
+        }
+    }
 }
 
 impl Server {
@@ -83,7 +97,7 @@ impl Server {
 
     fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant, kind: Kind) {
         let admit = self.clients.admission.admit(kind, peer.ip());
-        let conn = match (admit, kind) {
+        let mut conn = match (admit, kind) {
             (Admit::Dropped, _) => {
                 self.stats.refused += 1;
                 debug!("refusing {peer} unanswered: too many refusals pending");
@@ -108,6 +122,22 @@ impl Server {
                 conn
             }
         };
+        let tls = match (&self.tls, kind) {
+            (Some(config), Kind::Tcrp | Kind::Web) => match TlsLayer::new(config) {
+                Ok(layer) => Some(layer),
+                Err(e) => {
+                    warn!("TLS for {peer}: {e}");
+                    self.clients.admission.release(kind, admit, peer.ip());
+                    return;
+                }
+            },
+            _ => None,
+        };
+        if tls.is_some() {
+            // The handshake must be done within REQUEST_TIMEOUT of the accept (a refusal
+            // too: it is said inside TLS, and lingers only once said).
+            conn.expect_request(now);
+        }
         if admit == Admit::Counted {
             self.stats.accepted += 1;
         }
@@ -139,6 +169,7 @@ impl Server {
             web: WebState::default(),
             session_set: false,
             touched: false,
+            tls,
         });
         self.clients.deadlines.schedule(scheduled, key, id);
         if admit == Admit::Refused {
@@ -147,6 +178,10 @@ impl Server {
     }
 
     pub(super) fn on_readable(&mut self, key: usize, now: Instant) {
+        if self.clients.slab.get(key).is_some_and(|c| c.tls.is_some()) {
+            self.on_readable_tls(key, now);
+            return;
+        }
         let mut discard = [0u8; DISCARD_BUF];
         for reads in 0.. {
             let Some(client) = self.clients.slab.get_mut(key) else {
@@ -181,7 +216,7 @@ impl Server {
 
     /// Hands `n` bytes just read on connection `key` to its [`Conn`], with the service its
     /// kind speaks.
-    fn serve(&mut self, key: usize, now: Instant, n: usize) {
+    pub(super) fn serve(&mut self, key: usize, now: Instant, n: usize) {
         let Server {
             relay,
             udp,
@@ -245,6 +280,10 @@ impl Server {
         let Some(client) = self.clients.slab.get_mut(key) else {
             return;
         };
+        if client.tls.is_some() {
+            self.on_writable_tls(key, now);
+            return;
+        }
         while client.conn.wants_write() {
             match client.stream.write(client.conn.output()) {
                 Ok(0) => {
@@ -272,9 +311,9 @@ impl Server {
     }
 
     /// Asks for WRITABLE only while output is queued. False if the connection was closed.
-    fn update_interest(&mut self, key: usize) -> bool {
+    pub(super) fn update_interest(&mut self, key: usize) -> bool {
         let client = &mut self.clients.slab[key];
-        let wants = client.conn.wants_write();
+        let wants = client.wants_write();
         if wants == client.writing {
             return true;
         }
@@ -341,7 +380,7 @@ impl Server {
 
     /// Makes sure the deadline queue wakes us by the connection's current deadline. A later
     /// deadline needs nothing: the pending entry fires early and is moved then.
-    fn reschedule(&mut self, key: usize) {
+    pub(super) fn reschedule(&mut self, key: usize) {
         if let Some(client) = self.clients.slab.get_mut(key) {
             let d = client.conn.deadline();
             if d < client.scheduled {
@@ -351,7 +390,7 @@ impl Server {
         }
     }
 
-    fn close(&mut self, key: usize) {
+    pub(super) fn close(&mut self, key: usize) {
         let clients = &mut self.clients;
         let Some(mut client) = clients.slab.try_remove(key) else {
             return;
@@ -391,6 +430,8 @@ fn snapshot<'a, R: rand::Rng>(
         accepted: stats.accepted,
         refused: stats.refused,
         slow_peers: stats.slow_peers,
+        tls_handshakes: stats.tls_handshakes,
+        tls_errors: stats.tls_errors,
         wakeups: stats.wakeups,
         busy_seconds: stats.busy.as_secs_f64(),
     }

@@ -28,6 +28,15 @@ pub struct Config {
     pub msg_burst: u32,
     /// Most events in one server datagram (1: no coalescing).
     pub batch_max: usize,
+    /// (v1.1) Events each room's history keeps (0: none).
+    pub history: usize,
+    /// (v1.1) Event bytes all rooms' histories hold together; past it the largest rings
+    /// shed their oldest events.
+    pub history_memory: usize,
+    /// (v1.1) Bytes per second a member's repair bucket refills (0: no limit).
+    pub repair_rate: u64,
+    /// (v1.1) Bytes a member's repair bucket holds (0: no limit).
+    pub repair_burst: u64,
 }
 
 impl Default for Config {
@@ -44,6 +53,10 @@ impl Default for Config {
             msg_rate: 20,
             msg_burst: 40,
             batch_max: 64,
+            history: 1024,
+            history_memory: 256 << 20,
+            repair_rate: 1 << 20,
+            repair_burst: 4 << 20,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The data plane: each received datagram checked (token, room, source) and relayed as a
-//! MESSAGE, or bound as a heartbeat, or dropped and counted; RATE_LIMITED notices.
+//! MESSAGE, or bound as a heartbeat, or handed to `recovery.rs` (a v1.1 control datagram),
+//! or dropped and counted; RATE_LIMITED notices; pinning and unpinning addresses.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -9,7 +10,8 @@ use rand::Rng;
 
 use super::{DatagramOutcome, RATE_NOTICE_INTERVAL, Relay};
 use crate::protocol::TOKEN_LEN;
-use crate::protocol::datagram::{ChatDatagram, DatagramError};
+use crate::protocol::control::{ClientDatagram, ClientDatagramError, ControlError};
+use crate::protocol::datagram::DatagramError;
 use crate::protocol::event::{Event, EventKind};
 use crate::server::counters::DropReason;
 use crate::server::transmit::{Addr, Dest, SessionId, Transmit};
@@ -68,6 +70,9 @@ impl<R: Rng> Relay<R> {
             DatagramOutcome::Dropped(reason) => self.counters.drop(reason),
             DatagramOutcome::Heartbeat => self.counters.heartbeats += 1,
             DatagramOutcome::Relayed => self.counters.messages += 1,
+            DatagramOutcome::Duplicate => self.counters.duplicate_sends += 1,
+            DatagramOutcome::Nack => self.counters.nacks += 1,
+            DatagramOutcome::Sync => self.counters.syncs += 1,
         }
         outcome
     }
@@ -79,45 +84,69 @@ impl<R: Rng> Relay<R> {
         bytes: &[u8],
         tx: &mut impl Transmit,
     ) -> DatagramOutcome {
-        use DatagramOutcome::Dropped;
-        let d = match ChatDatagram::parse(bytes) {
+        let d = match ClientDatagram::parse(bytes) {
             Ok(d) => d,
-            Err(e) => return Dropped(drop_reason(e)),
+            Err(e) => return DatagramOutcome::Dropped(drop_reason(e)),
         };
-        let Some(&key) = <&[u8; TOKEN_LEN]>::try_from(d.token)
+        let key = match self.check_sender(d.room(), d.token(), from) {
+            Ok(key) => key,
+            Err(reason) => return DatagramOutcome::Dropped(reason),
+        };
+        self.members[key].deadline = now + self.cfg.idle_timeout;
+        let pinned_now = self.members[key].addr.is_none();
+        if pinned_now {
+            self.pin(key, from, now, tx);
+        }
+        match d {
+            ClientDatagram::Chat(d) if d.is_heartbeat() => DatagramOutcome::Heartbeat,
+            ClientDatagram::Chat(d) => self.relay_message(now, key, from, d.message, tx),
+            ClientDatagram::Control(d) => {
+                self.handle_control(now, key, from, pinned_now, d.body, tx)
+            }
+        }
+    }
+
+    /// The §2.1 checks: the token is a member's of that room, the datagram comes from the
+    /// IP the token was issued to, and from the pinned address if there is one. A token
+    /// issued on a WebSocket session counts only on that session, and one issued over TCP
+    /// only over UDP (§6: tokens are not accepted across transports).
+    fn check_sender(&self, room: &[u8], token: &[u8], from: Addr) -> Result<usize, DropReason> {
+        let &key = <&[u8; TOKEN_LEN]>::try_from(token)
             .ok()
             .and_then(|t| self.by_token.get(t))
-        else {
-            return Dropped(DropReason::UnknownToken);
-        };
-        let m = &mut self.members[key];
-        if self.rooms[m.room].name.as_bytes() != d.room {
-            return Dropped(DropReason::WrongRoom);
+            .ok_or(DropReason::UnknownToken)?;
+        let m = &self.members[key];
+        if self.rooms[m.room].name.as_bytes() != room {
+            return Err(DropReason::WrongRoom);
         }
         match (from, m.session) {
             (Addr::Udp(d), None) => {
                 if m.ip != d.addr.ip().to_canonical() {
-                    return Dropped(DropReason::WrongIp);
+                    return Err(DropReason::WrongIp);
                 }
                 match m.addr {
-                    Some(Addr::Udp(bound)) if bound.addr != d.addr => {
-                        return Dropped(DropReason::WrongAddress);
+                    Some(Addr::Udp(pinned)) if pinned.addr != d.addr => {
+                        Err(DropReason::WrongAddress)
                     }
-                    _ => {}
+                    _ => Ok(key),
                 }
             }
-            (Addr::Session(s), Some(owner)) if s == owner => {}
-            // Another session, or the other transport: the token's address is not this
-            // one (§6: tokens are not accepted across transports).
-            _ => return Dropped(DropReason::WrongAddress),
+            (Addr::Session(s), Some(owner)) if s == owner => Ok(key),
+            // Another session, or the other transport.
+            _ => Err(DropReason::WrongAddress),
         }
-        m.deadline = now + self.cfg.idle_timeout;
-        if m.addr.is_none() {
-            self.bind(key, from, tx);
-        }
-        if d.is_heartbeat() {
-            return DatagramOutcome::Heartbeat;
-        }
+    }
+
+    /// Relays a chat message of member `key` (v1, or a new SEND) unless its rate limit
+    /// drops it.
+    pub(super) fn relay_message(
+        &mut self,
+        now: Instant,
+        key: usize,
+        from: Addr,
+        message: &str,
+        tx: &mut impl Transmit,
+    ) -> DatagramOutcome {
         let m = &mut self.members[key];
         if !m.bucket.take(self.cfg.msg_rate, self.cfg.msg_burst, now) {
             let due = m
@@ -127,20 +156,22 @@ impl<R: Rng> Relay<R> {
                 m.last_notice = Some(now);
                 self.send_rate_notice(key, from, tx);
             }
-            return Dropped(DropReason::RateLimited);
+            return DatagramOutcome::Dropped(DropReason::RateLimited);
         }
-        self.emit_from(key, EventKind::Message, d.message, tx);
+        self.emit_from(key, EventKind::Message, message, now, tx);
         DatagramOutcome::Relayed
     }
 
-    /// A member's first datagram: its room's datagrams go to `from` from now on, and the
-    /// room hears its JOINED.
-    fn bind(&mut self, key: usize, from: Addr, tx: &mut impl Transmit) {
+    /// Pins a member's address: its room's datagrams go to `from` from now on. The first
+    /// time, the room hears its JOINED; after RESUME, nobody hears anything. (The one place
+    /// a member gets an address: [`Relay::unpin`] is the one place it loses it.)
+    fn pin(&mut self, key: usize, from: Addr, now: Instant, tx: &mut impl Transmit) {
         let m = &mut self.members[key];
         m.addr = Some(from);
+        let first = !m.joined;
+        m.joined = true;
         let room = &mut self.rooms[m.room];
         room.bind(key, from, &mut self.counters, tx);
-        self.counters.members_bound += 1;
         match from {
             Addr::Udp(d) => info!("'{}' bound in room '{}' from {}", m.name, room.name, d.addr),
             Addr::Session(_) => info!(
@@ -148,7 +179,19 @@ impl<R: Rng> Relay<R> {
                 m.name, room.name, m.ip
             ),
         }
-        self.emit_from(key, EventKind::Joined, "", tx);
+        if first {
+            self.counters.members_bound += 1;
+            self.emit_from(key, EventKind::Joined, "", now, tx);
+        }
+    }
+
+    /// Takes a member's address away (RESUME): it is sent nothing until its next accepted
+    /// datagram pins one again.
+    pub(super) fn unpin(&mut self, key: usize, tx: &mut impl Transmit) {
+        let m = &mut self.members[key];
+        if m.addr.take().is_some() {
+            self.rooms[m.room].unbind(key, &mut self.counters, tx);
+        }
     }
 
     fn send_rate_notice(&mut self, key: usize, to: Addr, tx: &mut impl Transmit) {
@@ -160,10 +203,7 @@ impl<R: Rng> Relay<R> {
         };
         self.notice.clear();
         if self.notice.push(&ev) {
-            let sent = match to {
-                Addr::Udp(d) => tx.send(self.notice.bytes(), std::slice::from_ref(&d)),
-                Addr::Session(s) => tx.send_sessions(self.notice.bytes(), std::slice::from_ref(&s)),
-            };
+            let sent = tx.send_one(self.notice.bytes(), to);
             self.counters.rate_notices += 1;
             self.counters.datagrams_out += sent as u64;
             self.counters.send_drops += 1 - sent.min(1) as u64;
@@ -172,11 +212,27 @@ impl<R: Rng> Relay<R> {
 }
 
 /// The drop counted for a datagram that does not parse.
-fn drop_reason(e: DatagramError) -> DropReason {
+pub fn drop_reason(e: ClientDatagramError) -> DropReason {
     match e {
-        DatagramError::Oversize => DropReason::Oversize,
-        DatagramError::Malformed => DropReason::Malformed,
-        DatagramError::MessageTooLong => DropReason::MessageTooLong,
-        DatagramError::BadText(_) => DropReason::BadText,
+        ClientDatagramError::Chat(e) => match e {
+            DatagramError::Oversize => DropReason::Oversize,
+            DatagramError::Malformed => DropReason::Malformed,
+            DatagramError::MessageTooLong => DropReason::MessageTooLong,
+            DatagramError::BadText(_) => DropReason::BadText,
+        },
+        ClientDatagramError::Control(e) => match e {
+            ControlError::Oversize => DropReason::Oversize,
+            ControlError::NotControl
+            | ControlError::Truncated
+            | ControlError::RoomNameSize
+            | ControlError::TokenSize
+            | ControlError::ShortName => DropReason::Malformed,
+            ControlError::UnknownOp(_) => DropReason::UnknownOp,
+            ControlError::BodyLength(_) => DropReason::BadBody,
+            ControlError::MessageTooLong => DropReason::MessageTooLong,
+            ControlError::MessageText(_) => DropReason::BadText,
+            ControlError::FromSeqZero => DropReason::NackFromSeqZero,
+            ControlError::Count(_) => DropReason::NackCount,
+        },
     }
 }

@@ -37,6 +37,12 @@ impl<R: Rng> Relay<R> {
                 }
                 _ => {}
             }
+            if m.repair.left() < 0.0 {
+                return Err(format!("member {key}'s repair bucket is overdrawn"));
+            }
+            if m.addr.is_some() && !m.joined {
+                return Err(format!("member {key} has an address but never joined"));
+            }
         }
         for (key, r) in &self.rooms {
             if self.by_name.get(&r.name) != Some(&key) {
@@ -56,6 +62,13 @@ impl<R: Rng> Relay<R> {
                 }
             }
         }
+        let c = &self.counters;
+        let (events, bytes) = self.rooms.iter().fold((0, 0), |(e, b), (_, r)| {
+            (e + r.history().len(), b + r.history().byte_len())
+        });
+        if (events as u64, bytes as u64) != (c.history_events, c.history_bytes) {
+            return Err("history gauges differ from the rings".into());
+        }
         if self.by_name.len() != self.rooms.len() {
             return Err("room names and rooms differ".into());
         }
@@ -65,11 +78,15 @@ impl<R: Rng> Relay<R> {
         if self.members_per_ip.total() != self.members.len() {
             return Err("per-IP member counts are off".into());
         }
-        let c = &self.counters;
         if c.rooms_created - c.rooms_closed != self.rooms.len() as u64 {
             return Err("rooms created - closed != rooms open".into());
         }
-        let handled = c.heartbeats + c.messages + c.drops.iter().sum::<u64>();
+        let handled = c.heartbeats
+            + c.messages
+            + c.duplicate_sends
+            + c.nacks
+            + c.syncs
+            + c.drops.iter().sum::<u64>();
         if handled != c.datagrams_in {
             return Err("datagram outcomes do not add up to datagrams in".into());
         }

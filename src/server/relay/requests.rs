@@ -1,4 +1,5 @@
-//! The control plane: CREATE, JOIN, LEAVE and LIST, answered into the caller's buffer.
+//! The control plane: CREATE, JOIN, LEAVE and LIST, answered into the caller's buffer
+//! (RESUME is `resume.rs`'s).
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -6,17 +7,18 @@ use std::time::Instant;
 use log::info;
 use rand::Rng;
 
+use super::recovery::RepairBucket;
 use super::{Entry, Member, Relay};
 use crate::protocol::event::{EventKind, reason};
 use crate::protocol::frame::{Grant, Request, RoomSummary, encode_list, encode_response};
 use crate::protocol::{Operation, Status};
 use crate::server::limits::{Bucket, FAILURE_WINDOW};
-use crate::server::room::Room;
+use crate::server::room::{Room, Slot};
 use crate::server::token::{self, Token, constant_time_eq};
 use crate::server::transmit::{SessionId, Transmit};
 
 /// Where a request came from: the peer's IP, and the WebSocket session if it came on one.
-type Origin = (IpAddr, Option<SessionId>);
+pub(super) type Origin = (IpAddr, Option<SessionId>);
 
 impl<R: Rng> Relay<R> {
     /// Answers one TCRP request from `peer` into `out` (a RESPONSE, and a COMPLETE on
@@ -65,18 +67,25 @@ impl<R: Rng> Relay<R> {
                 user,
                 password,
                 capacity,
-                ..
-            } => self.create(now, origin, room, user, password, capacity),
+                resume_key,
+            } => self
+                .create(now, origin, room, user, password, capacity)
+                .inspect(|&m| self.set_resume_key(m, resume_key)),
             Request::Join {
                 room,
                 user,
                 password,
-                ..
-            } => self.join(now, origin, room, user, password),
-            Request::Leave { room, token } => self.leave(peer, room, token, tx),
+                resume_key,
+            } => self
+                .join(now, origin, room, user, password)
+                .inspect(|&m| self.set_resume_key(m, resume_key)),
+            Request::Leave { room, token } => self.leave(now, peer, room, token, tx),
             Request::List => Ok(None),
-            // Answered by the server's v1.1 work.
-            Request::Resume { .. } => Err(Status::InvalidRequest),
+            Request::Resume {
+                room,
+                token,
+                resume_key,
+            } => self.resume(now, origin, room, token, resume_key, tx),
         };
         let status = match result {
             Ok(_) => Status::Ok,
@@ -130,9 +139,15 @@ impl<R: Rng> Relay<R> {
         let key = self.rooms.vacant_key();
         self.rooms_per_ip.add(peer);
         let host = self.add_member(now, key, origin, user);
+        let slot = Slot {
+            key,
+            id: self.next_id,
+            history: self.cfg.history,
+        };
+        self.next_id += 1;
         let inserted = self
             .rooms
-            .insert(Room::new(key, room, password, capacity, (host, peer)));
+            .insert(Room::new(slot, room, password, capacity, (host, peer)));
         debug_assert_eq!(inserted, key);
         self.by_name.insert(room.into(), key);
         self.counters.rooms_created += 1;
@@ -156,10 +171,7 @@ impl<R: Rng> Relay<R> {
         let r = &self.rooms[key];
         if let Some(expected) = &r.password {
             if !constant_time_eq(expected, password) {
-                self.throttle.record_failure(peer, now);
-                if self.next_prune.is_none() {
-                    self.next_prune = Some(now + FAILURE_WINDOW);
-                }
+                self.record_failure(peer, now);
                 return Err(Status::BadPassword);
             }
         }
@@ -180,6 +192,14 @@ impl<R: Rng> Relay<R> {
         self.rooms[key].admit(m);
         info!("'{user}' joined room '{room}' from {peer}");
         Ok(Some(m))
+    }
+
+    /// Counts a failed attempt from `peer` toward the password throttle.
+    pub(super) fn record_failure(&mut self, peer: IpAddr, now: Instant) {
+        self.throttle.record_failure(peer, now);
+        if self.next_prune.is_none() {
+            self.next_prune = Some(now + FAILURE_WINDOW);
+        }
     }
 
     /// Enters a member of `room` into the member table, with a fresh token and deadline;
@@ -207,6 +227,11 @@ impl<R: Rng> Relay<R> {
             deadline,
             bucket: Bucket::full(self.cfg.msg_burst, now),
             last_notice: None,
+            joined: false,
+            v11: false,
+            client_seq: 0,
+            repair: RepairBucket::full(self.cfg.repair_burst, now),
+            resume_key: None,
         });
         self.by_token.insert(token, key);
         self.deadlines.schedule(deadline, key, id);
@@ -215,6 +240,7 @@ impl<R: Rng> Relay<R> {
 
     fn leave(
         &mut self,
+        now: Instant,
         peer: IpAddr,
         room: &str,
         token: &[u8],
@@ -229,7 +255,7 @@ impl<R: Rng> Relay<R> {
         self.counters.members_left += 1;
         let m = self.remove_member(member, Entry::Pending, tx);
         info!("'{}' left room '{room}'", m.name);
-        self.emit(key, EventKind::Left, &m.name, tx);
+        self.emit(key, EventKind::Left, &m.name, now, tx);
         if self.rooms[key].host == member {
             self.close_room(key, reason::HOST_LEFT, tx);
         }

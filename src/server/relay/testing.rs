@@ -9,6 +9,7 @@ use std::time::Instant;
 use rand::Rng;
 
 use super::{DatagramOutcome, Relay};
+use crate::protocol::control::{ControlBody, ControlDatagram};
 use crate::protocol::datagram::ChatDatagram;
 use crate::protocol::frame::{Grant, Request, split_reply};
 use crate::protocol::{MAX_DATAGRAM, Operation, Status};
@@ -50,6 +51,18 @@ pub fn chat_datagram(room: &str, token: &[u8], message: &str) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
+/// The bytes of a v1.1 control datagram.
+pub fn control_datagram(room: &str, token: &[u8], body: ControlBody<'_>) -> Vec<u8> {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let d = ControlDatagram {
+        room: room.as_bytes(),
+        token,
+        body,
+    };
+    let n = d.encode(&mut buf).expect("an encodable control datagram");
+    buf[..n].to_vec()
+}
+
 /// Creates room `room` (capacity as asked; no password) with one member per entry of
 /// `members`: the first creates it, the others join, each from its address's IP and bound
 /// by a heartbeat from that address right after. Returns their tokens, in order. Panics
@@ -88,4 +101,13 @@ pub fn bound_room<R: Rng>(
         tokens.push(token);
     }
     tokens
+}
+
+/// The Seq of room `room`'s latest event (0 when it has had none, or does not exist): what
+/// a SYNC answer says, for checks of NACK and SYNC answers.
+pub fn latest_seq<R: Rng>(relay: &Relay<R>, room: &str) -> u32 {
+    relay
+        .by_name
+        .get(room)
+        .map_or(0, |&key| relay.rooms[key].seq())
 }

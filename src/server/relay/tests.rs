@@ -237,6 +237,11 @@ fn silence_times_out_members_and_hosts_in_virtual_time() {
         vec![vec![ev(EventKind::TimedOut, 3, "b", "")]]
     );
     assert_eq!(w.relay.member_count(), 1);
+    // The TIMED_OUT's tail notice is due first (and goes to nobody: no v1.1 member).
+    assert_eq!(w.relay.next_timeout(), Some(w.at(10_050)));
+    let at = w.at(10_050);
+    w.relay.handle_timeout(at, &mut w.tx);
+    assert_eq!(w.relay.counters.tail_notices, 0);
     assert_eq!(
         w.relay.next_timeout(),
         Some(w.at(19_000)),
@@ -532,3 +537,5 @@ fn session_members_share_the_room_and_keep_to_their_transport() {
     w.relay.check_invariants().unwrap();
     assert_eq!(w.relay.bound_count(), 1);
 }
+
+mod recovery;

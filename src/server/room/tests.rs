@@ -27,7 +27,17 @@ struct Bench {
 impl Bench {
     fn new() -> Bench {
         let mut b = Bench {
-            room: Room::new(3, "r", b"", 8, (0, IpAddr::from([127, 0, 0, 1]))),
+            room: Room::new(
+                Slot {
+                    key: 3,
+                    id: 0,
+                    history: 1024,
+                },
+                "r",
+                b"",
+                8,
+                (0, IpAddr::from([127, 0, 0, 1])),
+            ),
             counters: Counters::default(),
             queue: Vec::new(),
             tx: Recorder::default(),

@@ -57,6 +57,7 @@ pub static ASSETS: &[Asset] = &[
         "session.js",
         "text/javascript; charset=utf-8"
     ),
+    asset!("/e2e.js", "e2e.js", "text/javascript; charset=utf-8"),
 ];
 
 /// The path of the WebSocket.

@@ -24,6 +24,7 @@ fn the_page_files_are_served_with_their_types() {
         ("/app.js", "text/javascript; charset=utf-8"),
         ("/protocol.js", "text/javascript; charset=utf-8"),
         ("/session.js", "text/javascript; charset=utf-8"),
+        ("/e2e.js", "text/javascript; charset=utf-8"),
         ("/?room=lobby", "text/html; charset=utf-8"),
     ] {
         let (head, text) = answer(&format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n"), &site);
