@@ -200,9 +200,23 @@ impl StepReport {
 
     /// The wrk2-like table.
     pub fn table(&self) -> String {
+        let mut t = String::new();
+        self.table_traffic(&mut t);
+        self.table_protocol(&mut t);
+        if self.setup.path == Path::V11 {
+            self.table_recovery(&mut t);
+        }
+        self.table_performance(&mut t);
+        for w in self.warnings() {
+            let _ = writeln!(t, "  WARNING: {w}");
+        }
+        t
+    }
+
+    /// The table's setup line, and what was sent and delivered.
+    fn table_traffic(&self, t: &mut String) {
         let s = &self.setup;
         let c = &self.counters;
-        let mut t = String::new();
         let per_room = if s.room_size_min == s.room_size_max {
             format!("{}", s.room_size_min)
         } else {
@@ -244,6 +258,12 @@ impl StepReport {
             c.duplicates,
             c.out_of_order
         );
+    }
+
+    /// The table's protocol path, and the loss filter if one ran.
+    fn table_protocol(&self, t: &mut String) {
+        let s = &self.setup;
+        let c = &self.counters;
         let _ = match s.path {
             Path::V11 => writeln!(
                 t,
@@ -265,43 +285,50 @@ impl StepReport {
                 c.lost_bytes
             );
         }
-        if s.path == Path::V11 {
-            let _ = writeln!(
-                t,
-                "  Recovery      delivered {:.3}% of expected; {} events recovered by NACK ({} filled before their NACK), {} unrecovered ({} GONE, {} abandoned), {} still missing at the end",
-                self.delivered_pct(),
-                c.recovered,
-                c.reordered,
-                self.unrecovered(),
-                c.gone,
-                c.abandoned,
-                c.still_missing
-            );
-            let ratio = self
-                .repair_ratio()
-                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"));
-            let _ = writeln!(
-                t,
-                "  Repair        {} NACKs sent ({} gaps), {} repair datagrams, {} bytes = {ratio} the bytes lost; {} GONE, {} SYNC events; {} drain SYNCs",
-                c.nacks,
-                c.gaps,
-                c.repair_datagrams,
-                c.repair_bytes,
-                c.gone_events,
-                c.sync_events,
-                c.drain_syncs
-            );
-            let r = &self.recovery;
-            let _ = writeln!(
-                t,
-                "  Recovery lat. gap seen -> event received, {} events: p50 {}, p90 {}, p99 {}, max {}",
-                r.count,
-                fmt_us(r.at[0]),
-                fmt_us(r.at[1]),
-                fmt_us(r.p99()),
-                fmt_us(r.max)
-            );
-        }
+    }
+
+    /// The table's v1.1 recovery figures: what NACKs won back, what it cost, how long it took.
+    fn table_recovery(&self, t: &mut String) {
+        let c = &self.counters;
+        let _ = writeln!(
+            t,
+            "  Recovery      delivered {:.3}% of expected; {} events recovered by NACK ({} filled before their NACK), {} unrecovered ({} GONE, {} abandoned), {} still missing at the end",
+            self.delivered_pct(),
+            c.recovered,
+            c.reordered,
+            self.unrecovered(),
+            c.gone,
+            c.abandoned,
+            c.still_missing
+        );
+        let ratio = self
+            .repair_ratio()
+            .map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"));
+        let _ = writeln!(
+            t,
+            "  Repair        {} NACKs sent ({} gaps), {} repair datagrams, {} bytes = {ratio} the bytes lost; {} GONE, {} SYNC events; {} drain SYNCs",
+            c.nacks,
+            c.gaps,
+            c.repair_datagrams,
+            c.repair_bytes,
+            c.gone_events,
+            c.sync_events,
+            c.drain_syncs
+        );
+        let r = &self.recovery;
+        let _ = writeln!(
+            t,
+            "  Recovery lat. gap seen -> event received, {} events: p50 {}, p90 {}, p99 {}, max {}",
+            r.count,
+            fmt_us(r.at[0]),
+            fmt_us(r.at[1]),
+            fmt_us(r.p99()),
+            fmt_us(r.max)
+        );
+    }
+
+    /// The table's throughput, latency quantiles, the bench's CPU and the kernel's drops.
+    fn table_performance(&self, t: &mut String) {
         let _ = writeln!(
             t,
             "  Throughput    {:.0} deliveries/s, {:.0} datagrams/s, {:.2} events/datagram",
@@ -334,10 +361,6 @@ impl StepReport {
                 d.bench, d.server
             );
         }
-        for w in self.warnings() {
-            let _ = writeln!(t, "  WARNING: {w}");
-        }
-        t
     }
 
     /// What a reader must know about this step beyond the figures.
@@ -387,9 +410,17 @@ impl StepReport {
 
     /// The same figures as a flat JSON object.
     pub fn json(&self) -> String {
-        let s = &self.setup;
-        let c = &self.counters;
         let mut j = Json::default();
+        self.json_setup(&mut j);
+        self.json_traffic(&mut j);
+        self.json_recovery(&mut j);
+        self.json_performance(&mut j);
+        j.finish()
+    }
+
+    /// The JSON's setup fields.
+    fn json_setup(&self, j: &mut Json) {
+        let s = &self.setup;
         j.int("users", s.users as u64);
         j.int("rooms", s.rooms as u64);
         j.int("room_size_min", u64::from(s.room_size_min));
@@ -402,6 +433,11 @@ impl StepReport {
         j.num("loss", s.loss);
         j.int("seed", s.seed);
         j.int("nack_retry_ms", s.nack_retry_ms);
+    }
+
+    /// The JSON's rates, sends, deliveries and event counts.
+    fn json_traffic(&self, j: &mut Json) {
+        let c = &self.counters;
         j.num("rate_asked", self.rate_asked);
         j.num("rate_achieved", self.rate_achieved);
         j.int("sent", c.sent_measured);
@@ -425,6 +461,11 @@ impl StepReport {
         j.int("room_closed", c.room_closed);
         j.int("rate_limited", c.rate_limited);
         j.int("heartbeats", c.heartbeats);
+    }
+
+    /// The JSON's loss filter and v1.1 recovery fields (zero on the v1 path).
+    fn json_recovery(&self, j: &mut Json) {
+        let c = &self.counters;
         j.int("lost_datagrams", c.lost_datagrams);
         j.int("lost_bytes", c.lost_bytes);
         j.int("recovered", c.recovered);
@@ -453,6 +494,10 @@ impl StepReport {
             j.num(&format!("recovery_{name}_us"), v);
         }
         j.num("recovery_max_us", self.recovery.max);
+    }
+
+    /// The JSON's throughput, latency, send lag, CPU and kernel drop fields.
+    fn json_performance(&self, j: &mut Json) {
         j.num("deliveries_per_s", self.deliveries_per_s());
         j.num("datagrams_per_s", self.datagrams_per_s());
         j.num("events_per_datagram", self.events_per_datagram());
@@ -482,7 +527,6 @@ impl StepReport {
                 j.raw("kernel_drops_server", "null");
             }
         }
-        j.finish()
     }
 }
 

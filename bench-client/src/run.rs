@@ -134,19 +134,7 @@ fn run_with_rooms(
     threads: usize,
     members: &[Membership],
 ) -> Result<(), String> {
-    // User u goes to worker u % threads, in increasing order (see schedule.rs).
-    let mut per_worker: Vec<Vec<User>> = (0..threads).map(|_| Vec::new()).collect();
-    for (u, m) in members.iter().enumerate() {
-        let user = User::new(
-            u as u32,
-            topo.room_of[u],
-            m.clone(),
-            args.rcvbuf,
-            args.nack_retry_ms * 1_000_000,
-        )
-        .map_err(|e| format!("cannot open a UDP socket to {}: {e}", m.udp_addr))?;
-        per_worker[u % threads].push(user);
-    }
+    let per_worker = open_users(args, topo, threads, members)?;
     let ports: HashSet<u16> = per_worker.iter().flatten().map(|u| u.local_port).collect();
     let rcvbuf = per_worker
         .iter()
@@ -166,34 +154,9 @@ fn run_with_rooms(
     let heartbeat_ns = (first.idle_timeout / 4).as_nanos().max(1) as u64;
     let shared = Shared::new(threads);
     let clock = Clock::start();
-    let (min, max) = topo.room_size_range();
-    let setup = Setup {
-        users: topo.users(),
-        rooms: topo.rooms(),
-        room_size_min: min,
-        room_size_max: max,
-        size: args.size,
-        threads,
-        duration_s: args.duration,
-        warmup_s: args.warmup,
-        path,
-        loss: args.loss,
-        seed: args.seed,
-        nack_retry_ms: args.nack_retry_ms,
-    };
+    let setup = setup(args, topo, threads, path);
     if !args.quiet {
-        eprintln!(
-            "bench-client: {} users in {} rooms on {} (data plane {udp}), {threads} threads, socket receive buffer {rcvbuf} bytes, protocol {}{}",
-            topo.users(),
-            topo.rooms(),
-            args.server,
-            path.name(),
-            if args.loss > 0.0 {
-                format!(", receive loss {} (seed {})", args.loss, args.seed)
-            } else {
-                String::new()
-            }
-        );
+        announce(args, &setup, udp, rcvbuf);
     }
 
     bind_all(&mut workers, &clock, topo, &shared, args)?;
@@ -223,6 +186,65 @@ fn run_with_rooms(
         }
         Ok(())
     }
+}
+
+/// Opens every member's UDP socket; user u goes to worker u % threads, in increasing
+/// order (see schedule.rs).
+fn open_users(
+    args: &Args,
+    topo: &Topology,
+    threads: usize,
+    members: &[Membership],
+) -> Result<Vec<Vec<User>>, String> {
+    let mut per_worker: Vec<Vec<User>> = (0..threads).map(|_| Vec::new()).collect();
+    for (u, m) in members.iter().enumerate() {
+        let user = User::new(
+            u as u32,
+            topo.room_of[u],
+            m.clone(),
+            args.rcvbuf,
+            args.nack_retry_ms * 1_000_000,
+        )
+        .map_err(|e| format!("cannot open a UDP socket to {}: {e}", m.udp_addr))?;
+        per_worker[u % threads].push(user);
+    }
+    Ok(per_worker)
+}
+
+/// How the run is set up, as the report states it.
+fn setup(args: &Args, topo: &Topology, threads: usize, path: Path) -> Setup {
+    let (min, max) = topo.room_size_range();
+    Setup {
+        users: topo.users(),
+        rooms: topo.rooms(),
+        room_size_min: min,
+        room_size_max: max,
+        size: args.size,
+        threads,
+        duration_s: args.duration,
+        warmup_s: args.warmup,
+        path,
+        loss: args.loss,
+        seed: args.seed,
+        nack_retry_ms: args.nack_retry_ms,
+    }
+}
+
+/// The run's opening line on stderr: what is measured, against which server, how.
+fn announce(args: &Args, setup: &Setup, udp: std::net::SocketAddr, rcvbuf: usize) {
+    eprintln!(
+        "bench-client: {} users in {} rooms on {} (data plane {udp}), {} threads, socket receive buffer {rcvbuf} bytes, protocol {}{}",
+        setup.users,
+        setup.rooms,
+        args.server,
+        setup.threads,
+        setup.path.name(),
+        if args.loss > 0.0 {
+            format!(", receive loss {} (seed {})", args.loss, args.seed)
+        } else {
+            String::new()
+        }
+    );
 }
 
 fn write_file(path: &str, text: &str) -> Result<(), String> {
@@ -425,35 +447,13 @@ fn progress<T>(
 /// `--sweep`: steps until the rate is no longer sustainable; prints each step and the best.
 fn sweep(workers: &mut [Worker], ctx: &StepCtx<'_>, args: &Args) -> Result<(), String> {
     let mut sw = Sweep::new(args.rate, args.sweep_steps);
-    let mut steps: Vec<(StepReport, Result<(), String>)> = Vec::new();
-    println!(
-        "Sweep: {} s steps (after {} s warmup), pass = loss <= 0.1% and p99 <= {} ms",
-        args.duration, args.warmup, args.p99_bound_ms
-    );
-    println!(
-        "  {:>10} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>6} {:>5}  verdict",
-        "rate", "achieved", "deliveries/s", "loss%", "p50", "p99", "max", "ev/dg", "cpu%"
-    );
+    let mut steps: Vec<SweepStep> = Vec::new();
+    print_sweep_header(args);
     loop {
         let rate = sw.current();
         let r = step(workers, ctx, args, rate)?;
         let v = r.verdict(args.p99_bound_ms);
-        println!(
-            "  {:>10.0} {:>10.0} {:>12.0} {:>8.3} {:>9} {:>9} {:>9} {:>6.2} {:>5.0}  {}",
-            rate,
-            r.rate_achieved,
-            r.deliveries_per_s(),
-            r.loss_pct(),
-            fmt_us(r.latency.at[0]),
-            fmt_us(r.latency.p99()),
-            fmt_us(r.latency.max),
-            r.events_per_datagram(),
-            r.cpu_pct(),
-            match &v {
-                Ok(()) => "ok".to_string(),
-                Err(why) => why.clone(),
-            }
-        );
+        print_sweep_row(rate, &r, &v);
         let passed = v.is_ok();
         steps.push((r, v));
         if sw.record(passed).is_none() {
@@ -478,33 +478,73 @@ fn sweep(workers: &mut [Worker], ctx: &StepCtx<'_>, args: &Args) -> Result<(), S
         None => println!("No rate tried was sustainable."),
     }
     if let Some(path) = &args.json {
-        let mut j = Json::default();
-        j.raw("sweep", "true");
-        j.num("p99_bound_ms", args.p99_bound_ms);
-        match best {
-            Some((r, _)) => {
-                j.num("best_rate", r.rate_asked);
-                j.num("best_deliveries_per_s", r.deliveries_per_s());
-            }
-            None => {
-                j.raw("best_rate", "null");
-                j.raw("best_deliveries_per_s", "null");
-            }
-        }
-        let list: Vec<String> = steps
-            .iter()
-            .map(|(r, v)| {
-                let mut s = Json::default();
-                s.raw("passed", if v.is_ok() { "true" } else { "false" });
-                s.str("verdict", v.as_ref().err().map_or("ok", |w| w.as_str()));
-                s.raw("report", &r.json());
-                s.finish()
-            })
-            .collect();
-        j.raw("steps", &format!("[{}]", list.join(",")));
-        write_file(path, &j.finish())?;
+        write_file(path, &sweep_json(args, best, &steps))?;
     }
     Ok(())
+}
+
+/// One step of a sweep: its report, and whether it passed (or why not).
+type SweepStep = (StepReport, Result<(), String>);
+
+/// The sweep's title and the header of its one-line-per-step table.
+fn print_sweep_header(args: &Args) {
+    println!(
+        "Sweep: {} s steps (after {} s warmup), pass = loss <= 0.1% and p99 <= {} ms",
+        args.duration, args.warmup, args.p99_bound_ms
+    );
+    println!(
+        "  {:>10} {:>10} {:>12} {:>8} {:>9} {:>9} {:>9} {:>6} {:>5}  verdict",
+        "rate", "achieved", "deliveries/s", "loss%", "p50", "p99", "max", "ev/dg", "cpu%"
+    );
+}
+
+/// One step's line of the sweep table.
+fn print_sweep_row(rate: f64, r: &StepReport, v: &Result<(), String>) {
+    println!(
+        "  {:>10.0} {:>10.0} {:>12.0} {:>8.3} {:>9} {:>9} {:>9} {:>6.2} {:>5.0}  {}",
+        rate,
+        r.rate_achieved,
+        r.deliveries_per_s(),
+        r.loss_pct(),
+        fmt_us(r.latency.at[0]),
+        fmt_us(r.latency.p99()),
+        fmt_us(r.latency.max),
+        r.events_per_datagram(),
+        r.cpu_pct(),
+        match v {
+            Ok(()) => "ok".to_string(),
+            Err(why) => why.clone(),
+        }
+    );
+}
+
+/// `--json` of a sweep: the best rate, and every step's verdict and full report.
+fn sweep_json(args: &Args, best: Option<&SweepStep>, steps: &[SweepStep]) -> String {
+    let mut j = Json::default();
+    j.raw("sweep", "true");
+    j.num("p99_bound_ms", args.p99_bound_ms);
+    match best {
+        Some((r, _)) => {
+            j.num("best_rate", r.rate_asked);
+            j.num("best_deliveries_per_s", r.deliveries_per_s());
+        }
+        None => {
+            j.raw("best_rate", "null");
+            j.raw("best_deliveries_per_s", "null");
+        }
+    }
+    let list: Vec<String> = steps
+        .iter()
+        .map(|(r, v)| {
+            let mut s = Json::default();
+            s.raw("passed", if v.is_ok() { "true" } else { "false" });
+            s.str("verdict", v.as_ref().err().map_or("ok", |w| w.as_str()));
+            s.raw("report", &r.json());
+            s.finish()
+        })
+        .collect();
+    j.raw("steps", &format!("[{}]", list.join(",")));
+    j.finish()
 }
 
 /// Joins worker threads, turning a panicked worker into an error.

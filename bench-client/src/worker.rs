@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::io;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -504,6 +505,55 @@ impl Worker {
         heartbeat_ns: u64,
     ) -> io::Result<LoadOutcome> {
         let me = &shared.workers[self.index];
+        let mut sender = self.start_load(topo, plan);
+        let path = self.path;
+        let mut sink = LoadSink::new(topo, plan, path);
+        let mut next_hb = 0u64;
+        let mut next_flush = 0u64;
+        let mut next_drain_sync = 0u64;
+        self.loss_on = self.loss.active();
+        loop {
+            let now = clock.now_ns();
+            sender.send_due(self, &mut sink.c, topo, clock);
+            if now >= next_hb {
+                self.heartbeats_due(&mut sink, now, heartbeat_ns);
+                next_hb = now + HEARTBEAT_CHECK_NS;
+            }
+            if path == Path::V11 && now >= sink.next_nack_ns {
+                self.nack_scan(&mut sink, now);
+            }
+            if now >= next_flush {
+                sink.flush_interval(&shared.interval[self.index]);
+                next_flush = now + FLUSH_NS;
+            }
+            publish(me, &sink, &sender, now);
+            if let Some(last_done) = shared.all_done_sending() {
+                if drained(shared, now, last_done + plan.grace_ns) {
+                    break;
+                }
+                if path == Path::V11
+                    && now >= last_done + DRAIN_SYNC_AFTER_NS
+                    && now >= next_drain_sync
+                {
+                    self.drain_syncs(&mut sink, now);
+                    next_drain_sync = now + DRAIN_SYNC_EVERY_NS;
+                }
+            }
+            let mut wake = sender.next_due();
+            if path == Path::V11 && sink.next_nack_ns != u64::MAX {
+                wake = Some(wake.map_or(sink.next_nack_ns, |w| w.min(sink.next_nack_ns)));
+            }
+            self.turn(clock, wake, &mut sink, |w, s| {
+                sender.send_due(w, &mut s.c, topo, clock)
+            })?;
+        }
+        self.loss_on = false;
+        Ok(self.load_outcome(sink, sender))
+    }
+
+    /// Readies a load step: this worker's schedule, the message body, and fresh sequence
+    /// numbers and order trackers for its users.
+    fn start_load(&mut self, topo: &Topology, plan: &StepPlan) -> Sender {
         let sched = Schedule::for_worker(
             plan.start_ns,
             plan.end_ns,
@@ -518,90 +568,66 @@ impl Worker {
             u.trackers =
                 vec![OrderTracker::default(); topo.size_of_room_of(u.id as usize) as usize];
         }
-        let path = self.path;
-        let mut sink = LoadSink::new(topo, plan, path);
-        let mut sender = Sender {
+        Sender {
             sched,
             next: 0,
             plan: *plan,
             last_measured_send_ns: 0,
             send_lag: stats::latency_histogram(),
-        };
-        let mut next_hb = 0u64;
-        let mut next_flush = 0u64;
-        let mut next_drain_sync = 0u64;
-        self.loss_on = self.loss.active();
-        loop {
-            let now = clock.now_ns();
-            sender.send_due(self, &mut sink.c, topo, clock);
-            if now >= next_hb {
-                for u in self.users.iter_mut() {
-                    if now.saturating_sub(u.last_send_ns) >= heartbeat_ns
-                        && u.heartbeat(&mut self.out, now, path).is_ok()
-                    {
-                        sink.c.heartbeats += 1;
-                    }
-                }
-                next_hb = now + HEARTBEAT_CHECK_NS;
-            }
-            if path == Path::V11 && now >= sink.next_nack_ns {
-                sink.next_nack_ns = u64::MAX;
-                for u in self.users.iter_mut() {
-                    if u.gaps.open_gaps() == 0 {
-                        continue;
-                    }
-                    sink.c.nacks += u.send_nacks(&mut sink.nack_buf, now);
-                    if let Some(due) = u.gaps.next_due() {
-                        sink.next_nack_ns = sink.next_nack_ns.min(due);
-                    }
-                }
-            }
-            if now >= next_flush {
-                if let Ok(mut h) = shared.interval[self.index].lock() {
-                    let _ = h.add(&sink.interval);
-                }
-                sink.interval.reset();
-                next_flush = now + FLUSH_NS;
-            }
-            publish(me, &sink, &sender, now);
-            if let Some(last_done) = shared.all_done_sending() {
-                let expected = shared.sum(|w| w.expected.load(Relaxed));
-                let received = shared.sum(|w| w.received.load(Relaxed));
-                if received >= expected || now >= last_done + plan.grace_ns {
-                    break;
-                }
-                if path == Path::V11
-                    && now >= last_done + DRAIN_SYNC_AFTER_NS
-                    && now >= next_drain_sync
-                {
-                    for u in self.users.iter_mut() {
-                        if u.heartbeat(&mut self.out, now, path).is_ok() {
-                            sink.c.drain_syncs += 1;
-                        }
-                    }
-                    next_drain_sync = now + DRAIN_SYNC_EVERY_NS;
-                }
-            }
-            let mut wake = sender.next_due();
-            if path == Path::V11 && sink.next_nack_ns != u64::MAX {
-                wake = Some(wake.map_or(sink.next_nack_ns, |w| w.min(sink.next_nack_ns)));
-            }
-            self.turn(clock, wake, &mut sink, |w, s| {
-                sender.send_due(w, &mut s.c, topo, clock)
-            })?;
         }
-        self.loss_on = false;
+    }
+
+    /// Heartbeats every user that has sent nothing for `heartbeat_ns`.
+    #[inline]
+    fn heartbeats_due(&mut self, sink: &mut LoadSink<'_>, now: u64, heartbeat_ns: u64) {
+        for u in self.users.iter_mut() {
+            if now.saturating_sub(u.last_send_ns) >= heartbeat_ns
+                && u.heartbeat(&mut self.out, now, self.path).is_ok()
+            {
+                sink.c.heartbeats += 1;
+            }
+        }
+    }
+
+    /// v1.1: NACKs every gap that is due, and notes when the next one will be.
+    #[inline]
+    fn nack_scan(&mut self, sink: &mut LoadSink<'_>, now: u64) {
+        sink.next_nack_ns = u64::MAX;
+        for u in self.users.iter_mut() {
+            if u.gaps.open_gaps() == 0 {
+                continue;
+            }
+            sink.c.nacks += u.send_nacks(&mut sink.nack_buf, now);
+            if let Some(due) = u.gaps.next_due() {
+                sink.next_nack_ns = sink.next_nack_ns.min(due);
+            }
+        }
+    }
+
+    /// v1.1: while the step drains, every user asks SYNC (by heartbeat), so that a lost
+    /// tail shows up as a gap to NACK.
+    #[inline]
+    fn drain_syncs(&mut self, sink: &mut LoadSink<'_>, now: u64) {
+        for u in self.users.iter_mut() {
+            if u.heartbeat(&mut self.out, now, self.path).is_ok() {
+                sink.c.drain_syncs += 1;
+            }
+        }
+    }
+
+    /// What the load step measured, with the gap tracker's totals.
+    fn load_outcome(&self, mut sink: LoadSink<'_>, sender: Sender) -> LoadOutcome {
         sink.c.gaps = sink.counts.opened;
         sink.c.gone = sink.counts.gone;
         sink.c.abandoned = sink.counts.abandoned;
         sink.c.still_missing = self.users.iter().map(|u| u.gaps.missing()).sum();
-        Ok(LoadOutcome {
+        LoadOutcome {
             counters: sink.c,
             latency: sink.latency,
             send_lag: sender.send_lag,
             last_measured_send_ns: sender.last_measured_send_ns,
             recovery: sink.recovery,
-        })
+        }
     }
 }
 
@@ -614,6 +640,15 @@ pub fn bind_done(shared: &Shared, topo: &Topology, stage: BindStage) -> bool {
         BindStage::Hosts => own >= topo.rooms() as u64,
         BindStage::Members => own >= topo.users() as u64 && seen >= topo.users() as u64,
     }
+}
+
+/// Whether the load step is over: every expected delivery arrived (over all workers), or
+/// `grace_end_ns` passed.
+#[inline]
+fn drained(shared: &Shared, now: u64, grace_end_ns: u64) -> bool {
+    let expected = shared.sum(|w| w.expected.load(Relaxed));
+    let received = shared.sum(|w| w.received.load(Relaxed));
+    received >= expected || now >= grace_end_ns
 }
 
 fn publish(me: &Published, sink: &LoadSink, sender: &Sender, now: u64) {
@@ -786,6 +821,67 @@ impl<'a> LoadSink<'a> {
         }
     }
 
+    /// Hands the latency of the last moment to the progress printer, and starts afresh.
+    #[inline]
+    fn flush_interval(&mut self, to: &Mutex<Histogram<u64>>) {
+        if let Ok(mut h) = to.lock() {
+            let _ = h.add(&self.interval);
+        }
+        self.interval.reset();
+    }
+
+    /// v1.1: a GONE notice: the events it names will never come.
+    #[inline]
+    fn gone(&mut self, user: &mut User, body: &[u8]) {
+        self.c.gone_events += 1;
+        match Gone::parse(body) {
+            Ok(g) => {
+                user.gaps.gone(g.from_seq, g.count, &mut self.counts);
+            }
+            Err(_) => self.c.malformed += 1,
+        }
+    }
+
+    /// v1.1: a SYNC answer: the room's latest Seq, which may reveal a lost tail.
+    #[inline]
+    fn sync(&mut self, user: &mut User, body: &[u8], now_ns: u64) {
+        self.c.sync_events += 1;
+        match SyncInfo::parse(body) {
+            Ok(info) => user.gaps.sync(info.last_seq, now_ns, &mut self.counts),
+            Err(_) => self.c.malformed += 1,
+        }
+    }
+
+    /// Counts a delivered event by its kind (and measures it, if it is a message).
+    #[inline]
+    fn deliver(&mut self, user: &mut User, kind: Option<EventKind>, body: &[u8], now_ns: u64) {
+        match kind {
+            Some(EventKind::Message) => self.message(user, body, now_ns),
+            Some(EventKind::Joined) => self.c.joined += 1,
+            Some(EventKind::Left) => self.c.left += 1,
+            Some(EventKind::TimedOut) => self.c.timed_out += 1,
+            Some(EventKind::RoomClosed) => self.c.room_closed += 1,
+            Some(EventKind::RateLimited) => self.c.rate_limited += 1,
+            // v1.1 notices on the v1 path, RESUMED, and kinds this version does not
+            // know: ignored, as a receiver must.
+            Some(EventKind::Gone | EventKind::Sync | EventKind::Resumed) | None => {}
+        }
+    }
+
+    /// v1.1: after a datagram, NACKs at once what is already due, and notes the next due.
+    #[inline]
+    fn nack_if_due(&mut self, user: &mut User, now_ns: u64) {
+        if let Some(mut due) = user.gaps.next_due() {
+            if due <= now_ns {
+                // Three later events arrived (or the wait passed): NACK now, not at the
+                // next scan.
+                self.c.nacks += user.send_nacks(&mut self.nack_buf, now_ns);
+                due = user.gaps.next_due().unwrap_or(u64::MAX);
+            }
+            self.next_nack_ns = self.next_nack_ns.min(due);
+        }
+    }
+
     fn message(&mut self, user: &mut User, body: &[u8], now_ns: u64) {
         let Some(st) = Stamp::decode(body) else {
             self.c.foreign += 1;
@@ -886,22 +982,12 @@ impl Sink for LoadSink<'_> {
             if v11 {
                 match kind {
                     Some(EventKind::Gone) => {
-                        self.c.gone_events += 1;
                         repair = true;
-                        match Gone::parse(ev.body) {
-                            Ok(g) => {
-                                user.gaps.gone(g.from_seq, g.count, &mut self.counts);
-                            }
-                            Err(_) => self.c.malformed += 1,
-                        }
+                        self.gone(user, ev.body);
                         continue;
                     }
                     Some(EventKind::Sync) => {
-                        self.c.sync_events += 1;
-                        match SyncInfo::parse(ev.body) {
-                            Ok(info) => user.gaps.sync(info.last_seq, now_ns, &mut self.counts),
-                            Err(_) => self.c.malformed += 1,
-                        }
+                        self.sync(user, ev.body, now_ns);
                         continue;
                     }
                     _ => {}
@@ -916,30 +1002,14 @@ impl Sink for LoadSink<'_> {
                     }
                 }
             }
-            match kind {
-                Some(EventKind::Message) => self.message(user, ev.body, now_ns),
-                Some(EventKind::Joined) => self.c.joined += 1,
-                Some(EventKind::Left) => self.c.left += 1,
-                Some(EventKind::TimedOut) => self.c.timed_out += 1,
-                Some(EventKind::RoomClosed) => self.c.room_closed += 1,
-                Some(EventKind::RateLimited) => self.c.rate_limited += 1,
-                // v1.1 notices on the v1 path, RESUMED, and kinds this version does not
-                // know: ignored, as a receiver must.
-                Some(EventKind::Gone | EventKind::Sync | EventKind::Resumed) | None => {}
-            }
+            self.deliver(user, kind, ev.body, now_ns);
         }
         if repair {
             self.c.repair_datagrams += 1;
             self.c.repair_bytes += data.len() as u64;
         }
-        if v11 && let Some(mut due) = user.gaps.next_due() {
-            if due <= now_ns {
-                // Three later events arrived (or the wait passed): NACK now, not at the
-                // next scan.
-                self.c.nacks += user.send_nacks(&mut self.nack_buf, now_ns);
-                due = user.gaps.next_due().unwrap_or(u64::MAX);
-            }
-            self.next_nack_ns = self.next_nack_ns.min(due);
+        if v11 {
+            self.nack_if_due(user, now_ns);
         }
     }
 

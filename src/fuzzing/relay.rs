@@ -195,27 +195,8 @@ fn config(c: &[u8; RELAY_CONFIG_LEN]) -> Config {
 /// Applies one operation, reading its argument bytes.
 fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
     match op {
-        RelayOp::Create => {
-            let (a, cap, i) = (b.byte(), b.byte(), b.byte());
-            let req = Request::Create {
-                room: ROOMS[usize::from(a % 4)],
-                user: USERS[usize::from(a >> 2) % 4],
-                password: PASSWORDS[usize::from(a >> 4) % 3],
-                capacity: CAPACITIES[usize::from(cap) % CAPACITIES.len()],
-                resume_key: (a & 0x40 != 0).then_some(v11::KEY),
-            };
-            h.request(ip(i), &req, ctx);
-        }
-        RelayOp::Join => {
-            let (a, _, i) = (b.byte(), b.byte(), b.byte());
-            let req = Request::Join {
-                room: ROOMS[usize::from(a % 4)],
-                user: USERS[usize::from(a >> 2) % 4],
-                password: PASSWORDS[usize::from(a >> 4) % 3],
-                resume_key: (a & 0x40 != 0).then_some(v11::KEY),
-            };
-            h.request(ip(i), &req, ctx);
-        }
+        RelayOp::Create => create(h, b, ctx),
+        RelayOp::Join => join(h, b, ctx),
         RelayOp::Leave => {
             let (a, t, i) = (b.byte(), b.byte(), b.byte());
             h.leave(a, t, i, ctx);
@@ -228,56 +209,15 @@ fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
             let (a, t, i) = (b.byte(), b.byte(), b.byte());
             h.chat_datagram(a, t, i, ctx);
         }
-        RelayOp::RawDatagram => {
-            let n = usize::from(b.byte());
-            let raw = b.take(n).to_vec();
-            // A fresh port each time: should the bytes hold a real token, the address
-            // it binds belongs to that token's room alone.
-            let port = RAW_PORT_BASE + (h.datagrams % 20_000) as u16;
-            let from = SocketAddr::new(ip(0), port);
-            let which = ClientDatagram::parse(&raw)
-                .ok()
-                .and_then(|d| h.issued.iter().position(|i| i.token == d.token()));
-            h.datagram(from, &raw, which, ctx);
-        }
-        RelayOp::Clock => {
-            let (step, run) = (b.byte(), b.byte());
-            let idle = h.cfg.idle_timeout;
-            h.now += idle * u32::from(step) / CLOCK_STEPS_PER_TIMEOUT;
-            if run & 1 == 1 {
-                ctx.timeout_ran = true;
-                h.relay.handle_timeout(h.now, &mut h.tx);
-                if let Some(t) = h.relay.next_timeout() {
-                    assert!(t > h.now, "next_timeout is not in the future");
-                }
-            }
-        }
-        RelayOp::Flush => {
-            h.relay.flush(&mut h.tx);
-            let before = h.tx.asked.len();
-            h.relay.flush(&mut h.tx);
-            assert_eq!(h.tx.asked.len(), before, "a second flush sent again");
-        }
+        RelayOp::RawDatagram => raw_datagram(h, b, ctx),
+        RelayOp::Clock => clock(h, b, ctx),
+        RelayOp::Flush => flush_twice(h),
         RelayOp::Control => h.control(b.byte(), ctx),
         RelayOp::Send => {
             let (a, t, i, cs) = (b.byte(), b.byte(), b.byte(), b.byte());
             h.send(a, t, i, u32::from(cs % 8), ctx);
         }
-        RelayOp::Nack => {
-            let (a, t, i) = (b.byte(), b.byte(), b.byte());
-            let (f, c) = (b.byte(), b.byte());
-            let from_seq = match f {
-                0 => 0,
-                250.. => u32::MAX - u32::from(f - 250),
-                _ => 1 + u32::from(f) % 48,
-            };
-            let count = match c % 8 {
-                0 => 0,
-                1 => 513,
-                _ => 1 + u16::from(c / 8) % 40,
-            };
-            h.nack(a, t, i, from_seq, count, ctx);
-        }
+        RelayOp::Nack => nack(h, b, ctx),
         RelayOp::Sync => {
             let (a, t, i) = (b.byte(), b.byte(), b.byte());
             h.sync(a, t, i, ctx);
@@ -287,4 +227,82 @@ fn step(h: &mut Harness, op: RelayOp, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
             h.resume(a, t, i, k, ctx);
         }
     }
+}
+
+/// CREATE: room, user, password and resume key from one byte, capacity from the next.
+fn create(h: &mut Harness, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
+    let (a, cap, i) = (b.byte(), b.byte(), b.byte());
+    let req = Request::Create {
+        room: ROOMS[usize::from(a % 4)],
+        user: USERS[usize::from(a >> 2) % 4],
+        password: PASSWORDS[usize::from(a >> 4) % 3],
+        capacity: CAPACITIES[usize::from(cap) % CAPACITIES.len()],
+        resume_key: (a & 0x40 != 0).then_some(v11::KEY),
+    };
+    h.request(ip(i), &req, ctx);
+}
+
+/// JOIN: room, user, password and resume key from one byte (the second is unused).
+fn join(h: &mut Harness, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
+    let (a, _, i) = (b.byte(), b.byte(), b.byte());
+    let req = Request::Join {
+        room: ROOMS[usize::from(a % 4)],
+        user: USERS[usize::from(a >> 2) % 4],
+        password: PASSWORDS[usize::from(a >> 4) % 3],
+        resume_key: (a & 0x40 != 0).then_some(v11::KEY),
+    };
+    h.request(ip(i), &req, ctx);
+}
+
+/// Arbitrary bytes as a datagram, from a fresh address.
+fn raw_datagram(h: &mut Harness, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
+    let n = usize::from(b.byte());
+    let raw = b.take(n).to_vec();
+    // A fresh port each time: should the bytes hold a real token, the address
+    // it binds belongs to that token's room alone.
+    let port = RAW_PORT_BASE + (h.datagrams % 20_000) as u16;
+    let from = SocketAddr::new(ip(0), port);
+    let which = ClientDatagram::parse(&raw)
+        .ok()
+        .and_then(|d| h.issued.iter().position(|i| i.token == d.token()));
+    h.datagram(from, &raw, which, ctx);
+}
+
+/// Moves the clock by a fraction of the idle timeout, and maybe runs the timers.
+fn clock(h: &mut Harness, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
+    let (step, run) = (b.byte(), b.byte());
+    let idle = h.cfg.idle_timeout;
+    h.now += idle * u32::from(step) / CLOCK_STEPS_PER_TIMEOUT;
+    if run & 1 == 1 {
+        ctx.timeout_ran = true;
+        h.relay.handle_timeout(h.now, &mut h.tx);
+        if let Some(t) = h.relay.next_timeout() {
+            assert!(t > h.now, "next_timeout is not in the future");
+        }
+    }
+}
+
+/// Ends a wake-up, then checks that a second flush has nothing left to send.
+fn flush_twice(h: &mut Harness) {
+    h.relay.flush(&mut h.tx);
+    let before = h.tx.asked.len();
+    h.relay.flush(&mut h.tx);
+    assert_eq!(h.tx.asked.len(), before, "a second flush sent again");
+}
+
+/// NACK: a range that is empty, over the 512 limit, near `u32::MAX`, or ordinary.
+fn nack(h: &mut Harness, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
+    let (a, t, i) = (b.byte(), b.byte(), b.byte());
+    let (f, c) = (b.byte(), b.byte());
+    let from_seq = match f {
+        0 => 0,
+        250.. => u32::MAX - u32::from(f - 250),
+        _ => 1 + u32::from(f) % 48,
+    };
+    let count = match c % 8 {
+        0 => 0,
+        1 => 513,
+        _ => 1 + u16::from(c / 8) % 40,
+    };
+    h.nack(a, t, i, from_seq, count, ctx);
 }

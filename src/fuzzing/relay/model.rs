@@ -278,43 +278,15 @@ impl Harness {
                 self.resumed(w, &f, peer, ctx);
             }
             (Request::Create { room, user, .. }, Status::Ok, Some(f)) => {
-                assert!(
-                    !self.issued.iter().any(|i| i.room == *room && i.live_bound),
-                    "CREATE OK of a room name in use"
-                );
-                assert_eq!(grown, (1, 1));
-                self.creates_ok += 1;
-                let rid = self.next_rid;
-                self.next_rid += 1;
-                let room = ROOMS.iter().find(|r| **r == *room).unwrap();
-                self.current_rid.insert(room, rid);
-                self.grant(&f, (room, rid, user), peer, true, req);
+                self.created(&f, (room, user), grown, peer, req);
             }
             (Request::Join { room, user, .. }, Status::Ok, Some(f)) => {
-                assert!(
-                    !self
-                        .issued
-                        .iter()
-                        .any(|i| i.room == *room && i.user == *user && i.live_bound),
-                    "JOIN OK with a name taken in the room"
-                );
-                assert_eq!(grown, (0, 1));
-                let room = ROOMS.iter().find(|r| **r == *room).unwrap();
-                let rid = *self
-                    .current_rid
-                    .get(room)
-                    .expect("JOIN OK of a room never created");
-                assert!(!self.closed_rids.contains(&rid), "JOIN OK of a closed room");
-                self.grant(&f, (room, rid, user), peer, false, req);
+                self.joined(&f, (room, user), grown, peer, req);
             }
             (Request::Leave { token, .. }, Status::Ok, None) => {
                 let w = self.issued.iter().position(|i| i.token == *token);
                 let w = w.expect("LEAVE OK with a token never issued");
-                let i = &self.issued[w];
-                assert!(!i.dead, "LEAVE OK with a void token");
-                assert_eq!(i.ip, peer, "LEAVE OK from another IP");
-                assert_eq!(i.room, room, "LEAVE OK for another room");
-                ctx.leaving = Some(w);
+                self.left(w, room, peer, ctx);
             }
             (Request::List, Status::Ok, Some(f)) => self.check_list(f.payload),
             (_, Status::Ok, _) => unreachable!(),
@@ -328,6 +300,63 @@ impl Harness {
                 }
             }
         }
+    }
+
+    /// CREATE OK: the name was free, one room and one member more, and a host's grant.
+    fn created(
+        &mut self,
+        f: &Frame<'_>,
+        (room, user): (&str, &str),
+        grown: (isize, isize),
+        peer: IpAddr,
+        req: &Request<'_>,
+    ) {
+        assert!(
+            !self.issued.iter().any(|i| i.room == room && i.live_bound),
+            "CREATE OK of a room name in use"
+        );
+        assert_eq!(grown, (1, 1));
+        self.creates_ok += 1;
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        let room = ROOMS.iter().find(|r| **r == room).unwrap();
+        self.current_rid.insert(room, rid);
+        self.grant(f, (room, rid, user), peer, true, req);
+    }
+
+    /// JOIN OK: the name was free in a live room, one member more, and a member's grant.
+    fn joined(
+        &mut self,
+        f: &Frame<'_>,
+        (room, user): (&str, &str),
+        grown: (isize, isize),
+        peer: IpAddr,
+        req: &Request<'_>,
+    ) {
+        assert!(
+            !self
+                .issued
+                .iter()
+                .any(|i| i.room == room && i.user == user && i.live_bound),
+            "JOIN OK with a name taken in the room"
+        );
+        assert_eq!(grown, (0, 1));
+        let room = ROOMS.iter().find(|r| **r == room).unwrap();
+        let rid = *self
+            .current_rid
+            .get(room)
+            .expect("JOIN OK of a room never created");
+        assert!(!self.closed_rids.contains(&rid), "JOIN OK of a closed room");
+        self.grant(f, (room, rid, user), peer, false, req);
+    }
+
+    /// LEAVE OK: token `w` was live, and asked from its own IP for its own room.
+    fn left(&mut self, w: usize, room: &str, peer: IpAddr, ctx: &mut StepCtx) {
+        let i = &self.issued[w];
+        assert!(!i.dead, "LEAVE OK with a void token");
+        assert_eq!(i.ip, peer, "LEAVE OK from another IP");
+        assert_eq!(i.room, room, "LEAVE OK for another room");
+        ctx.leaving = Some(w);
     }
 
     /// Remembers a BAD_PASSWORD answer to `peer` (the last [`MAX_FAILURES`] of them).
@@ -514,36 +543,7 @@ impl Harness {
             return outcome;
         }
         if accepted {
-            assert_eq!(d.room(), i.room.as_bytes(), "accepted for the wrong room");
-            assert_eq!(from.ip(), i.ip, "accepted from the wrong IP");
-            match d {
-                ClientDatagram::Chat(c) => assert_eq!(
-                    c.is_heartbeat(),
-                    outcome == DatagramOutcome::Heartbeat,
-                    "{outcome:?}"
-                ),
-                ClientDatagram::Control(_) => {
-                    assert_ne!(outcome, DatagramOutcome::Heartbeat);
-                    self.issued[w].v11 = true;
-                }
-            }
-            self.issued[w].last_seen = self.now;
-            let i = &self.issued[w];
-            match i.addr {
-                Some(a) => assert_eq!(a, from, "accepted from another address"),
-                None => self.bind(w, from),
-            }
-            if outcome == DatagramOutcome::Dropped(DropReason::RateLimited) {
-                assert!(self.cfg.msg_rate > 0, "rate limited with no limit");
-                let i = &mut self.issued[w];
-                ctx.rate_limited = Some((w, from));
-                ctx.notice_due = i
-                    .last_notice
-                    .is_none_or(|t| self.now.saturating_duration_since(t) >= NOTICE_INTERVAL);
-                if ctx.notice_due {
-                    i.last_notice = Some(self.now);
-                }
-            }
+            self.accepted(w, from, d, outcome, ctx);
         } else if let Some(a) = i.addr.filter(|_| i.live_bound) {
             // A live bound member's token: only a wrong room, IP or address drops it.
             let want = if d.room() != i.room.as_bytes() {
@@ -557,6 +557,49 @@ impl Harness {
             assert_eq!(outcome, DatagramOutcome::Dropped(want));
         }
         outcome
+    }
+
+    /// A datagram the relay took from token `w`: it came for the token's room from its IP
+    /// and address (or pins the address now), and a rate limit owes at most one notice.
+    fn accepted(
+        &mut self,
+        w: usize,
+        from: SocketAddr,
+        d: ClientDatagram<'_>,
+        outcome: DatagramOutcome,
+        ctx: &mut StepCtx,
+    ) {
+        let i = &self.issued[w];
+        assert_eq!(d.room(), i.room.as_bytes(), "accepted for the wrong room");
+        assert_eq!(from.ip(), i.ip, "accepted from the wrong IP");
+        match d {
+            ClientDatagram::Chat(c) => assert_eq!(
+                c.is_heartbeat(),
+                outcome == DatagramOutcome::Heartbeat,
+                "{outcome:?}"
+            ),
+            ClientDatagram::Control(_) => {
+                assert_ne!(outcome, DatagramOutcome::Heartbeat);
+                self.issued[w].v11 = true;
+            }
+        }
+        self.issued[w].last_seen = self.now;
+        let i = &self.issued[w];
+        match i.addr {
+            Some(a) => assert_eq!(a, from, "accepted from another address"),
+            None => self.bind(w, from),
+        }
+        if outcome == DatagramOutcome::Dropped(DropReason::RateLimited) {
+            assert!(self.cfg.msg_rate > 0, "rate limited with no limit");
+            let i = &mut self.issued[w];
+            ctx.rate_limited = Some((w, from));
+            ctx.notice_due = i
+                .last_notice
+                .is_none_or(|t| self.now.saturating_duration_since(t) >= NOTICE_INTERVAL);
+            if ctx.notice_due {
+                i.last_notice = Some(self.now);
+            }
+        }
     }
 
     pub(super) fn bind(&mut self, w: usize, from: SocketAddr) {

@@ -10,6 +10,13 @@ impl<R: Rng> Relay<R> {
     /// Checks that the relay's tables agree with each other; `Err` names the first broken
     /// rule. Fuzzing and tests call it after every step.
     pub fn check_invariants(&self) -> Result<(), String> {
+        self.check_members()?;
+        self.check_rooms()?;
+        self.check_gauges()
+    }
+
+    /// Each member: found by its token, listed once in its room, bound on one transport.
+    fn check_members(&self) -> Result<(), String> {
         if self.by_token.len() != self.members.len() {
             return Err(format!(
                 "{} tokens for {} members",
@@ -44,6 +51,11 @@ impl<R: Rng> Relay<R> {
                 return Err(format!("member {key} has an address but never joined"));
             }
         }
+        Ok(())
+    }
+
+    /// Each room: found by its name, internally consistent, hosted, sending only to members.
+    fn check_rooms(&self) -> Result<(), String> {
         for (key, r) in &self.rooms {
             if self.by_name.get(&r.name) != Some(&key) {
                 return Err(format!("room '{}' not found by name", r.name));
@@ -62,6 +74,11 @@ impl<R: Rng> Relay<R> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The counters and gauges: they add up to what the tables hold.
+    fn check_gauges(&self) -> Result<(), String> {
         let c = &self.counters;
         let (events, bytes) = self.rooms.iter().fold((0, 0), |(e, b), (_, r)| {
             (e + r.history().len(), b + r.history().byte_len())

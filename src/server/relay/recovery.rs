@@ -75,6 +75,7 @@ impl RepairBucket {
         }
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// Bytes left (never below 0: the fuzz body checks it).
     pub fn left(&self) -> f64 {
         self.bytes

@@ -127,6 +127,7 @@ impl History {
         self.entries.len()
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// Whether no event is held.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -142,6 +143,7 @@ impl History {
         self.oldest
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// Seq of the newest event held (meaningless while empty).
     pub fn newest(&self) -> u32 {
         self.newest
