@@ -351,19 +351,16 @@ fn lossy_room(seed: u64, loss: f64) {
 }
 
 #[test]
-#[ignore = "needs the server's v1.1 (issue 11)"]
 fn five_members_two_thousand_messages_through_5_percent_loss() {
     lossy_room(0x5eed_0005, 0.05);
 }
 
 #[test]
-#[ignore = "needs the server's v1.1 (issue 11)"]
 fn five_members_two_thousand_messages_through_20_percent_loss() {
     lossy_room(0x5eed_0020, 0.20);
 }
 
 #[test]
-#[ignore = "needs the server's v1.1 (issue 11)"]
 fn a_nat_rebinding_mid_stream_loses_nothing() {
     // A short idle timeout: SYNC every second, so even a member with nothing to send
     // notices the dead path within a few seconds.
@@ -415,7 +412,6 @@ fn a_nat_rebinding_mid_stream_loses_nothing() {
 }
 
 #[test]
-#[ignore = "needs the server's v1.1 (issue 11)"]
 fn a_late_joiner_sees_the_last_50_events() {
     let server = ServerProc::start(&["--msg-rate", "0"]);
     let mut host = Client::start(&server.addr(), "h", "--create", "lobby", &[]);
@@ -446,7 +442,6 @@ fn a_late_joiner_sees_the_last_50_events() {
 }
 
 #[test]
-#[ignore = "needs the server's v1.1 (issue 11)"]
 fn a_member_paused_past_the_history_reports_exactly_what_is_gone_then_goes_on() {
     // 16 events of history: a member that misses more cannot get the older ones back.
     let server = ServerProc::start(&["--msg-rate", "0", "--history", "16"]);
