@@ -604,23 +604,6 @@ impl ControlClient {
         self.grant(&req, user, false, password, &key)
     }
 
-    /// Joins `room` as `user` the version 1 way, without a resume key (for tests and
-    /// tools that speak to version 1 servers byte for byte).
-    pub fn join_v1(
-        &mut self,
-        room: &str,
-        user: &str,
-        password: &[u8],
-    ) -> Result<Membership, ControlError> {
-        let req = Request::Join {
-            room,
-            user,
-            password,
-            resume_key: None,
-        };
-        self.grant(&req, user, false, password, &[])
-    }
-
     /// (v1.1, PROTOCOL.md §5.5) Moves `membership` to the address of this connection: the
     /// server unpins its data-plane address, and the next datagram from this IP pins the new
     /// one. Returns the membership as the COMPLETE frame gives it (same token; the UDP port
