@@ -6,7 +6,10 @@
 # A friend on the same machine then runs: scripts/chat.sh --name bob --join lobby
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin ocm-server --bin ocm-client
+# Not --quiet: a first build takes minutes, and cargo's own progress says what is going on
+# (a quiet build looked like a hung, empty screen).
+echo "building OCM with cargo (the first build takes a few minutes; later ones are quick)..." >&2
+cargo build --release --bin ocm-server --bin ocm-client
 server_pid=""
 if ! target/release/ocm-client --list >/dev/null 2>&1; then
     log="${TMPDIR:-/tmp}/ocm-server.$$.log"

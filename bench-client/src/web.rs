@@ -357,6 +357,9 @@ pub fn open_member(
         idle_timeout: Duration::from_secs(u64::from(idle.max(1))),
         host: capacity.is_some(),
         server: web,
+        password: Vec::new(),
+        // None was sent: the bench never RESUMEs.
+        resume_key: Vec::new(),
     };
     s.set_nonblocking(true)
         .map_err(|e| fail("nonblocking", &e))?;

@@ -1140,6 +1140,8 @@ mod tests {
             idle_timeout: Duration::from_secs(30),
             host: false,
             server: addr,
+            password: Vec::new(),
+            resume_key: Vec::new(),
         };
         let mut u = User::new(0, 0, m, 0, crate::gaps::NACK_RETRY_NS).unwrap();
         u.trackers = vec![OrderTracker::default(); 2];

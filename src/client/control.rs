@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -26,8 +27,23 @@ use crate::protocol::{Operation, State, Status};
 /// How long connect and each reply may take unless the caller says otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What CREATE or JOIN gave us: everything a chat session needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Length of the resume key CREATE and JOIN send (PROTOCOL.md §1.3 allows 16..=64): 256
+/// bits from the OS's CSPRNG, so only this client can move its membership with RESUME.
+pub const RESUME_KEY_LEN: usize = 32;
+
+/// A fresh resume key, drawn from `rand::rng()` (a CSPRNG seeded by the OS).
+pub fn new_resume_key() -> Vec<u8> {
+    let mut key = vec![0u8; RESUME_KEY_LEN];
+    rand::rng().fill_bytes(&mut key);
+    key
+}
+
+/// What CREATE or JOIN gave us: everything a chat session needs, including what it takes
+/// to come back (RESUME with the key, or JOIN again with the password).
+///
+/// `Debug` leaves the secrets out (token, password, resume key), so a log line never
+/// carries them.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Membership {
     /// The room joined.
     pub room: String,
@@ -43,6 +59,29 @@ pub struct Membership {
     pub host: bool,
     /// The control-plane address used.
     pub server: SocketAddr,
+    /// The password the room was entered with (a JOIN again needs it).
+    pub password: Vec<u8>,
+    /// The resume key sent with CREATE or JOIN (empty when none was sent); RESUME shows it.
+    pub resume_key: Vec<u8>,
+}
+
+impl fmt::Debug for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Membership")
+            .field("room", &self.room)
+            .field("user", &self.user)
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("udp_addr", &self.udp_addr)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("host", &self.host)
+            .field("server", &self.server)
+            .field("password", &format_args!("<{} bytes>", self.password.len()))
+            .field(
+                "resume_key",
+                &format_args!("<{} bytes>", self.resume_key.len()),
+            )
+            .finish()
+    }
 }
 
 /// One room as LIST reports it.
@@ -528,7 +567,8 @@ impl ControlClient {
         self.server
     }
 
-    /// Creates `room` with us as host. `capacity` 0 asks for the server's default.
+    /// Creates `room` with us as host. `capacity` 0 asks for the server's default. Sends a
+    /// fresh resume key (kept in the [`Membership`]) so that the session can RESUME.
     pub fn create(
         &mut self,
         room: &str,
@@ -536,30 +576,64 @@ impl ControlClient {
         password: &[u8],
         capacity: u16,
     ) -> Result<Membership, ControlError> {
+        let key = new_resume_key();
         let req = Request::Create {
             room,
             user,
             password,
             capacity,
-            resume_key: None,
+            resume_key: Some(&key),
         };
-        self.grant(&req, user, true)
+        self.grant(&req, user, true, password, &key)
     }
 
-    /// Joins `room` as `user`.
+    /// Joins `room` as `user`, with a fresh resume key (kept in the [`Membership`]).
     pub fn join(
         &mut self,
         room: &str,
         user: &str,
         password: &[u8],
     ) -> Result<Membership, ControlError> {
+        let key = new_resume_key();
         let req = Request::Join {
             room,
             user,
             password,
-            resume_key: None,
+            resume_key: Some(&key),
         };
-        self.grant(&req, user, false)
+        self.grant(&req, user, false, password, &key)
+    }
+
+    /// (v1.1, PROTOCOL.md §5.5) Moves `membership` to the address of this connection: the
+    /// server unpins its data-plane address, and the next datagram from this IP pins the new
+    /// one. Returns the membership as the COMPLETE frame gives it (same token; the UDP port
+    /// and idle timeout as the server says now). Needs the resume key sent at CREATE or
+    /// JOIN: without one this is [`ControlError::Refused`] with UNAUTHORIZED, as the server
+    /// would say.
+    pub fn resume(&mut self, membership: &Membership) -> Result<Membership, ControlError> {
+        if membership.resume_key.is_empty() {
+            return Err(ControlError::Refused {
+                status: Status::Unauthorized,
+                op: Operation::Resume,
+                room: membership.room.clone(),
+            });
+        }
+        let req = Request::Resume {
+            room: &membership.room,
+            token: &membership.token,
+            resume_key: &membership.resume_key,
+        };
+        let m = self.grant(
+            &req,
+            &membership.user,
+            membership.host,
+            &membership.password,
+            &membership.resume_key,
+        )?;
+        if m.token != membership.token {
+            return Err(ControlError::Malformed("RESUME granted another token"));
+        }
+        Ok(m)
     }
 
     /// Leaves `room`; must come from the IP address the token was issued to.
@@ -587,7 +661,14 @@ impl ControlClient {
             .collect())
     }
 
-    fn grant(&mut self, req: &Request, user: &str, host: bool) -> Result<Membership, ControlError> {
+    fn grant(
+        &mut self,
+        req: &Request,
+        user: &str,
+        host: bool,
+        password: &[u8],
+        resume_key: &[u8],
+    ) -> Result<Membership, ControlError> {
         let op = req.operation();
         let room = req.room();
         self.send(req)?;
@@ -606,6 +687,8 @@ impl ControlClient {
             idle_timeout: Duration::from_secs(u64::from(grant.idle_timeout.max(1))),
             host,
             server: self.server,
+            password: password.to_vec(),
+            resume_key: resume_key.to_vec(),
         })
     }
 
@@ -737,6 +820,23 @@ pub fn join(
 pub fn leave(membership: &Membership) -> Result<(), ControlError> {
     let mut c = ControlClient::connect(&membership.server.to_string(), DEFAULT_TIMEOUT)?;
     c.leave(&membership.room, &membership.token)
+}
+
+/// Connects to the server of `membership` (at most `timeout` for the connect and each
+/// reply) and RESUMEs it from this host's current address (PROTOCOL.md §5.5).
+pub fn resume(membership: &Membership, timeout: Duration) -> Result<Membership, ControlError> {
+    ControlClient::connect(&membership.server.to_string(), timeout)?.resume(membership)
+}
+
+/// Connects to the server of `membership` and JOINs its room again under the same name
+/// and password, with a fresh resume key: after the server dropped the member (TIMED_OUT)
+/// or refused its RESUME.
+pub fn join_again(membership: &Membership, timeout: Duration) -> Result<Membership, ControlError> {
+    ControlClient::connect(&membership.server.to_string(), timeout)?.join(
+        &membership.room,
+        &membership.user,
+        &membership.password,
+    )
 }
 
 /// Connects and lists the rooms.

@@ -19,7 +19,10 @@
 //! * **Send**: messages go out as SEND with ClientSeq 1, 2, 3, ...; a message is confirmed
 //!   by its own MESSAGE event. Without it after 250 ms (doubling), a SYNC asks the server:
 //!   LastClientSeq at least the message's ClientSeq means relayed (its event is recovered
-//!   like any other), otherwise the same SEND goes again, up to [`SEND_TRIES`] times.
+//!   like any other), otherwise the same SEND goes again, up to [`SEND_TRIES`] times. A
+//!   message whose later sibling came back first was lost or overtaken on the way, and can
+//!   never be relayed under its number (the server refuses a ClientSeq not above the
+//!   highest it relayed): it goes again under a new one.
 //! * **Liveness**: SYNC is the heartbeat. Three SYNCs about a second apart without an answer
 //!   mean the address probably changed: [`Output::NeedResume`]. The caller does the TCRP
 //!   RESUME and calls [`Recovery::resumed`] or [`Recovery::resume_failed`]; after the latter
@@ -51,8 +54,12 @@ pub const NACK_RETRY: Duration = Duration::from_millis(50);
 pub const NACK_RETRY_MAX: Duration = Duration::from_secs(1);
 /// Time a sent message waits for its own event before a SYNC asks about it; doubles per try.
 pub const SEND_TIMEOUT: Duration = Duration::from_millis(250);
-/// SENDs of one message before it is reported failed (250 ms doubling: about 8 s in all).
-pub const SEND_TRIES: u8 = 5;
+/// Longest wait between SENDs of one message: keeps trying every few seconds on a bad path.
+pub const SEND_TIMEOUT_MAX: Duration = Duration::from_secs(2);
+/// SENDs of one message before it is reported failed (250 ms doubling, capped at 2 s:
+/// about 16 s in all). Ten, not five: through 20% loss five SENDs in a row are lost once in
+/// 3 000 messages, ten once in ten million.
+pub const SEND_TRIES: u8 = 10;
 /// Interval between unanswered SYNCs before roaming is suspected.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Unanswered SYNCs in a row that mean the address changed.
@@ -62,6 +69,10 @@ pub const PROBES: u8 = 3;
 /// unanswered 36% of the time, and ten in a row happen once in 30 000 sessions, while a
 /// version 1 server costs only ten seconds of the SYNC's wait.
 pub const V1_PROBES: u8 = 10;
+/// How long the history asked for at join may hold up delivery while the server has not
+/// shown it speaks version 1.1 (a version 1 server never answers the NACK): about three
+/// SYNCs; a version 1.1 server answers the first at once.
+pub const HISTORY_WAIT: Duration = Duration::from_secs(3);
 /// Seqs past `Delivered` the reorder buffer covers: four times the server's default
 /// history (1024), so a client that falls behind a busy room still catches up, while the
 /// buffer holds at most 4096 events (about 16 MiB of the largest events).
@@ -86,6 +97,13 @@ fn distance(from: u32, to: u32) -> u32 {
 /// How far `to` is ahead of `from`, if it is ahead (serial arithmetic, as after a wrap).
 fn ahead(from: u32, to: u32) -> Option<u32> {
     let d = distance(from, to);
+    (d != 0 && d < HALF_RING).then_some(d)
+}
+
+/// How far ClientSeq `to` is above `from`, if it is (serial arithmetic on all of u32: a
+/// ClientSeq wraps from 0xFFFF_FFFF to 1, as [`Recovery::send`] numbers them).
+fn ahead_of(to: u32, from: u32) -> Option<u32> {
+    let d = to.wrapping_sub(from);
     (d != 0 && d < HALF_RING).then_some(d)
 }
 
@@ -368,11 +386,19 @@ enum SendState {
     /// Sent by a membership that ended: relayed or not is unknown until the room's history
     /// has been recovered and searched for its event.
     Unknown,
+    /// A message sent after it came back first: this one was never relayed (the server
+    /// relays a member's messages in the order it takes them, and refuses a ClientSeq not
+    /// above the highest it relayed, so a SEND lost or overtaken on the way can never be
+    /// relayed under its number). It is sent again under a new number.
+    Overtaken,
 }
 
 #[derive(Debug)]
 struct Pending {
+    /// The number the caller knows the message by (what [`Recovery::send`] returned).
     client_seq: u32,
+    /// The ClientSeq of its last SEND: a new one each time it is overtaken.
+    wire_seq: u32,
     text: String,
     timeout: Duration,
     sends: u8,
@@ -407,6 +433,8 @@ pub struct Recovery {
     /// Whether any room event arrived (a version 1 server relays without answering SYNC).
     room_events_seen: bool,
     next_client_seq: u32,
+    /// The highest ClientSeq this membership sent (0: none yet).
+    highest_wire: u32,
     pending: VecDeque<Pending>,
     /// After [`Recovery::joined_again`]: `Some(None)` until a SYNC answer gives the room's
     /// latest Seq, then `Some(Some(seq))` until everything up to it is delivered.
@@ -414,6 +442,13 @@ pub struct Recovery {
     probe: Option<Probe>,
     /// When a datagram last went out (the v1 heartbeat's clock).
     last_sent: Instant,
+    /// When a v1 heartbeat last went out: until the server answered a SYNC, one goes every
+    /// IdleTimeout/4 too, since a version 1 server drops SYNCs without counting them as a
+    /// sign of life.
+    last_heartbeat: Instant,
+    /// While the server's version is unknown: when the history asked for at join is given
+    /// up, so that a version 1 server (which never answers its NACK) does not hold delivery.
+    history_deadline: Option<Instant>,
     /// When a SYNC last went out: one goes at least every IdleTimeout/4 even while NACKs
     /// flow, since only a SYNC's answer shows that the path still works.
     last_sync: Instant,
@@ -438,10 +473,13 @@ impl Recovery {
             v1: SeqTracker::new(),
             room_events_seen: false,
             next_client_seq: 1,
+            highest_wire: 0,
             pending: VecDeque::new(),
             rejoin: None,
             probe: None,
             last_sent: now,
+            last_heartbeat: now,
+            history_deadline: None,
             last_sync: now,
             transmits: VecDeque::new(),
             outputs: VecDeque::new(),
@@ -495,8 +533,7 @@ impl Recovery {
     /// Queues `text` (a text field of 1..=3800 bytes; the caller checks it) and returns its
     /// ClientSeq.
     pub fn send(&mut self, now: Instant, text: &str) -> u32 {
-        let client_seq = self.next_client_seq;
-        self.next_client_seq = self.next_client_seq.checked_add(1).unwrap_or(1);
+        let client_seq = self.take_client_seq();
         if self.mode == Mode::V1 {
             self.transmit(
                 now,
@@ -508,6 +545,7 @@ impl Recovery {
         }
         let mut p = Pending {
             client_seq,
+            wire_seq: client_seq,
             text: text.to_owned(),
             timeout: self.cfg.send_timeout,
             sends: 0,
@@ -682,6 +720,8 @@ impl Recovery {
         self.transmits.clear();
         self.forget_fates();
         self.rejoin = Some(None);
+        // A new membership: the server has relayed no ClientSeq of it yet.
+        self.highest_wire = 0;
         self.transmit(now, Transmit::Heartbeat);
         self.transmit(now, Transmit::Sync);
         self.ask_again(now);
@@ -698,6 +738,12 @@ impl Recovery {
         let mut consider = |t: Instant| next = next.min(t);
         if let Some(p) = self.probe {
             consider(p.next_at);
+        }
+        if self.mode == Mode::Unknown {
+            consider(self.last_heartbeat + self.cfg.idle_timeout / 4);
+        }
+        if let Some(d) = self.history_deadline {
+            consider(d);
         }
         for p in &self.pending {
             if let SendState::InFlight { deadline } = p.state {
@@ -719,6 +765,12 @@ impl Recovery {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.link != Link::Live {
             return;
+        }
+        if self.mode == Mode::Unknown && now >= self.last_heartbeat + self.cfg.idle_timeout / 4 {
+            self.transmit(now, Transmit::Heartbeat);
+        }
+        if self.history_deadline.is_some_and(|d| now >= d) {
+            self.give_up_history();
         }
         let mut need_sync = false;
         for p in &mut self.pending {
@@ -765,6 +817,13 @@ impl Recovery {
 
     /// The first room event (or SYNC) fixes where delivery starts; at join, the history asked
     /// for becomes a gap before it, fetched at once.
+    ///
+    /// A SYNC that comes first (its answer may overtake the member's own JOINED: the server
+    /// may answer a SYNC at once and relay the JOINED of the same batch after it) cannot
+    /// say where the member came in, only that it came in at its LastSeq or before: the
+    /// member was bound when the SYNC was answered (a SYNC binds it, and is answered after
+    /// its JOINED). So delivery starts at LastSeq itself, which is fetched like any gap if
+    /// it does not arrive within the reordering wait.
     fn anchor(&mut self, now: Instant, seq: u32, event: Option<RoomEvent>) {
         // History is asked for once, and never across a wrap of the room's Seq (a Seq just
         // below the wrap looks "ahead" to the server, which would ignore the NACK).
@@ -772,16 +831,15 @@ impl Recovery {
         let history = if self.anchored_once {
             0
         } else {
-            let before = if event.is_some() { seq - 1 } else { seq };
             let window = self.cfg.max_buffered.saturating_sub(1);
             let window = u32::try_from(window).unwrap_or(u32::MAX);
-            self.cfg.history.min(before).min(window)
+            self.cfg.history.min(seq - 1).min(window)
         };
         self.anchored_once = true;
-        // With an event, delivery starts at it (after the history); a SYNC only says that
-        // everything up to its LastSeq was before this member came.
-        let first = if event.is_some() { seq } else { next_seq(seq) };
-        self.delivered = Some(seq_sub(first, history.saturating_add(1)));
+        if history > 0 && self.mode == Mode::Unknown {
+            self.history_deadline = Some(now + HISTORY_WAIT);
+        }
+        self.delivered = Some(seq_sub(seq, history.saturating_add(1)));
         self.highest = seq;
         self.slots.clear();
         self.history_left = history as usize;
@@ -792,11 +850,16 @@ impl Recovery {
                 later: 0,
             });
         }
-        if let Some(event) = event {
-            self.slots.push_back(Slot::Held {
+        match event {
+            Some(event) => self.slots.push_back(Slot::Held {
                 event,
                 recovered: false,
-            });
+            }),
+            None => self.slots.push_back(Slot::Missing {
+                due: now + self.cfg.reorder_wait,
+                tries: 0,
+                later: 0,
+            }),
         }
         self.extend_slots(now);
     }
@@ -879,6 +942,7 @@ impl Recovery {
     /// Delivers what is ready, then resolves sends and schedules NACKs.
     fn settle(&mut self, now: Instant) {
         self.deliver_ready(now);
+        self.resend_overtaken(now);
         self.resolve_relayed();
         self.finish_rejoin(now);
         if self.mode != Mode::V1 && self.link == Link::Live {
@@ -944,18 +1008,57 @@ impl Recovery {
         self.outputs.push_back(Output::Deliver(event));
     }
 
-    /// Own MESSAGE events come back in the order they were sent: the oldest sent message
-    /// with that text is the one confirmed.
+    /// Own MESSAGE events come back in the order the server took them: the oldest sent
+    /// message with that text is the one confirmed, and the ones sent before it (under a
+    /// lower ClientSeq) that are still pending were overtaken (see [`SendState::Overtaken`]).
     fn confirm_echo(&mut self, text: &str) {
-        let found = self
-            .pending
-            .iter()
-            .position(|p| p.state != SendState::Unsent && p.text == text);
-        if let Some(p) = found.and_then(|i| self.pending.remove(i)) {
+        let found = self.pending.iter().position(|p| {
+            !matches!(p.state, SendState::Unsent | SendState::Overtaken) && p.text == text
+        });
+        let Some(i) = found else {
+            return;
+        };
+        // Sent before it (a lower ClientSeq of this membership) and not back: overtaken.
+        let wire = self.pending[i].wire_seq;
+        for p in &mut self.pending {
+            let sent_before = ahead_of(wire, p.wire_seq).is_some();
+            if sent_before
+                && matches!(
+                    p.state,
+                    SendState::InFlight { .. } | SendState::Probing | SendState::Relayed { .. }
+                )
+            {
+                p.state = SendState::Overtaken;
+            }
+        }
+        if let Some(p) = self.pending.remove(i) {
             self.outputs.push_back(Output::Confirmed {
                 client_seq: p.client_seq,
             });
         }
+    }
+
+    /// The next ClientSeq (numbers may be skipped, never reused while they could clash).
+    fn take_client_seq(&mut self) -> u32 {
+        let n = self.next_client_seq;
+        self.next_client_seq = self.next_client_seq.checked_add(1).unwrap_or(1);
+        n
+    }
+
+    /// Sends the overtaken messages again, each under a new ClientSeq, oldest first.
+    fn resend_overtaken(&mut self, now: Instant) {
+        if self.link != Link::Live || self.rejoin.is_some() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        for p in &mut pending {
+            if p.state == SendState::Overtaken {
+                p.wire_seq = self.take_client_seq();
+                p.timeout = self.cfg.send_timeout;
+                self.send_pending(now, p);
+            }
+        }
+        self.pending = pending;
     }
 
     /// NACKs every due gap, in ranges of at most 512, and sets its next try.
@@ -1017,22 +1120,37 @@ impl Recovery {
             self.stats.resends += 1;
         }
         p.sends += 1;
+        if ahead_of(p.wire_seq, self.highest_wire).is_some() {
+            self.highest_wire = p.wire_seq;
+        }
         p.state = SendState::InFlight {
             deadline: now + p.timeout,
         };
         self.transmit(
             now,
             Transmit::Send {
-                client_seq: p.client_seq,
+                client_seq: p.wire_seq,
                 text: p.text.clone(),
             },
         );
     }
 
+    /// Sends what waited for the link, in the order typed, each under a ClientSeq above the
+    /// previous one.
     fn send_unsent(&mut self, now: Instant) {
+        let mut floor = self.highest_wire;
         let mut pending = std::mem::take(&mut self.pending);
         for p in &mut pending {
-            if matches!(p.state, SendState::Unsent | SendState::Unknown) {
+            if matches!(
+                p.state,
+                SendState::Unsent | SendState::Unknown | SendState::Overtaken
+            ) {
+                // Kept when still above every number this membership sent (the server
+                // relays only a ClientSeq above the highest it relayed); else a new one.
+                if p.state == SendState::Overtaken || ahead_of(p.wire_seq, floor).is_none() {
+                    p.wire_seq = self.take_client_seq();
+                }
+                floor = p.wire_seq;
                 self.send_pending(now, p);
             }
         }
@@ -1045,7 +1163,7 @@ impl Recovery {
         for p in &mut pending {
             match p.state {
                 SendState::InFlight { .. } | SendState::Probing
-                    if p.client_seq <= sync.last_client_seq =>
+                    if p.wire_seq <= sync.last_client_seq =>
                 {
                     p.state = SendState::Relayed {
                         last_seq: sync.last_seq,
@@ -1053,7 +1171,7 @@ impl Recovery {
                 }
                 SendState::Probing if p.sends >= self.cfg.send_tries => failed.push(p.client_seq),
                 SendState::Probing => {
-                    p.timeout = p.timeout.saturating_mul(2);
+                    p.timeout = p.timeout.saturating_mul(2).min(SEND_TIMEOUT_MAX);
                     self.send_pending(now, p);
                 }
                 _ => {}
@@ -1126,6 +1244,9 @@ impl Recovery {
             }
         }
         self.last_sent = now;
+        if t == Transmit::Heartbeat {
+            self.last_heartbeat = now;
+        }
         self.transmits.push_back(t);
     }
 
@@ -1154,6 +1275,18 @@ impl Recovery {
         if self.mode == Mode::Unknown {
             self.mode = Mode::V11;
         }
+        self.history_deadline = None;
+    }
+
+    /// The server did not show it speaks version 1.1 in time: the history not yet here is
+    /// skipped (silently: it was said before this member came), so delivery goes on.
+    fn give_up_history(&mut self) {
+        self.history_deadline = None;
+        for slot in self.slots.iter_mut().take(self.history_left) {
+            if matches!(slot, Slot::Missing { .. }) {
+                *slot = Slot::Gone;
+            }
+        }
     }
 
     fn need_resume(&mut self) {
@@ -1169,6 +1302,7 @@ impl Recovery {
     fn fall_back_to_v1(&mut self, now: Instant) {
         self.mode = Mode::V1;
         self.probe = None;
+        self.history_deadline = None;
         self.outputs.push_back(Output::FellBackToV1);
         if let Some(d) = self.delivered {
             self.v1.observe(d);

@@ -2,34 +2,65 @@
 //!
 //! A [`Session`] owns one UDP socket, bound to an ephemeral port of the same address family
 //! as the server's data plane and `connect`ed to it, so the kernel hands it only the
-//! server's datagrams (PROTOCOL.md §2.1). It sends the first heartbeat as soon as it opens
-//! (the server relays nothing to a member before its first datagram), sends messages, keeps
-//! heartbeats going at a quarter of the idle timeout while nothing else is sent, and turns
-//! received datagrams into owned [`SessionEvent`]s, adding [`SessionEvent::Missed`] where
-//! the room's Seq jumped.
+//! server's datagrams (PROTOCOL.md §2.1), and runs the version 1.1 client of PROTOCOL.md
+//! §5.4 through the sans-IO [`Recovery`] machine:
 //!
-//! The session does no waiting of its own besides the timeout its caller passes to
-//! [`Session::recv_events`]: the caller's loop asks [`Session::next_heartbeat`] when to wake
-//! up and calls [`Session::poll_heartbeat`], so a terminal UI, a script driver and a
-//! benchmark can each run it in their own loop.
+//! ```text
+//!   socket ──datagrams──▶ Recovery::handle_datagram ──poll_output──▶ SessionEvent ──▶ caller
+//!   caller ──send_message──▶ Recovery::send ──poll_transmit──▶ Transmit::encode ──▶ socket
+//!   Recovery::next_timeout ──▶ the caller's wake-ups ──▶ Recovery::handle_timeout
+//! ```
+//!
+//! * Every room event is delivered once, in Seq order; what was lost is fetched again with
+//!   NACK ([`SessionEvent::Recovered`]); what the server no longer holds is reported
+//!   ([`SessionEvent::Unrecoverable`]). Messages go out as SEND with a ClientSeq and are
+//!   sent again until their own event comes back ([`SessionEvent::Confirmed`]).
+//! * **Roaming**: when the machine asks for it (three unanswered SYNCs), the session does
+//!   the TCRP RESUME itself with the resume key drawn at CREATE or JOIN, and opens a new
+//!   socket on a new ephemeral port (after a NAT rebinding the old port is dead for the
+//!   server anyway; after a network switch the old socket may be bound to a gone address).
+//!   After a failed RESUME, or when the server dropped us (our own TIMED_OUT), it JOINs
+//!   again under the same name and recovers what it missed from the room's history.
+//! * Against a version 1 server (no SYNC answered) the machine falls back to version 1
+//!   ([`SessionEvent::FellBackToV1`]): gaps are reported as [`SessionEvent::Missed`].
+//!
+//! The session waits only inside [`Session::recv_events`], never longer than the timeout
+//! its caller passes, and returns early when a timer of the machine is due; the caller's
+//! loop asks [`Session::next_timeout`] when to wake up. The one exception is the TCRP call
+//! of a RESUME or JOIN again, bounded by [`CONTROL_TIMEOUT`] for connect and reply. So a
+//! terminal UI, a script driver and a test can each run it in their own loop.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::client::control::{self, ControlError, Membership};
-use crate::protocol::datagram::{ChatDatagram, DatagramError};
-use crate::protocol::event::{EventKind, Events};
-use crate::protocol::{MAX_DATAGRAM, MAX_MESSAGE, control_char};
+use crate::client::recovery::{self, Config, Mode, Output, Recovery, RoomEvent};
+use crate::protocol::control::ClientDatagramError;
+use crate::protocol::event::EventKind;
+use crate::protocol::{MAX_DATAGRAM, MAX_MESSAGE, Status, control_char};
 
 /// Most datagrams one [`Session::recv_events`] call drains after the first, so a flood
 /// cannot keep a caller's loop from drawing the screen or sending heartbeats.
 pub const MAX_DRAIN: usize = 256;
 
-/// Shortest heartbeat interval, whatever idle timeout the server announces (PROTOCOL.md
-/// allows 1 s, whose quarter is 250 ms; this only guards against a zero).
-const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+/// How long the TCRP connect and each reply of a RESUME or a JOIN again may take: long
+/// enough for a slow path, short enough that a terminal is not frozen for long while the
+/// network is down.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Wait before a RESUME or JOIN again that could not reach the server is tried again
+/// (the network may be coming back).
+pub const RECONNECT_RETRY: Duration = Duration::from_secs(1);
+
+/// What the session is asked to do besides the membership itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Events from before our JOINED to fetch from the room's history (0: none).
+    pub history: u32,
+}
 
 /// One thing that happened in the room, owned so it can outlive the receive buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,26 +73,36 @@ pub enum SessionEvent {
         user: String,
         /// The message.
         text: String,
+        /// From the history fetched at join: said before we came.
+        history: bool,
     },
     /// A member bound its address (sent its first datagram); we get our own JOINED too.
     Joined {
         /// Who joined.
         user: String,
+        /// From the history fetched at join.
+        history: bool,
     },
     /// A member left with LEAVE.
     Left {
         /// Who left.
         user: String,
+        /// From the history fetched at join.
+        history: bool,
     },
-    /// A member was silent for the idle timeout and was dropped (possibly us).
+    /// A member was silent for the idle timeout and was dropped. When it is us, the session
+    /// joins again by itself ([`SessionEvent::Rejoined`]) or ends ([`SessionEvent::Dropped`]).
     TimedOut {
         /// Who was dropped.
         user: String,
+        /// From the history fetched at join.
+        history: bool,
     },
     /// The room is gone; nothing more will come.
     RoomClosed {
         /// Why, as the server said it (`host left`, `host timed out`,
-        /// `server shutting down`).
+        /// `server shutting down`), or `the room no longer exists` when a JOIN again
+        /// found it gone.
         reason: String,
     },
     /// The server dropped one of our messages because we sent too fast.
@@ -69,8 +110,53 @@ pub enum SessionEvent {
         /// The limit, as the server words it (e.g. `20 messages/s, burst 40`).
         limit: String,
     },
-    /// The room's Seq jumped: this many events never reached us (lost or dropped).
+    /// (Version 1 server) the room's Seq jumped: this many events never reached us.
     Missed(u64),
+    /// This many events could not be recovered: the server no longer holds them (they are
+    /// older than its history keeps). Delivery goes on after them, in order.
+    Unrecoverable {
+        /// How many.
+        count: u32,
+    },
+    /// This many events just delivered had been lost on the way and were fetched again.
+    Recovered {
+        /// How many.
+        count: u32,
+    },
+    /// The server relayed our message with this number (as [`Session::send_message`]
+    /// returned it): it is no longer pending.
+    Confirmed {
+        /// The message's number.
+        client_seq: u32,
+    },
+    /// Our message with this number was sent several times and never relayed: given up.
+    SendFailed {
+        /// The message's number.
+        client_seq: u32,
+    },
+    /// The server stopped answering: the session is moving to wherever we now are (RESUME).
+    Reconnecting,
+    /// RESUME worked: the session goes on from our new address; what was missed meanwhile
+    /// is being recovered.
+    Reconnected,
+    /// The server had dropped us (or refused RESUME): we joined the room again under the
+    /// same name, and what was said meanwhile is being recovered from its history.
+    Rejoined,
+    /// The server is version 1: no recovery from now on (gaps are [`SessionEvent::Missed`]).
+    FellBackToV1,
+    /// Another member's address changed (RESUME); nobody left.
+    Resumed {
+        /// Who.
+        user: String,
+    },
+    /// The server dropped us for silence and we cannot join again (we were the host, or the
+    /// server is version 1); nothing more will come.
+    Dropped,
+    /// The session cannot go on (a JOIN again was refused); the reason in words.
+    Lost {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why [`Session::send_message`] refused or failed.
@@ -89,9 +175,11 @@ pub enum SendError {
         ch: char,
     },
     /// The message cannot be framed (the room name and token leave too little room).
-    Encode(DatagramError),
+    Encode(ClientDatagramError),
     /// The socket refused it.
     Io(io::Error),
+    /// The session has ended (the room closed, or the server dropped us for good).
+    NotInRoom,
 }
 
 impl fmt::Display for SendError {
@@ -108,6 +196,7 @@ impl fmt::Display for SendError {
                 u32::from(*ch)
             ),
             SendError::Encode(e) => write!(f, "the message cannot be sent: {e}"),
+            SendError::NotInRoom => f.write_str("the session has ended; nothing more can be sent"),
             SendError::Io(e) => write!(f, "sending failed: {e}"),
         }
     }
@@ -207,146 +296,217 @@ impl SeqTracker {
     }
 }
 
+/// Where the session stands with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Sending and receiving through the machine.
+    Live,
+    /// The machine asked for RESUME; the next try is at this time.
+    Resuming(Instant),
+    /// RESUME failed or we were dropped; the next JOIN again is at this time.
+    Rejoining(Instant),
+    /// The room closed or the session is lost: nothing more is sent.
+    Ended,
+}
+
 /// A member's UDP chat session with the server.
 #[derive(Debug)]
 pub struct Session {
     socket: UdpSocket,
     membership: Membership,
-    heartbeat_every: Duration,
-    last_sent: Instant,
-    seq: SeqTracker,
+    recovery: Recovery,
+    link: Link,
+    /// Our own JOINED of the current membership has not been delivered yet: an own
+    /// TIMED_OUT before it is about an earlier membership (seen again in recovered history).
+    awaiting_own_join: bool,
+    events: VecDeque<SessionEvent>,
     out: Box<[u8; MAX_DATAGRAM]>,
     inbuf: Box<[u8; MAX_DATAGRAM]>,
 }
 
+/// A socket of the data plane's family on a fresh ephemeral port, connected to it.
+fn open_socket(udp_addr: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = match udp_addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(udp_addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// Whether a failed RESUME or JOIN again may work later as it is (the network or the
+/// server's limits), rather than never.
+fn worth_retrying(e: &ControlError) -> bool {
+    match e {
+        ControlError::Refused { status, .. } => {
+            matches!(status, Status::ServerFull | Status::TooManyRequests)
+        }
+        ControlError::Invalid(_) => false,
+        _ => true,
+    }
+}
+
 impl Session {
     /// Opens the session for `membership`: binds a socket of the right address family,
-    /// connects it to the data plane and sends the first heartbeat at once, so the server
-    /// binds our address and starts relaying to us.
-    pub fn open(membership: &Membership) -> io::Result<Session> {
-        let local: SocketAddr = match membership.udp_addr {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let socket = UdpSocket::bind(local)?;
-        socket.connect(membership.udp_addr)?;
+    /// connects it to the data plane and sends the first datagrams at once (a heartbeat,
+    /// which binds us on any server, and a SYNC), so the server starts relaying to us.
+    pub fn open(membership: &Membership, options: Options) -> io::Result<Session> {
+        let socket = open_socket(membership.udp_addr)?;
+        let mut cfg = Config::new(membership.user.clone(), membership.idle_timeout);
+        cfg.history = options.history;
         let mut session = Session {
             socket,
             membership: membership.clone(),
-            heartbeat_every: (membership.idle_timeout / 4).max(MIN_HEARTBEAT),
-            last_sent: Instant::now(),
-            seq: SeqTracker::new(),
+            recovery: Recovery::new(cfg, Instant::now()),
+            link: Link::Live,
+            awaiting_own_join: true,
+            events: VecDeque::new(),
             out: Box::new([0u8; MAX_DATAGRAM]),
             inbuf: Box::new([0u8; MAX_DATAGRAM]),
         };
-        session.send_raw("")?;
+        session.flush()?;
         Ok(session)
     }
 
-    /// The membership this session runs on (room, our name, host or not, server).
+    /// The membership this session runs on now (room, our name, host or not, server); the
+    /// token changes when the session joins again.
     pub fn membership(&self) -> &Membership {
         &self.membership
     }
 
-    /// The local address of the socket (useful in logs and tests).
+    /// The local address of the socket (a new one after a RESUME or a JOIN again).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
     }
 
-    /// Sends one chat message. Refuses, before touching the socket, an empty message (that
-    /// would be a heartbeat), one over [`MAX_MESSAGE`] bytes, and one with a control
-    /// character. Sending counts as activity: the next heartbeat moves back.
-    pub fn send_message(&mut self, message: &str) -> Result<(), SendError> {
+    /// The recovery machine's counters (delivered, recovered, NACKs, resends...).
+    pub fn stats(&self) -> recovery::Stats {
+        self.recovery.stats()
+    }
+
+    /// Whether the server proved to be version 1 (no recovery).
+    pub fn is_v1(&self) -> bool {
+        self.recovery.mode() == Mode::V1
+    }
+
+    /// Our messages not confirmed yet, oldest first, with the number
+    /// [`Session::send_message`] gave each: the UI marks them as still being sent.
+    pub fn unconfirmed(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.recovery.unconfirmed()
+    }
+
+    /// Whether everything the room is known to hold up to now has been delivered (the
+    /// history asked for at join included), with nothing waiting for a NACK's answer.
+    pub fn caught_up(&self) -> bool {
+        self.link == Link::Live
+            && self.recovery.delivered().is_some()
+            && self.recovery.buffered() == 0
+    }
+
+    /// Whether the session has ended (room closed, dropped, or lost).
+    pub fn ended(&self) -> bool {
+        self.link == Link::Ended
+    }
+
+    /// Sends one chat message and returns its number (ClientSeq), which
+    /// [`SessionEvent::Confirmed`] names once the server relayed it. Refuses, before
+    /// touching the socket, an empty message (that would be a heartbeat), one over
+    /// [`MAX_MESSAGE`] bytes, one with a control character, and one that cannot be framed
+    /// with this room name and token. While the session is reconnecting the message waits
+    /// and goes out afterwards.
+    pub fn send_message(&mut self, message: &str) -> Result<u32, SendError> {
         check_message(message)?;
-        self.send_raw(message).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidInput => SendError::Encode(DatagramError::Oversize),
-            _ => SendError::Io(e),
-        })
-    }
-
-    /// Sends a heartbeat now (an empty message: it keeps us in the room, nothing is relayed).
-    pub fn send_heartbeat(&mut self) -> io::Result<()> {
-        self.send_raw("")
-    }
-
-    /// When the next heartbeat is due if nothing else is sent before.
-    pub fn next_heartbeat(&self) -> Instant {
-        self.last_sent + self.heartbeat_every
-    }
-
-    /// The interval between heartbeats: a quarter of the idle timeout, so three in a row
-    /// may be lost before the server drops us.
-    pub fn heartbeat_interval(&self) -> Duration {
-        self.heartbeat_every
-    }
-
-    /// Sends a heartbeat if one is due at `now`; returns whether it did.
-    pub fn poll_heartbeat(&mut self, now: Instant) -> io::Result<bool> {
-        if now < self.next_heartbeat() {
-            return Ok(false);
+        if self.link == Link::Ended {
+            return Err(SendError::NotInRoom);
         }
-        self.send_raw("")?;
-        Ok(true)
-    }
-
-    fn send_raw(&mut self, message: &str) -> io::Result<()> {
-        let datagram = ChatDatagram {
-            room: self.membership.room.as_bytes(),
-            token: &self.membership.token,
-            message,
+        // The longest form it may take on the wire: a SEND (a v1 chat datagram is shorter).
+        let probe = recovery::Transmit::Send {
+            client_seq: 0,
+            text: message.to_owned(),
         };
-        let n = datagram
-            .encode(&mut self.out[..])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        loop {
-            match self.socket.send(&self.out[..n]) {
-                Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+        probe
+            .encode(
+                self.membership.room.as_bytes(),
+                &self.membership.token,
+                &mut self.out[..],
+            )
+            .map_err(SendError::Encode)?;
+        let client_seq = self.recovery.send(Instant::now(), message);
+        self.flush().map_err(SendError::Io)?;
+        Ok(client_seq)
+    }
+
+    /// When the session next needs [`Session::recv_events`] (or [`Session::poll`]) to be
+    /// called even if nothing arrives: a NACK, a SYNC, a retransmission, a reconnect try.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match self.link {
+            Link::Live => self.recovery.next_timeout(),
+            Link::Resuming(at) | Link::Rejoining(at) => Some(at),
+            Link::Ended => None,
         }
-        self.last_sent = Instant::now();
-        Ok(())
+    }
+
+    /// Does what is due at `now` without waiting for the network, and returns the events it
+    /// produced (a reconnect, say).
+    pub fn poll(&mut self, now: Instant) -> io::Result<Vec<SessionEvent>> {
+        self.drive(now)?;
+        Ok(self.events.drain(..).collect())
     }
 
     /// Waits up to `timeout` for a datagram from the server (`Duration::ZERO`: do not
-    /// wait), then also takes whatever else is already queued (at most [`MAX_DRAIN`]
-    /// datagrams), and returns their events in order. An empty vector means nothing came.
+    /// wait; the wait ends earlier when a timer of the session is due), then also takes
+    /// whatever else is already queued (at most [`MAX_DRAIN`] datagrams), runs the timers
+    /// that are due, and returns the events in order. An empty vector means nothing
+    /// happened.
     ///
-    /// Unknown event kinds are skipped; a malformed tail of a datagram is ignored (and
-    /// counted). An error is the socket's: `ConnectionRefused` means the server's port is
-    /// closed (the server is gone).
+    /// An error is the socket's: `ConnectionRefused` means the server's port is closed (the
+    /// server is gone).
     pub fn recv_events(&mut self, timeout: Duration) -> io::Result<Vec<SessionEvent>> {
-        let mut events = Vec::new();
-        if timeout.is_zero() {
-            self.socket.set_nonblocking(true)?;
-        } else {
-            self.socket.set_nonblocking(false)?;
-            self.socket.set_read_timeout(Some(timeout))?;
+        let now = Instant::now();
+        self.drive(now)?;
+        if self.events.is_empty() && self.link != Link::Ended {
+            let until_timer = self
+                .next_timeout()
+                .map_or(timeout, |t| t.saturating_duration_since(now));
+            let wait = timeout.min(until_timer);
+            self.receive(wait)?;
+            self.drive(Instant::now())?;
         }
-        let first = self.recv_one(&mut events);
-        self.socket.set_nonblocking(true)?;
+        Ok(self.events.drain(..).collect())
+    }
+
+    /// Reads datagrams into the machine: the first within `wait`, then what is queued.
+    fn receive(&mut self, wait: Duration) -> io::Result<()> {
+        if !wait.is_zero() {
+            self.socket.set_nonblocking(false)?;
+            self.socket.set_read_timeout(Some(wait))?;
+        }
+        let first = self.recv_one();
+        if !wait.is_zero() {
+            self.socket.set_nonblocking(true)?;
+        }
         match first {
             Ok(()) => {}
-            Err(e) if is_no_data(&e) => return Ok(events),
+            Err(e) if is_no_data(&e) => return Ok(()),
             Err(e) => return Err(e),
         }
         for _ in 0..MAX_DRAIN {
-            match self.recv_one(&mut events) {
+            match self.recv_one() {
                 Ok(()) => {}
                 Err(e) if is_no_data(&e) => break,
-                // Report what came before the error; the error will show again next call.
-                Err(e) if !events.is_empty() => {
-                    log::debug!("recv after {} events: {e}", events.len());
+                // What came before the error is handled; it will show again next call.
+                Err(e) => {
+                    log::debug!("recv: {e}");
                     break;
                 }
-                Err(e) => return Err(e),
             }
         }
-        Ok(events)
+        Ok(())
     }
 
-    fn recv_one(&mut self, events: &mut Vec<SessionEvent>) -> io::Result<()> {
+    fn recv_one(&mut self) -> io::Result<()> {
         let n = loop {
             match self.socket.recv(&mut self.inbuf[..]) {
                 Ok(n) => break n,
@@ -354,9 +514,231 @@ impl Session {
                 Err(e) => return Err(e),
             }
         };
-        let bytes = &self.inbuf[..n];
-        decode_datagram(bytes, &mut self.seq, events);
+        if self.link != Link::Live {
+            // The old address's last datagrams, while RESUME or JOIN is under way.
+            return Ok(());
+        }
+        let bad = self
+            .recovery
+            .handle_datagram(Instant::now(), &self.inbuf[..n]);
+        if bad > 0 {
+            log::debug!("ignored the malformed rest of a server datagram");
+        }
+        self.take_outputs(Instant::now());
         Ok(())
+    }
+
+    /// Runs what is due: the machine's timers, a reconnect, the datagrams to send, and the
+    /// machine's outputs.
+    fn drive(&mut self, now: Instant) -> io::Result<()> {
+        if self.link == Link::Live && self.recovery.next_timeout().is_some_and(|t| t <= now) {
+            self.recovery.handle_timeout(now);
+        }
+        self.take_outputs(now);
+        // A reconnect may lead to another (a refused RESUME, then JOIN again): a few
+        // rounds, each bounded by the TCRP timeouts.
+        for _ in 0..3 {
+            match self.link {
+                Link::Resuming(at) if at <= now => self.try_resume(now),
+                Link::Rejoining(at) if at <= now => self.try_rejoin(now),
+                _ => break,
+            }
+            self.take_outputs(now);
+        }
+        self.flush()
+    }
+
+    /// Encodes and sends what the machine wants sent. A datagram the kernel refuses for a
+    /// passing reason (no route during a network switch, a full buffer) is dropped like a
+    /// lost one: the machine asks again. A closed server port ends the session.
+    fn flush(&mut self) -> io::Result<()> {
+        while let Some(t) = self.recovery.poll_transmit() {
+            let n = match t.encode(
+                self.membership.room.as_bytes(),
+                &self.membership.token,
+                &mut self.out[..],
+            ) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("cannot encode a datagram: {e}");
+                    continue;
+                }
+            };
+            loop {
+                match self.socket.send(&self.out[..n]) {
+                    Ok(_) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(e),
+                    Err(e) => {
+                        log::debug!("send failed ({e}); the datagram counts as lost");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns the machine's outputs into session events (and reconnects it asks for).
+    fn take_outputs(&mut self, now: Instant) {
+        while let Some(o) = self.recovery.poll_output() {
+            match o {
+                Output::Deliver(ev) => self.deliver(now, ev),
+                Output::Missed { count } if self.recovery.mode() == Mode::V1 => {
+                    self.events
+                        .push_back(SessionEvent::Missed(u64::from(count)));
+                }
+                // A long gap is answered in several parts (a NACK covers 512 Seqs); parts
+                // that come together are told as one.
+                Output::Missed { count } => match self.events.back_mut() {
+                    Some(SessionEvent::Unrecoverable { count: c }) => *c = c.saturating_add(count),
+                    _ => self.events.push_back(SessionEvent::Unrecoverable { count }),
+                },
+                Output::Recovered { count } => match self.events.back_mut() {
+                    Some(SessionEvent::Recovered { count: c }) => *c = c.saturating_add(count),
+                    _ => self.events.push_back(SessionEvent::Recovered { count }),
+                },
+                Output::Confirmed { client_seq } => {
+                    self.events
+                        .push_back(SessionEvent::Confirmed { client_seq });
+                }
+                Output::SendFailed { client_seq } => {
+                    self.events
+                        .push_back(SessionEvent::SendFailed { client_seq });
+                }
+                Output::NeedResume => {
+                    if self.link == Link::Live {
+                        self.link = Link::Resuming(now);
+                        self.events.push_back(SessionEvent::Reconnecting);
+                    }
+                }
+                Output::Reconnected => self.events.push_back(SessionEvent::Reconnected),
+                Output::FellBackToV1 => self.events.push_back(SessionEvent::FellBackToV1),
+            }
+        }
+    }
+
+    fn deliver(&mut self, now: Instant, ev: RoomEvent) {
+        let RoomEvent {
+            kind,
+            user,
+            body,
+            history,
+            seq,
+        } = ev;
+        let me = user == self.membership.user;
+        let event = match EventKind::from_u8(kind) {
+            Some(EventKind::Message) => SessionEvent::Message {
+                seq,
+                user,
+                text: body,
+                history,
+            },
+            Some(EventKind::Joined) => {
+                if me && !history {
+                    self.awaiting_own_join = false;
+                }
+                SessionEvent::Joined { user, history }
+            }
+            Some(EventKind::Left) => SessionEvent::Left { user, history },
+            Some(EventKind::TimedOut) => {
+                let current = me && !history && !self.awaiting_own_join;
+                self.events
+                    .push_back(SessionEvent::TimedOut { user, history });
+                if current {
+                    self.dropped(now);
+                }
+                return;
+            }
+            Some(EventKind::RoomClosed) => {
+                self.link = Link::Ended;
+                SessionEvent::RoomClosed { reason: body }
+            }
+            Some(EventKind::RateLimited) => SessionEvent::RateLimited { limit: body },
+            Some(EventKind::Resumed) if !me => SessionEvent::Resumed { user },
+            Some(EventKind::Resumed | EventKind::Gone | EventKind::Sync) | None => return,
+        };
+        self.events.push_back(event);
+    }
+
+    /// The server dropped our current membership: JOIN again (a version 1.1 member that is
+    /// not the host), or end.
+    fn dropped(&mut self, now: Instant) {
+        if self.membership.host || self.recovery.mode() == Mode::V1 {
+            // A host's timeout closed the room; a version 1 server has no history to
+            // recover from.
+            self.link = Link::Ended;
+            self.events.push_back(SessionEvent::Dropped);
+            return;
+        }
+        self.recovery.resume_failed(now);
+        self.link = Link::Rejoining(now);
+    }
+
+    /// One RESUME try (the machine asked for it).
+    fn try_resume(&mut self, now: Instant) {
+        match control::resume(&self.membership, CONTROL_TIMEOUT) {
+            Ok(m) => match open_socket(m.udp_addr) {
+                Ok(socket) => {
+                    log::info!("resumed; new local address {:?}", socket.local_addr());
+                    self.socket = socket;
+                    self.membership = m;
+                    self.link = Link::Live;
+                    self.recovery.resumed(Instant::now());
+                }
+                Err(e) => {
+                    log::warn!("resumed, but cannot open a socket: {e}");
+                    self.link = Link::Resuming(now + RECONNECT_RETRY);
+                }
+            },
+            Err(e) if worth_retrying(&e) => {
+                log::info!("RESUME failed ({e}); trying again");
+                self.link = Link::Resuming(Instant::now() + RECONNECT_RETRY);
+            }
+            Err(e) => {
+                log::info!("RESUME refused ({e}); joining again");
+                self.recovery.resume_failed(now);
+                self.link = Link::Rejoining(now);
+            }
+        }
+    }
+
+    /// One JOIN again try, under the same name and password.
+    fn try_rejoin(&mut self, now: Instant) {
+        match control::join_again(&self.membership, CONTROL_TIMEOUT) {
+            Ok(m) => match open_socket(m.udp_addr) {
+                Ok(socket) => {
+                    self.socket = socket;
+                    self.membership = m;
+                    self.link = Link::Live;
+                    self.awaiting_own_join = true;
+                    self.recovery.joined_again(Instant::now());
+                    self.events.push_back(SessionEvent::Rejoined);
+                }
+                Err(e) => {
+                    // The membership exists but we cannot use it: leave it, try later.
+                    log::warn!("joined again, but cannot open a socket: {e}");
+                    let _ = control::leave(&m);
+                    self.link = Link::Rejoining(now + RECONNECT_RETRY);
+                }
+            },
+            Err(e) if e.status() == Some(Status::RoomNotFound) => {
+                self.link = Link::Ended;
+                self.events.push_back(SessionEvent::RoomClosed {
+                    reason: "the room no longer exists".into(),
+                });
+            }
+            Err(e) if worth_retrying(&e) => {
+                log::info!("JOIN again failed ({e}); trying again");
+                self.link = Link::Rejoining(Instant::now() + RECONNECT_RETRY);
+            }
+            Err(e) => {
+                self.link = Link::Ended;
+                self.events.push_back(SessionEvent::Lost {
+                    reason: format!("could not join the room again: {e}"),
+                });
+            }
+        }
     }
 
     /// Leaves the room with LEAVE over TCP. For the host this closes the room.
@@ -372,51 +754,14 @@ fn is_no_data(e: &io::Error) -> bool {
     )
 }
 
-/// Decodes one server datagram into events, noting Seq gaps. Pure, so it is tested (and
-/// fuzzed) without sockets. Returns whether a malformed tail was ignored (the events
-/// before it are kept, as the protocol says).
-pub fn decode_datagram(bytes: &[u8], seq: &mut SeqTracker, out: &mut Vec<SessionEvent>) -> bool {
-    for item in Events::new(bytes) {
-        let ev = match item {
-            Ok(ev) => ev,
-            Err(e) => {
-                log::debug!("ignoring the rest of a server datagram: {e}");
-                return true;
-            }
-        };
-        // Every non-zero Seq is in the room's sequence, whatever the kind, so a kind this
-        // version does not know does not look like a gap afterwards.
-        if let SeqCheck::Gap(n) = seq.observe(ev.seq) {
-            out.push(SessionEvent::Missed(n));
-        }
-        let user = ev.user.to_string();
-        let event = match ev.known_kind() {
-            Some(EventKind::Message) => SessionEvent::Message {
-                seq: ev.seq,
-                user,
-                text: ev.body.to_string(),
-            },
-            Some(EventKind::Joined) => SessionEvent::Joined { user },
-            Some(EventKind::Left) => SessionEvent::Left { user },
-            Some(EventKind::TimedOut) => SessionEvent::TimedOut { user },
-            Some(EventKind::RoomClosed) => SessionEvent::RoomClosed {
-                reason: ev.body.to_string(),
-            },
-            Some(EventKind::RateLimited) => SessionEvent::RateLimited {
-                limit: ev.body.to_string(),
-            },
-            // v1.1 notices: read by client::recovery, not by this v1 decoder.
-            Some(EventKind::Gone | EventKind::Sync | EventKind::Resumed) | None => continue,
-        };
-        out.push(event);
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::event::{Event, EventBuf};
+    use crate::protocol::event::{Event, EventBuf, Gone, RawEvent, SyncInfo};
+    use crate::protocol::frame::{Grant, Request, encode_response, split_request};
+    use crate::protocol::{Operation, Status};
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
 
     #[test]
     fn first_seq_may_be_anything_then_gaps_are_counted() {
@@ -461,91 +806,6 @@ mod tests {
         assert_eq!(t.observe(11), SeqCheck::InOrder);
     }
 
-    fn datagram(events: &[Event<'_>]) -> Vec<u8> {
-        let mut b = EventBuf::default();
-        for e in events {
-            assert!(b.push(e));
-        }
-        b.bytes().to_vec()
-    }
-
-    fn ev<'a>(kind: u8, seq: u32, user: &'a str, body: &'a str) -> Event<'a> {
-        Event {
-            kind,
-            seq,
-            user,
-            body,
-        }
-    }
-
-    #[test]
-    fn decodes_events_and_reports_gaps_and_skips_unknown_kinds() {
-        let mut seq = SeqTracker::new();
-        let mut out = Vec::new();
-        let d = datagram(&[
-            ev(2, 7, "bob", ""),
-            ev(1, 8, "alice", "hi 👋"),
-            ev(99, 9, "x", "future"),
-            ev(1, 12, "bob", "yo"),
-            ev(6, 0, "alice", "20 messages/s, burst 40"),
-        ]);
-        let bad = decode_datagram(&d, &mut seq, &mut out);
-        assert_eq!(
-            out,
-            vec![
-                SessionEvent::Joined { user: "bob".into() },
-                SessionEvent::Message {
-                    seq: 8,
-                    user: "alice".into(),
-                    text: "hi 👋".into()
-                },
-                SessionEvent::Missed(2),
-                SessionEvent::Message {
-                    seq: 12,
-                    user: "bob".into(),
-                    text: "yo".into()
-                },
-                SessionEvent::RateLimited {
-                    limit: "20 messages/s, burst 40".into()
-                },
-            ]
-        );
-        assert!(!bad);
-        let d = datagram(&[
-            ev(3, 13, "bob", ""),
-            ev(4, 14, "carol", ""),
-            ev(5, 15, "", "host left"),
-        ]);
-        out.clear();
-        assert!(!decode_datagram(&d, &mut seq, &mut out));
-        assert_eq!(
-            out,
-            vec![
-                SessionEvent::Left { user: "bob".into() },
-                SessionEvent::TimedOut {
-                    user: "carol".into()
-                },
-                SessionEvent::RoomClosed {
-                    reason: "host left".into()
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn hostile_datagrams_never_panic_and_keep_the_good_prefix() {
-        let mut seq = SeqTracker::new();
-        let mut out = Vec::new();
-        let mut d = datagram(&[ev(1, 1, "a", "ok")]);
-        d.extend_from_slice(&[1, 0, 0, 0, 2, 1, 0x1b, 0, 0]); // ESC as a user name
-        let bad = decode_datagram(&d, &mut seq, &mut out);
-        assert_eq!(out.len(), 1);
-        assert!(bad);
-        for len in 0..d.len() {
-            decode_datagram(&d[..len], &mut seq, &mut out);
-        }
-    }
-
     #[test]
     fn check_message_names_the_problem() {
         assert!(matches!(check_message(""), Err(SendError::Empty)));
@@ -564,65 +824,375 @@ mod tests {
         );
     }
 
-    fn membership(udp_addr: SocketAddr) -> Membership {
+    /// Generous for a loaded machine; each wait normally ends in microseconds.
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn datagram(events: &[Event<'_>]) -> Vec<u8> {
+        let mut b = EventBuf::default();
+        for e in events {
+            assert!(b.push(e));
+        }
+        b.bytes().to_vec()
+    }
+
+    fn ev<'a>(kind: EventKind, seq: u32, user: &'a str, body: &'a str) -> Event<'a> {
+        Event {
+            kind: kind as u8,
+            seq,
+            user,
+            body,
+        }
+    }
+
+    fn raw(e: &RawEvent<'_>) -> Vec<u8> {
+        let mut buf = [0u8; 512];
+        let n = e.encode(&mut buf).expect("fits");
+        buf[..n].to_vec()
+    }
+
+    fn sync_answer(user: &str, last_seq: u32, last_client_seq: u32) -> Vec<u8> {
+        let mut body = [0u8; SyncInfo::BODY_LEN];
+        raw(&SyncInfo {
+            last_seq,
+            last_client_seq,
+        }
+        .event(user, &mut body))
+    }
+
+    fn gone(from_seq: u32, count: u16) -> Vec<u8> {
+        let mut body = [0u8; Gone::BODY_LEN];
+        raw(&Gone { from_seq, count }.event(&mut body))
+    }
+
+    fn membership(udp_addr: SocketAddr, server: SocketAddr, idle: u64) -> Membership {
         Membership {
             room: "lobby".into(),
             user: "alice".into(),
             token: b"tok".to_vec(),
             udp_addr,
-            idle_timeout: Duration::from_secs(4),
-            host: true,
-            server: udp_addr,
+            idle_timeout: Duration::from_secs(idle),
+            host: false,
+            server,
+            password: b"pw".to_vec(),
+            resume_key: vec![7; 32],
+        }
+    }
+
+    /// A UDP socket playing the server's data plane.
+    fn fake_udp() -> UdpSocket {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s
+    }
+
+    /// The control datagram `op` (1 SEND, 2 NACK, 3 SYNC) with token `token` and `body`.
+    fn control(op: u8, token: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut d = vec![0, op, 5, token.len() as u8];
+        d.extend_from_slice(b"lobby");
+        d.extend_from_slice(token);
+        d.extend_from_slice(body);
+        d
+    }
+
+    /// A session and the fake data plane it talks to, driven in one thread.
+    struct Harness {
+        s: Session,
+        server: UdpSocket,
+        /// Events the session produced while the harness waited for a datagram.
+        stash: VecDeque<SessionEvent>,
+    }
+
+    impl Harness {
+        fn open(server: UdpSocket, m: &Membership) -> Harness {
+            server
+                .set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
+            Harness {
+                s: Session::open(m, Options::default()).unwrap(),
+                server,
+                stash: VecDeque::new(),
+            }
+        }
+
+        /// Runs the session until the server got a datagram equal to `want` (others on the
+        /// way, SYNC heartbeats say, are skipped); returns its sender.
+        fn expect_on(&mut self, server: Option<&UdpSocket>, want: &[u8]) -> SocketAddr {
+            let mut buf = [0u8; MAX_DATAGRAM];
+            let end = Instant::now() + WAIT;
+            while Instant::now() < end {
+                let sock = server.unwrap_or(&self.server);
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    if &buf[..n] == want {
+                        return from;
+                    }
+                    continue;
+                }
+                self.stash
+                    .extend(self.s.recv_events(Duration::from_millis(5)).unwrap());
+            }
+            panic!("no datagram {want:?}");
+        }
+
+        fn expect(&mut self, want: &[u8]) -> SocketAddr {
+            self.expect_on(None, want)
+        }
+
+        /// Runs the session until `want` events came (or WAIT passed).
+        fn events(&mut self, want: usize) -> Vec<SessionEvent> {
+            let mut got: Vec<SessionEvent> = self.stash.drain(..).collect();
+            let end = Instant::now() + WAIT;
+            while got.len() < want && Instant::now() < end {
+                got.extend(self.s.recv_events(Duration::from_millis(20)).unwrap());
+            }
+            got
+        }
+    }
+
+    fn msg(seq: u32, user: &str, text: &str) -> SessionEvent {
+        SessionEvent::Message {
+            seq,
+            user: user.into(),
+            text: text.into(),
+            history: false,
         }
     }
 
     #[test]
-    fn session_over_loopback_heartbeats_sends_and_receives() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let m = membership(server.local_addr().unwrap());
-        let mut s = Session::open(&m).unwrap();
-        assert_eq!(s.heartbeat_interval(), Duration::from_secs(1));
-        let mut buf = [0u8; MAX_DATAGRAM];
-        let (n, from) = server.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"\x05\x03lobbytok", "first heartbeat");
-        assert_eq!(from, s.local_addr().unwrap());
+    fn session_recovers_losses_and_confirms_sends_over_loopback() {
+        let server = fake_udp();
+        let m = membership(
+            server.local_addr().unwrap(),
+            "127.0.0.1:9".parse().unwrap(),
+            60,
+        );
+        let mut h = Harness::open(server, &m);
+        // A v1 heartbeat (binds on any server), then a SYNC.
+        let from = h.expect(b"\x05\x03lobbytok");
+        assert_eq!(from, h.s.local_addr().unwrap());
+        h.expect(&control(3, b"tok", &[]));
+        let mut d = datagram(&[ev(EventKind::Joined, 3, "alice", "")]);
+        h.server.send_to(&d, from).unwrap();
+        d = sync_answer("alice", 3, 0);
+        h.server.send_to(&d, from).unwrap();
+        assert_eq!(
+            h.events(1),
+            [SessionEvent::Joined {
+                user: "alice".into(),
+                history: false
+            }]
+        );
 
-        s.send_message("hello").unwrap();
-        let n = server.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"\x05\x03lobbytokhello");
-        assert!(matches!(
-            s.send_message(&"x".repeat(MAX_MESSAGE + 1)),
-            Err(SendError::TooLong { .. })
-        ));
+        // A message goes as SEND with ClientSeq 1, pending until its echo comes back.
+        assert_eq!(h.s.send_message("hello").unwrap(), 1);
+        h.expect(&control(1, b"tok", b"\0\0\0\x01hello"));
+        assert_eq!(h.s.unconfirmed().collect::<Vec<_>>(), [(1, "hello")]);
+        let echo = datagram(&[ev(EventKind::Message, 4, "alice", "hello")]);
+        h.server.send_to(&echo, from).unwrap();
+        assert_eq!(
+            h.events(2),
+            [
+                SessionEvent::Confirmed { client_seq: 1 },
+                msg(4, "alice", "hello")
+            ]
+        );
+        assert_eq!(h.s.unconfirmed().count(), 0);
 
-        let now = Instant::now();
-        assert!(!s.poll_heartbeat(now).unwrap());
-        assert!(s.poll_heartbeat(now + Duration::from_secs(2)).unwrap());
-        let n = server.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"\x05\x03lobbytok");
+        // Seq 5 lost: 6 (twice) waits, 5 is NACKed, and both come out in order once 5
+        // arrives.
+        let six = datagram(&[ev(EventKind::Message, 6, "bob", "six")]);
+        h.server.send_to(&six, from).unwrap();
+        h.server.send_to(&six, from).unwrap();
+        h.expect(&control(2, b"tok", &[0, 0, 0, 5, 0, 1]));
+        assert!(h.stash.is_empty(), "{:?}", h.stash);
+        let five = datagram(&[ev(EventKind::Message, 5, "bob", "five")]);
+        h.server.send_to(&five, from).unwrap();
+        assert_eq!(
+            h.events(3),
+            [
+                msg(5, "bob", "five"),
+                msg(6, "bob", "six"),
+                SessionEvent::Recovered { count: 1 }
+            ]
+        );
 
-        assert!(s.recv_events(Duration::ZERO).unwrap().is_empty());
-        assert!(s.recv_events(Duration::from_millis(10)).unwrap().is_empty());
-        let d1 = datagram(&[ev(2, 3, "alice", "")]);
-        let d2 = datagram(&[ev(1, 4, "alice", "hello"), ev(1, 6, "bob", "x")]);
-        server.send_to(&d1, from).unwrap();
-        server.send_to(&d2, from).unwrap();
-        let mut got = Vec::new();
-        for _ in 0..50 {
-            got.extend(s.recv_events(Duration::from_millis(100)).unwrap());
-            if got.len() >= 4 {
-                break;
-            }
-        }
-        assert_eq!(got.len(), 4, "{got:?}");
-        assert_eq!(got[2], SessionEvent::Missed(1));
+        // Seqs 7-8 lost and no longer held: GONE, reported, then delivery goes on.
+        let nine = datagram(&[ev(EventKind::Message, 9, "bob", "nine")]);
+        h.server.send_to(&nine, from).unwrap();
+        h.expect(&control(2, b"tok", &[0, 0, 0, 7, 0, 2]));
+        h.server.send_to(&gone(7, 2), from).unwrap();
+        assert_eq!(
+            h.events(2),
+            [
+                SessionEvent::Unrecoverable { count: 2 },
+                msg(9, "bob", "nine")
+            ]
+        );
 
         // Datagrams from anyone but the server never reach the session.
         let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
-        stranger.send_to(&d1, from).unwrap();
-        assert!(s.recv_events(Duration::from_millis(50)).unwrap().is_empty());
+        let eve = datagram(&[ev(EventKind::Message, 10, "eve", "x")]);
+        stranger.send_to(&eve, from).unwrap();
+        assert!(
+            h.s.recv_events(Duration::from_millis(50))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(h.s.stats().nacks >= 2);
+        assert!(!h.s.is_v1());
+        assert!(matches!(
+            h.s.send_message(&"x".repeat(MAX_MESSAGE + 1)),
+            Err(SendError::TooLong { .. })
+        ));
+    }
+
+    /// A request the fake TCRP server saw: operation, token (RESUME) or user (JOIN), key.
+    type SeenRequest = (Operation, Vec<u8>, Vec<u8>);
+
+    /// A TCRP server that answers each connection's one request with `answer(request)`:
+    /// a status, and for OK a grant of `token` and `udp_port`. Returns its address and a
+    /// channel of the requests it saw (operation, token or user, resume key).
+    fn fake_tcrp(
+        answers: Vec<(Status, &'static [u8], u16)>,
+    ) -> (SocketAddr, std::sync::mpsc::Receiver<SeenRequest>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for (status, token, udp_port) in answers {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    return;
+                };
+                conn.set_read_timeout(Some(WAIT)).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                let (op, room, seen) = loop {
+                    if let Ok(Some((frame, _))) = split_request(&buf) {
+                        let req = Request::parse(&frame).expect("a valid request");
+                        let seen = match req {
+                            Request::Resume {
+                                token, resume_key, ..
+                            } => (token.to_vec(), resume_key.to_vec()),
+                            Request::Join {
+                                user, resume_key, ..
+                            } => (user.as_bytes().to_vec(), resume_key.unwrap_or(&[]).to_vec()),
+                            other => panic!("unexpected {other:?}"),
+                        };
+                        break (req.operation(), req.room().as_bytes().to_vec(), seen);
+                    }
+                    let n = conn.read(&mut chunk).expect("read");
+                    assert!(n > 0, "closed mid-request");
+                    buf.extend_from_slice(&chunk[..n]);
+                };
+                let mut out = Vec::new();
+                encode_response(&mut out, op as u8, &room, status);
+                if status == Status::Ok {
+                    Grant {
+                        token,
+                        udp_port,
+                        idle_timeout: 4,
+                    }
+                    .encode(&mut out, op, &room);
+                }
+                conn.write_all(&out).unwrap();
+                let _ = tx.send((op, seen.0, seen.1));
+                // Let the client read before the connection closes.
+                let mut rest = [0u8; 64];
+                let _ = conn.read(&mut rest);
+                drop::<TcpStream>(conn);
+            }
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn unanswered_syncs_lead_to_resume_on_a_new_socket() {
+        let old = fake_udp();
+        let new = fake_udp();
+        let new_port = new.local_addr().unwrap().port();
+        let (tcrp, requests) = fake_tcrp(vec![(Status::Ok, b"tok", new_port)]);
+        let m = membership(old.local_addr().unwrap(), tcrp, 4);
+        let mut h = Harness::open(old, &m);
+        let first_local = h.s.local_addr().unwrap();
+        // Nothing is ever answered on the old path: three SYNCs a second apart, then RESUME.
+        let got = h.events(2);
+        assert_eq!(
+            got,
+            [SessionEvent::Reconnecting, SessionEvent::Reconnected],
+            "{got:?}"
+        );
+        let (op, token, key) = requests.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            (op, token.as_slice(), key.as_slice()),
+            (Operation::Resume, &b"tok"[..], &[7u8; 32][..])
+        );
+        // The session now speaks from a new port, to the port RESUME named.
+        let from = h.expect_on(Some(&new), &control(3, b"tok", &[]));
+        assert_ne!(from, first_local);
+        assert_eq!(from, h.s.local_addr().unwrap());
+        assert_eq!(h.s.membership().udp_addr, new.local_addr().unwrap());
+        // A message typed now goes out on the new path.
+        assert_eq!(h.s.send_message("back").unwrap(), 1);
+        h.expect_on(Some(&new), &control(1, b"tok", b"\0\0\0\x01back"));
+    }
+
+    #[test]
+    fn refused_resume_joins_again_under_the_same_name() {
+        let old = fake_udp();
+        let new = fake_udp();
+        let new_port = new.local_addr().unwrap().port();
+        let (tcrp, requests) = fake_tcrp(vec![
+            (Status::Unauthorized, b"", 0),
+            (Status::Ok, b"tok2", new_port),
+        ]);
+        let m = membership(old.local_addr().unwrap(), tcrp, 4);
+        let mut h = Harness::open(old, &m);
+        let got = h.events(2);
+        assert_eq!(
+            got,
+            [SessionEvent::Reconnecting, SessionEvent::Rejoined],
+            "{got:?}"
+        );
+        assert_eq!(requests.recv_timeout(WAIT).unwrap().0, Operation::Resume);
+        let (op, user, key) = requests.recv_timeout(WAIT).unwrap();
+        assert_eq!((op, user.as_slice()), (Operation::Join, &b"alice"[..]));
+        assert_eq!(key.len(), control::RESUME_KEY_LEN);
+        assert_ne!(key, [7u8; 32], "a fresh resume key");
+        // The new membership binds with a heartbeat, then asks with SYNC.
+        h.expect_on(Some(&new), b"\x05\x04lobbytok2");
+        h.expect_on(Some(&new), &control(3, b"tok2", &[]));
+        assert_eq!(h.s.membership().token, b"tok2");
+        assert_eq!(h.s.membership().resume_key, key);
+    }
+
+    #[test]
+    fn own_timeout_joins_again_and_a_closed_room_ends_the_session() {
+        let server = fake_udp();
+        // The JOIN again finds the room gone.
+        let (tcrp, requests) = fake_tcrp(vec![(Status::RoomNotFound, b"", 0)]);
+        let m = membership(server.local_addr().unwrap(), tcrp, 60);
+        let mut h = Harness::open(server, &m);
+        let from = h.expect(&control(3, b"tok", &[]));
+        let d = datagram(&[
+            ev(EventKind::Joined, 1, "alice", ""),
+            ev(EventKind::TimedOut, 2, "alice", ""),
+        ]);
+        h.server.send_to(&d, from).unwrap();
+        let got = h.events(3);
+        assert_eq!(
+            got[1..],
+            [
+                SessionEvent::TimedOut {
+                    user: "alice".into(),
+                    history: false
+                },
+                SessionEvent::RoomClosed {
+                    reason: "the room no longer exists".into()
+                }
+            ],
+            "{got:?}"
+        );
+        assert_eq!(requests.recv_timeout(WAIT).unwrap().0, Operation::Join);
+        assert!(h.s.ended());
+        assert!(matches!(h.s.send_message("x"), Err(SendError::NotInRoom)));
     }
 }

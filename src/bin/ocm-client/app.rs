@@ -101,36 +101,56 @@ pub enum Entry {
     },
 }
 
+/// "1 message" or "3 messages".
+fn messages(n: impl Into<u64>) -> String {
+    match n.into() {
+        1 => "1 message".to_string(),
+        n => format!("{n} messages"),
+    }
+}
+
+/// The line that opens the history fetched at join.
+pub const HISTORY_START: &str = "— earlier messages —";
+/// The line that closes it: what follows happened while we are here.
+pub const HISTORY_END: &str = "— end of earlier messages —";
+
 /// How a session event reads, shared by the full-screen and the plain front end.
-/// Returns the entry, and whether the event ends our session.
-pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Entry, Option<End>) {
-    let sys = |kind, text: String| Entry::System { time, kind, text };
+/// Returns the entry (`None` for events that only change state, such as a confirmation),
+/// and whether the event ends our session.
+pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Option<Entry>, Option<End>) {
+    let sys = |kind, text: String| Some(Entry::System { time, kind, text });
     match event {
         SessionEvent::Message { user, text, .. } => (
-            Entry::Chat {
+            Some(Entry::Chat {
                 time,
                 user: sanitize(user).into_owned(),
                 text: sanitize(text).into_owned(),
                 own: user == me,
-            },
+            }),
             None,
         ),
-        SessionEvent::Joined { user } => (
+        SessionEvent::Joined { user, .. } => (
             sys(SystemKind::Joined, format!("{} joined", sanitize(user))),
             None,
         ),
-        SessionEvent::Left { user } => (
+        SessionEvent::Left { user, .. } => (
             sys(SystemKind::Departed, format!("{} left", sanitize(user))),
             None,
         ),
-        SessionEvent::TimedOut { user } if user == me => (
+        SessionEvent::TimedOut {
+            user,
+            history: false,
+        } if user == me => (
             sys(
-                SystemKind::Closed,
-                format!("{} timed out (you were silent too long)", sanitize(user)),
+                SystemKind::Warning,
+                format!(
+                    "{} timed out (the server stopped hearing you)",
+                    sanitize(user)
+                ),
             ),
-            Some(End::TimedOut),
+            None,
         ),
-        SessionEvent::TimedOut { user } => (
+        SessionEvent::TimedOut { user, .. } => (
             sys(
                 SystemKind::Departed,
                 format!("{} timed out", sanitize(user)),
@@ -155,17 +175,100 @@ pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Entry, Option<E
             None,
         ),
         SessionEvent::Missed(n) => (
+            sys(SystemKind::Warning, format!("{} missed", messages(*n))),
+            None,
+        ),
+        SessionEvent::Unrecoverable { count } => (
             sys(
                 SystemKind::Warning,
-                if *n == 1 {
-                    "1 message missed".to_string()
-                } else {
-                    format!("{n} messages missed")
-                },
+                format!(
+                    "{} could not be recovered (older than the server keeps)",
+                    messages(*count)
+                ),
             ),
             None,
         ),
+        SessionEvent::Recovered { count } => (
+            sys(SystemKind::Info, format!("{} recovered", messages(*count))),
+            None,
+        ),
+        SessionEvent::Confirmed { .. } => (None, None),
+        SessionEvent::SendFailed { .. } => (
+            sys(
+                SystemKind::Error,
+                "a message of yours could not be sent (the server never took it)".into(),
+            ),
+            None,
+        ),
+        SessionEvent::Reconnecting => (
+            sys(
+                SystemKind::Warning,
+                "the server stopped answering; reconnecting…".into(),
+            ),
+            None,
+        ),
+        SessionEvent::Reconnected => (sys(SystemKind::Info, "reconnected".into()), None),
+        SessionEvent::Rejoined => (
+            sys(
+                SystemKind::Info,
+                "reconnected (joined the room again)".into(),
+            ),
+            None,
+        ),
+        SessionEvent::FellBackToV1 => (
+            sys(
+                SystemKind::Warning,
+                "the server is version 1: lost messages cannot be recovered".into(),
+            ),
+            None,
+        ),
+        SessionEvent::Resumed { user } => (
+            sys(SystemKind::Info, format!("{} reconnected", sanitize(user))),
+            None,
+        ),
+        SessionEvent::Dropped => (
+            sys(
+                SystemKind::Closed,
+                "the server dropped you from the room after a silence".into(),
+            ),
+            Some(End::TimedOut),
+        ),
+        SessionEvent::Lost { reason } => {
+            let reason = sanitize(reason).into_owned();
+            (
+                sys(SystemKind::Closed, reason.clone()),
+                Some(End::Lost(reason)),
+            )
+        }
     }
+}
+
+/// Whether a room event is from the history fetched at join (`None` for the other events,
+/// which neither open nor close it).
+pub fn is_history(event: &SessionEvent) -> Option<bool> {
+    match event {
+        SessionEvent::Message { history, .. }
+        | SessionEvent::Joined { history, .. }
+        | SessionEvent::Left { history, .. }
+        | SessionEvent::TimedOut { history, .. } => Some(*history),
+        SessionEvent::RoomClosed { .. } => Some(false),
+        _ => None,
+    }
+}
+
+/// Follows whether the stream is in the history fetched at join, and gives the separator
+/// line to show before `event` when it opens or closes it.
+pub fn history_mark(in_history: &mut bool, event: &SessionEvent, time: Clock) -> Option<Entry> {
+    let now = is_history(event)?;
+    if now == *in_history {
+        return None;
+    }
+    *in_history = now;
+    Some(Entry::System {
+        time,
+        kind: SystemKind::Info,
+        text: if now { HISTORY_START } else { HISTORY_END }.to_string(),
+    })
 }
 
 /// Why a session ended; decides the exit code.
@@ -515,6 +618,14 @@ pub struct App {
     page: usize,
     members: BTreeSet<String>,
     ended: Option<End>,
+    /// Our messages sent and not yet confirmed, oldest first, by number: drawn dimmed
+    /// below the others until their own event comes back.
+    pending: VecDeque<(u32, Entry)>,
+    /// Whether the last room event was from the history fetched at join.
+    in_history: bool,
+    /// Messages told recovered by the last line of the pane, when it is such a notice: on
+    /// a bad network recoveries come one after another, and one line counts them all.
+    recovered_run: Option<u64>,
 }
 
 impl App {
@@ -533,7 +644,37 @@ impl App {
             page: 10,
             members: BTreeSet::new(),
             ended: None,
+            pending: VecDeque::new(),
+            in_history: false,
+            recovered_run: None,
         }
+    }
+
+    /// Our messages on their way (sent, not yet confirmed by the server), oldest first.
+    pub fn pending(&self) -> impl DoubleEndedIterator<Item = &Entry> + ExactSizeIterator {
+        self.pending.iter().map(|(_, e)| e)
+    }
+
+    /// Records that our message number `client_seq` with `text` was sent: it is shown as
+    /// pending until [`SessionEvent::Confirmed`] names it.
+    pub fn sending(&mut self, client_seq: u32, text: &str, time: Clock) {
+        if self.pending.len() == MAX_ENTRIES {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((
+            client_seq,
+            Entry::Chat {
+                time,
+                user: sanitize(&self.me).into_owned(),
+                text: sanitize(text).into_owned(),
+                own: true,
+            },
+        ));
+    }
+
+    fn settle_pending(&mut self, client_seq: u32) -> Option<Entry> {
+        let i = self.pending.iter().position(|(c, _)| *c == client_seq)?;
+        self.pending.remove(i).map(|(_, e)| e)
     }
 
     /// The pane's lines, oldest first.
@@ -572,6 +713,7 @@ impl App {
 
     /// Adds a line, dropping the oldest beyond [`MAX_ENTRIES`].
     pub fn push(&mut self, entry: Entry) {
+        self.recovered_run = None;
         if self.entries.len() == MAX_ENTRIES {
             self.entries.pop_front();
         }
@@ -599,18 +741,51 @@ impl App {
     /// Takes in one event from the session.
     pub fn on_event(&mut self, event: &SessionEvent, time: Clock) {
         match event {
-            SessionEvent::Joined { user } | SessionEvent::Message { user, .. }
+            SessionEvent::Joined { user, .. } | SessionEvent::Message { user, .. }
                 if self.members.len() < MAX_MEMBERS_SEEN =>
             {
                 self.members.insert(user.clone());
             }
-            SessionEvent::Left { user } | SessionEvent::TimedOut { user } => {
+            SessionEvent::Left { user, .. } | SessionEvent::TimedOut { user, .. } => {
                 self.members.remove(user);
+            }
+            SessionEvent::Confirmed { client_seq } => {
+                self.settle_pending(*client_seq);
+            }
+            // A version 1 server confirms nothing: what was pending goes out the version 1
+            // way, and shows when its echo comes.
+            SessionEvent::FellBackToV1 => self.pending.clear(),
+            SessionEvent::Recovered { count } => {
+                let total = self.recovered_run.unwrap_or(0) + u64::from(*count);
+                if self.recovered_run.is_some() {
+                    self.entries.pop_back();
+                }
+                self.push(Entry::System {
+                    time,
+                    kind: SystemKind::Info,
+                    text: format!("{} recovered", messages(total)),
+                });
+                self.recovered_run = Some(total);
+                return;
+            }
+            SessionEvent::SendFailed { client_seq } => {
+                if let Some(Entry::Chat { text, .. }) = self.settle_pending(*client_seq) {
+                    self.error(
+                        time,
+                        format!("not delivered (the server never took it): {text}"),
+                    );
+                    return;
+                }
             }
             _ => {}
         }
+        if let Some(mark) = history_mark(&mut self.in_history, event, time) {
+            self.push(mark);
+        }
         let (entry, end) = describe(event, &self.me, time);
-        self.push(entry);
+        if let Some(entry) = entry {
+            self.push(entry);
+        }
         if let Some(end) = end {
             self.end(end);
         }
@@ -922,31 +1097,8 @@ mod tests {
         assert_eq!(app.scroll(), 0);
     }
 
-    #[test]
-    fn events_are_described_and_members_counted() {
-        let mut app = App::new("s", "lobby", "alice", false);
-        let ev = |e: SessionEvent, app: &mut App| app.on_event(&e, T);
-        ev(
-            SessionEvent::Joined {
-                user: "alice".into(),
-            },
-            &mut app,
-        );
-        ev(SessionEvent::Joined { user: "bob".into() }, &mut app);
-        ev(
-            SessionEvent::Message {
-                seq: 3,
-                user: "alice".into(),
-                text: "hi".into(),
-            },
-            &mut app,
-        );
-        ev(SessionEvent::Left { user: "bob".into() }, &mut app);
-        ev(SessionEvent::Missed(3), &mut app);
-        ev(SessionEvent::Missed(1), &mut app);
-        assert_eq!(app.members_seen(), 1);
-        let texts: Vec<String> = app
-            .entries()
+    fn texts(app: &App) -> Vec<String> {
+        app.entries()
             .iter()
             .map(|e| match e {
                 Entry::Chat {
@@ -954,9 +1106,44 @@ mod tests {
                 } => format!("{user}{}: {text}", if *own { "(own)" } else { "" }),
                 Entry::System { text, .. } => text.clone(),
             })
-            .collect();
+            .collect()
+    }
+
+    fn joined(user: &str) -> SessionEvent {
+        SessionEvent::Joined {
+            user: user.into(),
+            history: false,
+        }
+    }
+
+    fn msg(seq: u32, user: &str, text: &str, history: bool) -> SessionEvent {
+        SessionEvent::Message {
+            seq,
+            user: user.into(),
+            text: text.into(),
+            history,
+        }
+    }
+
+    #[test]
+    fn events_are_described_and_members_counted() {
+        let mut app = App::new("s", "lobby", "alice", false);
+        let ev = |e: SessionEvent, app: &mut App| app.on_event(&e, T);
+        ev(joined("alice"), &mut app);
+        ev(joined("bob"), &mut app);
+        ev(msg(3, "alice", "hi", false), &mut app);
+        ev(
+            SessionEvent::Left {
+                user: "bob".into(),
+                history: false,
+            },
+            &mut app,
+        );
+        ev(SessionEvent::Missed(3), &mut app);
+        ev(SessionEvent::Missed(1), &mut app);
+        assert_eq!(app.members_seen(), 1);
         assert_eq!(
-            texts,
+            texts(&app),
             [
                 "alice joined",
                 "bob joined",
@@ -977,11 +1164,117 @@ mod tests {
     }
 
     #[test]
-    fn our_own_timeout_ends_the_session() {
-        let (_, end) = describe(&SessionEvent::TimedOut { user: "me".into() }, "me", T);
-        assert_eq!(end, Some(End::TimedOut));
-        let (_, end) = describe(&SessionEvent::TimedOut { user: "you".into() }, "me", T);
+    fn recovery_is_told_in_words() {
+        let mut app = App::new("s", "lobby", "alice", false);
+        for e in [
+            SessionEvent::Recovered { count: 12 },
+            SessionEvent::Unrecoverable { count: 3 },
+            SessionEvent::Recovered { count: 1 },
+            SessionEvent::Confirmed { client_seq: 4 },
+            SessionEvent::Recovered { count: 2 },
+            SessionEvent::Unrecoverable { count: 1 },
+            SessionEvent::Reconnecting,
+            SessionEvent::Reconnected,
+            SessionEvent::Rejoined,
+            SessionEvent::FellBackToV1,
+            SessionEvent::Resumed { user: "bob".into() },
+            SessionEvent::Confirmed { client_seq: 9 },
+        ] {
+            app.on_event(&e, T);
+        }
+        assert_eq!(
+            texts(&app),
+            [
+                "12 messages recovered",
+                "3 messages could not be recovered (older than the server keeps)",
+                // Recoveries in a row are counted on one line.
+                "3 messages recovered",
+                "1 message could not be recovered (older than the server keeps)",
+                "the server stopped answering; reconnecting…",
+                "reconnected",
+                "reconnected (joined the room again)",
+                "the server is version 1: lost messages cannot be recovered",
+                "bob reconnected",
+            ]
+        );
+        assert_eq!(app.ended(), None);
+    }
+
+    #[test]
+    fn own_messages_are_pending_until_confirmed() {
+        let mut app = App::new("s", "lobby", "alice", false);
+        app.sending(1, "one", T);
+        app.sending(2, "two", T);
+        app.sending(3, "three", T);
+        assert_eq!(app.pending().len(), 3);
+        app.on_event(&SessionEvent::Confirmed { client_seq: 1 }, T);
+        app.on_event(&msg(7, "alice", "one", false), T);
+        assert_eq!(app.pending().len(), 2);
+        app.on_event(&SessionEvent::SendFailed { client_seq: 3 }, T);
+        let pending: Vec<&Entry> = app.pending().collect();
+        assert!(matches!(pending[..], [Entry::Chat { text, .. }] if text == "two"));
+        assert_eq!(
+            texts(&app),
+            [
+                "alice(own): one",
+                "not delivered (the server never took it): three"
+            ]
+        );
+        // A version 1 server confirms nothing: nothing stays marked pending.
+        app.on_event(&SessionEvent::FellBackToV1, T);
+        assert_eq!(app.pending().len(), 0);
+    }
+
+    #[test]
+    fn history_at_join_is_set_apart() {
+        let mut app = App::new("s", "lobby", "alice", false);
+        app.on_event(&msg(1, "bob", "earlier", true), T);
+        app.on_event(
+            &SessionEvent::TimedOut {
+                user: "alice".into(),
+                history: true,
+            },
+            T,
+        );
+        app.on_event(&SessionEvent::Recovered { count: 2 }, T);
+        app.on_event(&joined("alice"), T);
+        app.on_event(&msg(4, "bob", "now", false), T);
+        assert_eq!(
+            texts(&app),
+            [
+                HISTORY_START,
+                "bob: earlier",
+                "alice timed out",
+                "2 messages recovered",
+                HISTORY_END,
+                "alice joined",
+                "bob: now"
+            ]
+        );
+        assert_eq!(app.ended(), None);
+    }
+
+    #[test]
+    fn being_dropped_ends_the_session_but_an_own_timeout_alone_does_not() {
+        let timed_out = |user: &str| SessionEvent::TimedOut {
+            user: user.into(),
+            history: false,
+        };
+        let (_, end) = describe(&timed_out("me"), "me", T);
         assert_eq!(end, None);
+        let (_, end) = describe(&timed_out("you"), "me", T);
+        assert_eq!(end, None);
+        let (_, end) = describe(&SessionEvent::Dropped, "me", T);
+        assert_eq!(end, Some(End::TimedOut));
+        let (entry, end) = describe(
+            &SessionEvent::Lost {
+                reason: "gone".into(),
+            },
+            "me",
+            T,
+        );
+        assert_eq!(end, Some(End::Lost("gone".into())));
+        assert!(entry.is_some());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicBool;
 
 use argh::FromArgs;
 use ocm::client::control::{self, ControlError, Membership};
-use ocm::client::session::Session;
+use ocm::client::session::{Options, Session};
 use ocm::protocol::{MAX_ROOM_NAME, MAX_USER_NAME, Status, control_char};
 
 use crate::app::{End, sanitize};
@@ -37,6 +37,9 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 /// Exit code when the room closed under us or we were dropped for silence.
 const EXIT_CLOSED: u8 = 3;
+/// Events of the room's history fetched at join unless `--history` says otherwise: a
+/// screenful of context, one NACK.
+const DEFAULT_HISTORY: u32 = 50;
 /// Times a wrong password or a taken name may be re-entered before giving up (the server
 /// answers TOO_MANY_REQUESTS after five wrong passwords a minute anyway).
 const MAX_ATTEMPTS: usize = 5;
@@ -79,6 +82,11 @@ struct Args {
     /// terminals)
     #[argh(switch)]
     plain: bool,
+
+    /// messages from before you came to show at join: the last N events the room still
+    /// holds (default: 50; 0 for none)
+    #[argh(option, default = "DEFAULT_HISTORY")]
+    history: u32,
 
     /// speak TLS to the server's control port (ocm-server --tls-cert), checking its
     /// certificate against the system's trusted CAs and the name in --server; chat
@@ -125,7 +133,10 @@ fn run(args: Args) -> u8 {
             return code;
         }
     };
-    chat(&args.server, membership, full_screen)
+    let options = Options {
+        history: args.history,
+    };
+    chat(&args.server, membership, options, full_screen)
 }
 
 /// With --tls or --ca, every control connection of this process speaks TLS, checked
@@ -407,7 +418,7 @@ impl Drop for LeaveIfPanicking<'_> {
 
 /// Runs the chat until it ends, leaves when we chose to, and turns the end into an exit
 /// code with a last word on standard error.
-fn chat(server: &str, membership: Membership, full_screen: bool) -> u8 {
+fn chat(server: &str, membership: Membership, options: Options, full_screen: bool) -> u8 {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGINT,
@@ -419,7 +430,7 @@ fn chat(server: &str, membership: Membership, full_screen: bool) -> u8 {
         }
     }
     let room = sanitize(&membership.room).into_owned();
-    let mut session = match Session::open(&membership) {
+    let mut session = match Session::open(&membership, options) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ocm-client: cannot open the chat socket: {e}");
@@ -494,6 +505,7 @@ mod tests {
         let a = parse(&[]).unwrap();
         assert_eq!(a.server, "127.0.0.1:9001");
         assert_eq!(a.capacity, 0);
+        assert_eq!(a.history, 50);
         assert!(!a.plain && !a.list);
         let a = parse(&[
             "--server",

@@ -7,13 +7,24 @@
 //! are skipped. Every event goes to standard output on one line:
 //!
 //! ```text
+//! 12:00:00 * — earlier messages —
+//! 12:00:00 carol: said before we came
+//! 12:00:00 * — end of earlier messages —
 //! 12:00:01 alice: hello
 //! 12:00:02 * bob joined
+//! 12:00:05 * 3 messages recovered
 //! 12:00:09 * room closed: host left
 //! ```
 //!
-//! At the end of input the client waits (at most [`ECHO_WAIT`]) for the server to relay
-//! its own messages back, so that nothing it sent is still in flight, then leaves.
+//! Each message of the room is printed once, in the room's order, whatever the network
+//! lost, duplicated or reordered on the way; what happened to the connection is said on
+//! `*` lines ("reconnected", "12 messages recovered", "3 messages could not be recovered
+//! (older than the server keeps)"). Our own messages are printed when their echo comes
+//! back from the server, in the room's order, not when they are typed.
+//!
+//! At the end of input the client waits (at most [`ECHO_WAIT`]) until the server has
+//! confirmed each of its own messages and everything known to be in the room (the history
+//! asked for at join included) is printed, so that nothing is still in flight, then leaves.
 
 use std::io::{self, BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,11 +35,13 @@ use std::time::{Duration, Instant};
 use ocm::client::session::{Session, SessionEvent};
 use ocm::protocol::{MAX_MESSAGE, control_char};
 
-use crate::app::{End, Entry, describe};
+use crate::app::{End, Entry, describe, history_mark};
 use crate::clock;
 
-/// How long the end of input waits for the echo of our last message.
-pub const ECHO_WAIT: Duration = Duration::from_secs(2);
+/// How long the end of input waits for the server to confirm our last messages: a
+/// message sent again through 20% loss each way is confirmed within a few hundred ms,
+/// and a pipe should not hang for long on a server that went away.
+pub const ECHO_WAIT: Duration = Duration::from_secs(5);
 /// Longest input line read into memory; the rest of a longer one is skipped (it is refused
 /// anyway), so a stream without newlines cannot exhaust memory.
 const READ_LIMIT: usize = 64 * 1024;
@@ -186,29 +199,39 @@ pub fn run(session: &mut Session, stop: &AtomicBool) -> End {
     let mut out = stdout.lock();
     let (mut sent, mut echoed) = (0u64, 0u64);
     let mut eof_at: Option<Instant> = None;
+    let mut in_history = false;
     loop {
         if stop.load(Ordering::Relaxed) {
             return End::Left;
         }
         let now = Instant::now();
         if let Some(t) = eof_at {
-            if echoed >= sent || now >= t + ECHO_WAIT {
+            // A version 1 server confirms nothing: count our echoes instead.
+            let done = if session.is_v1() {
+                echoed >= sent
+            } else {
+                session.unconfirmed().next().is_none() && session.caught_up()
+            };
+            if done || now >= t + ECHO_WAIT {
                 return End::Left;
             }
         }
-        let wait = TICK.min(session.next_heartbeat().saturating_duration_since(now));
-        let events = match session.recv_events(wait) {
+        let events = match session.recv_events(TICK) {
             Ok(ev) => ev,
             Err(e) => return End::Lost(lost_reason(&e)),
         };
         for ev in &events {
-            if matches!(ev, SessionEvent::Message { user, .. } if *user == me) {
+            if matches!(ev, SessionEvent::Message { user, history: false, .. } if *user == me) {
                 echoed += 1;
             }
-            let (entry, end) = describe(ev, &me, clock::now());
-            if writeln!(out, "{}", format_entry(&entry)).is_err() {
-                // Nobody reads our output any more: leave quietly.
-                return End::Left;
+            let time = clock::now();
+            let mark = history_mark(&mut in_history, ev, time);
+            let (entry, end) = describe(ev, &me, time);
+            for entry in mark.iter().chain(entry.as_ref()) {
+                if writeln!(out, "{}", format_entry(entry)).is_err() {
+                    // Nobody reads our output any more: leave quietly.
+                    return End::Left;
+                }
             }
             if let Some(end) = end {
                 let _ = out.flush();
@@ -220,7 +243,7 @@ pub fn run(session: &mut Session, stop: &AtomicBool) -> End {
             match input.try_recv() {
                 Ok(Input::Line(_, Ok(None))) => {}
                 Ok(Input::Line(n, Ok(Some(text)))) => match session.send_message(&text) {
-                    Ok(()) => sent += 1,
+                    Ok(_) => sent += 1,
                     Err(e) => eprintln!("ocm-client: line {n} not sent: {e}"),
                 },
                 Ok(Input::Line(n, Err(problem))) => {
@@ -232,9 +255,6 @@ pub fn run(session: &mut Session, stop: &AtomicBool) -> End {
                 }
                 Err(TryRecvError::Empty) => break,
             }
-        }
-        if let Err(e) = session.poll_heartbeat(Instant::now()) {
-            return End::Lost(lost_reason(&e));
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The full-screen event loop: the only part of the client that touches the terminal.
 //!
-//! Each turn it draws if something changed, waits for a key for at most [`TICK`] (or
-//! until the next heartbeat is due), drains the UDP socket without blocking and sends a
-//! heartbeat when one is due. [`TerminalGuard`] puts the terminal back on every exit path,
-//! a panic included.
+//! Each turn it draws if something changed (or the terminal was resized), waits for a key
+//! for at most [`TICK`] (or until the session's next timer is due), then lets the session
+//! drain the UDP socket without blocking and run its timers (NACKs, SYNCs, a reconnect).
+//! [`TerminalGuard`] puts the terminal back on every exit path, a panic included.
 
 use std::io::{self, Stdout};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,7 +89,16 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
     let mut terminal: Terminal<CrosstermBackend<Stdout>> =
         Terminal::new(CrosstermBackend::new(io::stdout()))?;
     let mut dirty = true;
+    let mut size = terminal.size()?;
     loop {
+        // A resize arrives as SIGWINCH, which crossterm turns into an event only when asked;
+        // the loop only asks when a key is waiting. So the size is looked at every turn (one
+        // ioctl), and the pane is wrapped again at the new width at once.
+        let now_size = terminal.size()?;
+        if now_size != size {
+            size = now_size;
+            dirty = true;
+        }
         if dirty {
             let mut info = None;
             terminal.draw(|f| info = Some(view::draw(f, &app)))?;
@@ -108,7 +117,9 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
             return Ok(End::Left);
         }
         let now = Instant::now();
-        let wait = TICK.min(session.next_heartbeat().saturating_duration_since(now));
+        let wait = session
+            .next_timeout()
+            .map_or(TICK, |t| TICK.min(t.saturating_duration_since(now)));
         let input = match terminal_input(wait) {
             Ok(ready) => ready,
             // The terminal is gone (window closed, ssh dropped): its user has left.
@@ -127,11 +138,12 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
                 dirty = true;
                 match action {
                     Action::None => {}
-                    Action::Send(text) => {
-                        if let Err(e) = session.send_message(&text) {
-                            app.error(clock::now(), format!("not sent: {e}"));
-                        }
-                    }
+                    Action::Send(text) => match session.send_message(&text) {
+                        // A version 1 server confirms nothing; its echo is all there is.
+                        Ok(_) if session.is_v1() => {}
+                        Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
+                        Err(e) => app.error(clock::now(), format!("not sent: {e}")),
+                    },
                     Action::List => list_rooms(&mut app, server),
                     Action::Leave => app.end(End::Left),
                 }
@@ -148,9 +160,6 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
                 }
             }
             Err(e) => app.end(End::Lost(lost_reason(&e))),
-        }
-        if let Err(e) = session.poll_heartbeat(Instant::now()) {
-            app.end(End::Lost(lost_reason(&e)));
         }
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! 09:05:07 alice (you): hi            message pane, newest at the bottom, wrapped
 //! 09:05:09 * bob joined               system lines in their own colours
+//! 09:05:11 alice (you): hey …          our message on its way (dim until its echo is back)
 //!  room lobby │ alice (host) │ 2 members seen │ 127.0.0.1:9001  status bar
 //! > typed text_                       input line
 //! ```
@@ -90,6 +91,18 @@ fn pieces(entry: &Entry) -> Vec<(String, Style)> {
             (format!("* {text}"), system_style(*kind)),
         ],
     }
+}
+
+/// The pieces of one of our messages still on its way: all dim, ending in " …" (the
+/// colours come back when the server's echo replaces it).
+fn pending_pieces(entry: &Entry) -> Vec<(String, Style)> {
+    let dim = Style::new().fg(Color::DarkGray);
+    let mut v: Vec<(String, Style)> = pieces(entry)
+        .into_iter()
+        .map(|(text, _)| (text, dim))
+        .collect();
+    v.push((" …".to_string(), dim));
+    v
 }
 
 /// Wraps styled text into rows of at most `width` columns. Breaks after a space when one
@@ -186,16 +199,19 @@ fn draw_messages(frame: &mut Frame<'_>, area: Rect, app: &App) -> ViewInfo {
     let need = height.saturating_mul(2).saturating_add(app.scroll());
     let mut chunks: Vec<Vec<Line<'static>>> = Vec::new();
     let mut count = 0;
-    for entry in app.entries().iter().rev() {
+    // Our messages on their way come last, below everything the room has confirmed.
+    let pending = app.pending().rev().map(pending_pieces);
+    let confirmed = app.entries().iter().rev().map(pieces);
+    for entry in pending.chain(confirmed) {
         if count >= need {
             break;
         }
-        let rows = wrap(&pieces(entry), width);
+        let rows = wrap(&entry, width);
         count += rows.len();
         chunks.push(rows);
     }
     let mut rows: Vec<Line<'static>> = chunks.into_iter().rev().flatten().collect();
-    if app.entries().is_empty() {
+    if app.entries().is_empty() && app.pending().len() == 0 {
         rows.push(Line::styled(
             "Type a message and press Enter; /help lists the commands.",
             Style::new().fg(Color::DarkGray),
@@ -283,13 +299,20 @@ mod tests {
                 seq: 1,
                 user: user.into(),
                 text: text.into(),
+                history: false,
             },
             at(s),
         );
     }
 
     fn joined(app: &mut App, s: u8, user: &str) {
-        app.on_event(&SessionEvent::Joined { user: user.into() }, at(s));
+        app.on_event(
+            &SessionEvent::Joined {
+                user: user.into(),
+                history: false,
+            },
+            at(s),
+        );
     }
 
     /// A small conversation used by several snapshots (the README's sample has its own,
@@ -303,7 +326,13 @@ mod tests {
         joined(&mut app, 12, "けんじ");
         chat(&mut app, 15, "けんじ", "こんにちは、みなさん。");
         app.on_event(&SessionEvent::Missed(2), at(20));
-        app.on_event(&SessionEvent::TimedOut { user: "bob".into() }, at(31));
+        app.on_event(
+            &SessionEvent::TimedOut {
+                user: "bob".into(),
+                history: false,
+            },
+            at(31),
+        );
         for c in "see you".chars() {
             app.editor.insert(c);
         }
@@ -336,12 +365,14 @@ mod tests {
         app.on_event(
             &SessionEvent::Left {
                 user: "carol".into(),
+                history: false,
             },
             at(3),
         );
         app.on_event(
             &SessionEvent::Left {
                 user: "alice".into(),
+                history: false,
             },
             at(4),
         );
@@ -462,11 +493,88 @@ mod tests {
         );
         chat(&mut app, 21, "bob", "nice, wide characters wrap correctly");
         app.on_event(&SessionEvent::Missed(2), at(30));
-        app.on_event(&SessionEvent::Left { user: "bob".into() }, at(41));
+        app.on_event(
+            &SessionEvent::Left {
+                user: "bob".into(),
+                history: false,
+            },
+            at(41),
+        );
         for c in "see you tomorrow".chars() {
             app.editor.insert(c);
         }
         app
+    }
+
+    /// What a member sees through a bad network: history at join set apart, recovery and
+    /// reconnection told in words, and its own messages dimmed with "…" until confirmed.
+    #[test]
+    fn recovery_and_pending_messages_snapshot() {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", false);
+        app.on_event(
+            &SessionEvent::Message {
+                seq: 7,
+                user: "bob".into(),
+                text: "did anyone see the build?".into(),
+                history: true,
+            },
+            at(0),
+        );
+        app.on_event(
+            &SessionEvent::Message {
+                seq: 8,
+                user: "carol".into(),
+                text: "yes, green".into(),
+                history: true,
+            },
+            at(0),
+        );
+        joined(&mut app, 0, "alice");
+        chat(&mut app, 3, "bob", "welcome alice");
+        app.on_event(&SessionEvent::Reconnecting, at(10));
+        app.on_event(&SessionEvent::Reconnected, at(11));
+        app.on_event(&SessionEvent::Recovered { count: 12 }, at(11));
+        app.on_event(&SessionEvent::Unrecoverable { count: 3 }, at(11));
+        app.sending(1, "thanks! my wifi dropped", at(12));
+        app.sending(2, "日本語も送ります", at(12));
+        app.on_event(&SessionEvent::Confirmed { client_seq: 1 }, at(12));
+        chat(&mut app, 12, "alice", "thanks! my wifi dropped");
+        let backend = render(&mut app, 72, 16);
+        // The confirmed message has its colours; the one on its way is dim.
+        assert_eq!(backend.buffer()[(22, 12)].fg, Color::Reset);
+        assert_eq!(backend.buffer()[(22, 13)].fg, Color::DarkGray);
+        assert_eq!(backend.buffer()[(9, 13)].fg, Color::DarkGray);
+        insta::assert_snapshot!(backend);
+    }
+
+    /// After a resize the pane is wrapped at the new width on the very next draw: nothing
+    /// is kept from the previous one.
+    #[test]
+    fn a_resize_rewraps_at_once() {
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", false);
+        let text = "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。";
+        chat(&mut app, 1, "さくら", text);
+        let mut terminal = Terminal::new(TestBackend::new(60, 8)).unwrap();
+        terminal
+            .draw(|f| {
+                draw(f, &app);
+            })
+            .unwrap();
+        terminal.backend_mut().resize(30, 8);
+        terminal
+            .draw(|f| {
+                draw(f, &app);
+            })
+            .unwrap();
+        let buffer = terminal.backend().buffer();
+        let mut shown = String::new();
+        for y in 0..buffer.area.height {
+            for x in 0..buffer.area.width {
+                shown.push_str(buffer[(x, y)].symbol());
+            }
+        }
+        let shown: String = shown.chars().filter(|c| !c.is_whitespace()).collect();
+        assert!(shown.contains(text), "{shown}");
     }
 
     #[test]

@@ -34,11 +34,15 @@ impl H {
         H::with(Config::new(ME, IDLE))
     }
 
-    /// A v1.1 session whose delivery starts after `last`: the first SYNC was answered.
+    /// A v1.1 session whose delivery starts after `last`: the first SYNC was answered,
+    /// and our own JOINED (at `last`) delivered.
     fn at(last: u32) -> H {
         let mut h = H::new();
         h.answer(last, 0);
         assert!(h.out().is_empty());
+        h.event(EventKind::Joined, last, ME, "");
+        assert_eq!(seqs(&h.out()), vec![last]);
+        assert!(h.tx().is_empty());
         h
     }
 
@@ -374,7 +378,7 @@ fn lost_send_is_found_out_by_sync_and_sent_again() {
 }
 
 #[test]
-fn send_that_never_gets_through_fails_after_five_tries() {
+fn send_that_never_gets_through_fails_after_send_tries() {
     let mut h = H::at(4);
     h.r.send(h.now, "hi");
     let mut sends = 0;
@@ -608,12 +612,36 @@ fn history_when_the_sync_answer_comes_first() {
     let mut cfg = Config::new(ME, IDLE);
     cfg.history = 2;
     let mut h = H::with(cfg);
+    // The answer may overtake our own JOINED: it is at LastSeq or before, so delivery
+    // starts at LastSeq, with the history before it.
     h.answer(10, 0);
-    assert_eq!(nacks(&h.tx()), vec![(9, 2)]);
+    assert_eq!(nacks(&h.tx()), vec![(8, 2)]);
     h.msg(11);
-    h.msg(10);
-    h.event(EventKind::Joined, 9, ME, "");
-    assert_eq!(seqs(&h.out()), vec![9, 10, 11]);
+    h.event(EventKind::Joined, 10, ME, "");
+    h.msg(9);
+    h.msg(8);
+    let out = h.out();
+    assert_eq!(seqs(&out), vec![8, 9, 10, 11]);
+    let history: Vec<bool> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Deliver(e) => Some(e.history),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(history, vec![true, true, false, false]);
+}
+
+#[test]
+fn own_joined_overtaken_by_the_sync_answer_is_still_delivered() {
+    let mut h = H::new();
+    h.answer(4, 0);
+    assert!(h.out().is_empty());
+    // Lost, even: fetched after the reordering wait.
+    h.advance(ms(10));
+    assert_eq!(nacks(&h.tx()), vec![(4, 1)]);
+    h.event(EventKind::Joined, 4, ME, "");
+    assert_eq!(seqs(&h.out()), vec![4]);
 }
 
 #[test]
@@ -1146,4 +1174,69 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_send_overtaken_by_a_later_one_goes_again_under_a_new_number() {
+    let mut h = H::at(4);
+    assert_eq!(h.r.send(h.now, "a"), 1);
+    assert_eq!(h.r.send(h.now, "b"), 2);
+    h.tx();
+    // "a" was lost; "b" was relayed (and so the server now refuses ClientSeq 1).
+    h.event(EventKind::Message, 5, ME, "b");
+    let out = h.out();
+    assert!(out.contains(&Output::Confirmed { client_seq: 2 }));
+    assert_eq!(
+        h.tx(),
+        vec![Transmit::Send {
+            client_seq: 3,
+            text: "a".into()
+        }]
+    );
+    // A SYNC saying LastClientSeq 2 does not make "a" count as relayed.
+    h.answer(5, 2);
+    h.advance(ms(100));
+    assert!(h.r.unconfirmed().any(|(n, t)| (n, t) == (1, "a")));
+    // Its echo confirms it under the number the caller knows.
+    h.event(EventKind::Message, 6, ME, "a");
+    assert!(h.out().contains(&Output::Confirmed { client_seq: 1 }));
+    assert_eq!(h.r.unconfirmed().count(), 0);
+    // The next message gets a number above every one used.
+    assert_eq!(h.r.send(h.now, "c"), 4);
+}
+
+#[test]
+fn history_unanswered_by_an_unknown_server_does_not_hold_delivery() {
+    let mut cfg = Config::new(ME, IDLE);
+    cfg.history = 5;
+    let mut h = H::with(cfg);
+    h.event(EventKind::Joined, 10, ME, "");
+    h.msg(11);
+    assert!(seqs(&h.out()).is_empty(), "waits for the history first");
+    // No SYNC answered, no NACK answered: after HISTORY_WAIT the history is skipped,
+    // silently, and delivery goes on.
+    h.advance(HISTORY_WAIT);
+    let out = h.out();
+    assert_eq!(seqs(&out), vec![10, 11]);
+    assert!(!out.iter().any(|o| matches!(o, Output::Missed { .. })));
+}
+
+#[test]
+fn while_the_server_is_unknown_v1_heartbeats_go_out_too() {
+    let mut h = H::with(Config::new(ME, Duration::from_secs(1)));
+    let start = h.now;
+    let log = h.advance_log(ms(600), start);
+    let beats: Vec<u64> = log
+        .iter()
+        .filter(|(_, t)| *t == Transmit::Heartbeat)
+        .map(|(at, _)| *at)
+        .collect();
+    assert_eq!(beats, vec![250, 500], "{log:?}");
+    // Once the server answered a SYNC, SYNC alone is the heartbeat.
+    h.answer(3, 0);
+    let log = h.advance_log(ms(1200), start);
+    assert!(
+        !log.iter().any(|(_, t)| *t == Transmit::Heartbeat),
+        "{log:?}"
+    );
 }

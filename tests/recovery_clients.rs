@@ -1,0 +1,533 @@
+//! Whole-process tests of "no message lost" (PROTOCOL.md §5.4): real `ocm-client --plain`
+//! processes and the real `ocm-server`, with the seeded lossy proxy of `common/lossy.rs` on
+//! the data plane between them. What is checked is what a person reads: each client's
+//! standard output.
+//!
+//! ```text
+//!  ocm-client ──TCP──▶ forwarder ──TCP──▶ ocm-server      (COMPLETE's UdpPort rewritten
+//!      │                                      ▲            to the proxy's port)
+//!      └──────UDP──▶ lossy proxy ──UDP────────┘
+//! ```
+//!
+//! The client sends its datagrams to the address its TCP connection went to, with the
+//! UdpPort of the COMPLETE frame (§1.3). So a small TCP forwarder passes TCRP through and
+//! rewrites that port to the proxy's: the client then speaks UDP through the proxy without
+//! knowing it, exactly as it would through a NAT or a bad Wi-Fi.
+
+mod common;
+#[path = "common/lossy.rs"]
+mod lossy;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, ChildStdin};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Captured, ServerProc, spawn_piped, wait_exit};
+use lossy::{Config, Faults, LossyProxy};
+use ocm::protocol::State;
+use ocm::protocol::frame::{encode_frame, split_reply};
+
+/// Generous, for a loaded 2-core machine; each wait normally ends in milliseconds.
+const WAIT: Duration = Duration::from_secs(20);
+/// The longest a whole-room exchange may take before the test fails (the runs take a few
+/// seconds; this keeps a broken build from hanging the suite).
+const RUN_LIMIT: Duration = Duration::from_secs(45);
+/// Members of the lossy rooms.
+const MEMBERS: usize = 5;
+/// Messages each member sends in the lossy runs: 2 000 in all.
+const PER_MEMBER: usize = 400;
+/// How long after a NAT rebinding the session must be carrying messages again.
+const ROAM_LIMIT: Duration = Duration::from_secs(5);
+
+/// A TCP forwarder to the server's control plane that rewrites the UdpPort of every
+/// COMPLETE frame of CREATE, JOIN and RESUME to `udp_port`. Runs until the test process
+/// ends (its threads block on sockets only).
+fn forwarder(server: SocketAddr, udp_port: u16) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the forwarder");
+    let addr = listener.local_addr().expect("forwarder address");
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { continue };
+            let Ok(upstream) = TcpStream::connect(server) else {
+                continue;
+            };
+            let (Ok(mut c_read), Ok(mut u_write)) = (client.try_clone(), upstream.try_clone())
+            else {
+                continue;
+            };
+            // Requests pass as they are.
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut c_read, &mut u_write);
+                let _ = u_write.shutdown(std::net::Shutdown::Write);
+            });
+            thread::spawn(move || rewrite_replies(upstream, client, udp_port));
+        }
+    });
+    addr
+}
+
+/// Copies reply frames from `upstream` to `client`, with UdpPort set to `udp_port` in the
+/// COMPLETE frames that carry one.
+fn rewrite_replies(mut upstream: TcpStream, mut client: TcpStream, udp_port: u16) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        loop {
+            let (out, used) = match split_reply(&buf) {
+                Ok(Some((frame, used))) => {
+                    let grant = frame.state == State::Complete as u8
+                        && matches!(frame.op, 1 | 2 | 5)
+                        && frame.payload.len() >= 4;
+                    let mut out = Vec::new();
+                    if grant {
+                        // TokenSize, Token, UdpPort (2), IdleTimeout (2).
+                        let mut payload = frame.payload.to_vec();
+                        let at = payload.len() - 4;
+                        payload[at..at + 2].copy_from_slice(&udp_port.to_be_bytes());
+                        encode_frame(&mut out, frame.op, State::Complete, frame.room, &payload);
+                    } else {
+                        out.extend_from_slice(&buf[..used]);
+                    }
+                    (out, used)
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            buf.drain(..used);
+            if client.write_all(&out).is_err() {
+                return;
+            }
+        }
+        match upstream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                let _ = client.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A running `ocm-client --plain`, killed when dropped. Its stdout lines (time stamp
+/// removed) are collected with the moment each was read.
+struct Client {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    stderr: Captured,
+}
+
+impl Client {
+    fn start(server: &str, name: &str, op: &str, room: &str, extra: &[&str]) -> Client {
+        let mut args = vec!["--plain", "--server", server, "--name", name, op, room];
+        args.extend_from_slice(extra);
+        let mut child = spawn_piped(Path::new(env!("CARGO_BIN_EXE_ocm-client")), &args, true);
+        let stdout = child.stdout.take().expect("stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&lines);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let text = line.get(9..).unwrap_or_default().to_string();
+                sink.lock().expect("lines").push((Instant::now(), text));
+            }
+        });
+        Client {
+            name: name.to_string(),
+            stdin: child.stdin.take(),
+            stderr: Captured::stderr(&mut child),
+            child,
+            lines,
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("write to client");
+    }
+
+    fn flush(&mut self) {
+        self.stdin
+            .as_mut()
+            .expect("stdin open")
+            .flush()
+            .expect("flush");
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let lines = self.lines.lock().expect("lines");
+        lines.iter().map(|(_, l)| l.clone()).collect()
+    }
+
+    /// The chat lines (`user: text`), in the order printed.
+    fn messages(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| !l.starts_with("* "))
+            .collect()
+    }
+
+    /// When the first line equal to `want` was printed.
+    fn printed_at(&self, want: &str) -> Option<Instant> {
+        let lines = self.lines.lock().expect("lines");
+        lines.iter().find(|(_, l)| l == want).map(|(t, _)| *t)
+    }
+
+    /// Waits until `done(self)` holds; panics with the output after `limit`.
+    fn wait_until(&self, limit: Duration, what: &str, done: impl Fn(&Client) -> bool) {
+        let end = Instant::now() + limit;
+        while !done(self) {
+            assert!(
+                Instant::now() < end,
+                "{}: no {what} within {limit:?}; last lines: {:#?}; stderr: {}",
+                self.name,
+                tail(&self.lines(), 20),
+                self.stderr.text()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn expect(&self, want: &str) {
+        self.wait_until(WAIT, &format!("line {want:?}"), |c| {
+            c.printed_at(want).is_some()
+        });
+    }
+
+    /// Closes stdin and waits for the exit code (the client leaves once its own messages
+    /// are confirmed).
+    fn finish(&mut self) -> Option<i32> {
+        self.stdin = None;
+        let status = wait_exit(&mut self.child, WAIT);
+        status.and_then(|s| s.code())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(lines: &[String], n: usize) -> &[String] {
+    &lines[lines.len().saturating_sub(n)..]
+}
+
+/// A room of `n` members `u0`..: `u0` creates it, the others join one by one, each seen
+/// joining by itself before the next comes.
+fn room(server: &str, n: usize, extra: &[&str]) -> Vec<Client> {
+    (0..n)
+        .map(|i| {
+            let name = format!("u{i}");
+            let op = if i == 0 { "--create" } else { "--join" };
+            let c = Client::start(server, &name, op, "lobby", extra);
+            c.expect(&format!("* {name} joined"));
+            c
+        })
+        .collect()
+}
+
+/// Each member sends `per` numbered messages (`m<i>-<k>`), interleaved, in small paced
+/// rounds; returns every line sent, as the room shows it (`u<i>: m<i>-<k>`).
+fn send_all(clients: &mut [Client], first: usize, per: usize, pause: Duration) -> Vec<String> {
+    let mut sent = Vec::new();
+    for k in first..first + per {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let text = format!("m{i}-{k:04}");
+            c.say(&text);
+            sent.push(format!("u{i}: {text}"));
+        }
+        if k % 10 == 9 {
+            for c in clients.iter_mut() {
+                c.flush();
+            }
+            thread::sleep(pause);
+        }
+    }
+    for c in clients.iter_mut() {
+        c.flush();
+    }
+    sent
+}
+
+/// Every client's chat lines are the room's sequence: the same order everywhere, each
+/// sent message exactly once. (A member's own messages may stand in another order than
+/// typed: one lost on the way is sent again after those that got through.)
+fn check_streams(clients: &[Client], sent: &[String]) {
+    let reference = clients[0].messages();
+    let want: HashSet<&String> = sent.iter().collect();
+    let got: HashSet<&String> = reference.iter().collect();
+    assert_eq!(got.len(), reference.len(), "a message printed twice");
+    assert_eq!(got, want, "the room's messages are not what was sent");
+    for c in clients {
+        assert_eq!(
+            c.messages(),
+            reference,
+            "{} printed another sequence than {}",
+            c.name,
+            clients[0].name
+        );
+    }
+}
+
+fn wait_all(clients: &[Client], count: usize) {
+    let end = Instant::now() + RUN_LIMIT;
+    while clients.iter().any(|c| c.messages().len() < count) {
+        if Instant::now() > end {
+            let report: Vec<String> = clients
+                .iter()
+                .map(|c| {
+                    let lines = c.lines();
+                    let notices: Vec<&String> =
+                        lines.iter().filter(|l| l.starts_with("* ")).collect();
+                    format!(
+                        "{}: {} of {count} messages; notices {notices:?}; stderr {}",
+                        c.name,
+                        c.messages().len(),
+                        c.stderr.text()
+                    )
+                })
+                .collect();
+            panic!("not every message everywhere within {RUN_LIMIT:?}: {report:#?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// 5 members, 2 000 messages, `loss` dropped each way plus duplicates and reordering.
+fn lossy_room(seed: u64, loss: f64) {
+    // No rate limit (this is about loss, not flood control); a ring larger than the run,
+    // so that a client starved of CPU on a loaded machine still recovers everything.
+    let server = ServerProc::start(&["--msg-rate", "0", "--history", "4096"]);
+    let faults = Faults::new(loss, 0.02, 0.05);
+    let proxy = LossyProxy::start(server.udp, Config::new(seed).both(faults));
+    let fwd = forwarder(server.tcp, proxy.addr().port()).to_string();
+    let started = Instant::now();
+    let mut clients = room(&fwd, MEMBERS, &["--history", "0"]);
+    let sent = send_all(&mut clients, 0, PER_MEMBER, Duration::from_millis(2));
+    assert_eq!(sent.len(), 2000);
+    wait_all(&clients, sent.len());
+    // Nothing more comes after the full sequence (no late duplicate).
+    thread::sleep(Duration::from_millis(300));
+    check_streams(&clients, &sent);
+    for c in &clients {
+        let lines = c.lines();
+        assert!(
+            !lines.iter().any(|l| l.contains("could not be recovered")),
+            "{}: {:?}",
+            c.name,
+            lines
+                .iter()
+                .filter(|l| l.starts_with("* "))
+                .collect::<Vec<_>>()
+        );
+    }
+    let stats = proxy.stats();
+    assert!(
+        stats.up.dropped > 0 && stats.down.dropped > 0 && stats.down.duplicated > 0,
+        "the path was not lossy: {stats:?}"
+    );
+    assert!(
+        clients
+            .iter()
+            .any(|c| c.lines().iter().any(|l| l.ends_with("recovered"))),
+        "no client said it recovered anything"
+    );
+    // Members leave (exit 0 once their messages are confirmed), then the host.
+    for c in clients.iter_mut().skip(1) {
+        assert_eq!(c.finish(), Some(0), "{}: {}", c.name, c.stderr.text());
+    }
+    assert_eq!(clients[0].finish(), Some(0), "{}", clients[0].stderr.text());
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn five_members_two_thousand_messages_through_5_percent_loss() {
+    lossy_room(0x5eed_0005, 0.05);
+}
+
+#[test]
+fn five_members_two_thousand_messages_through_20_percent_loss() {
+    lossy_room(0x5eed_0020, 0.20);
+}
+
+#[test]
+fn a_nat_rebinding_mid_stream_loses_nothing() {
+    // A short idle timeout: SYNC every second, so even a member with nothing to send
+    // notices the dead path within a few seconds.
+    let server = ServerProc::start(&["--msg-rate", "0", "--idle-timeout", "4"]);
+    let proxy = LossyProxy::start(server.udp, Config::new(0x7a7));
+    let fwd = forwarder(server.tcp, proxy.addr().port()).to_string();
+    let mut clients = room(&fwd, 3, &["--history", "0"]);
+    let mut sent = send_all(&mut clients, 0, 50, Duration::from_millis(5));
+    wait_all(&clients, sent.len());
+
+    // Every client's NAT mapping changes: the server now sees each from a new port and
+    // drops it, and what it sends to the old ports is lost.
+    proxy.rebind_all();
+    let rebound = Instant::now();
+    sent.extend(send_all(&mut clients, 50, 50, Duration::from_millis(20)));
+    wait_all(&clients, sent.len());
+    check_streams(&clients, &sent);
+    for c in &clients {
+        let lines = c.lines();
+        assert!(
+            lines.iter().any(|l| l == "* reconnected"),
+            "{}: {:?}",
+            c.name,
+            tail(&lines, 20)
+        );
+        // The first message sent after the rebinding, and the last, reached this member
+        // within the limit.
+        for probe in ["u0: m0-0050", "u2: m2-0099"] {
+            let at = c.printed_at(probe).expect("printed");
+            assert!(
+                at.duration_since(rebound) < ROAM_LIMIT + Duration::from_secs(1),
+                "{}: {probe} came {:?} after the rebinding",
+                c.name,
+                at.duration_since(rebound)
+            );
+        }
+        let first = c.printed_at("u0: m0-0050").expect("printed");
+        assert!(
+            first.duration_since(rebound) < ROAM_LIMIT,
+            "{}: the session took {:?} to continue",
+            c.name,
+            first.duration_since(rebound)
+        );
+    }
+    assert!(proxy.stats().rebinds >= 3);
+    for c in clients.iter_mut().skip(1) {
+        assert_eq!(c.finish(), Some(0), "{}: {}", c.name, c.stderr.text());
+    }
+}
+
+#[test]
+fn a_late_joiner_sees_the_last_50_events() {
+    let server = ServerProc::start(&["--msg-rate", "0"]);
+    let mut host = Client::start(&server.addr(), "h", "--create", "lobby", &[]);
+    host.expect("* h joined");
+    for k in 0..80 {
+        host.say(&format!("old-{k}"));
+    }
+    host.flush();
+    host.expect("h: old-79");
+    let late = Client::start(
+        &server.addr(),
+        "late",
+        "--join",
+        "lobby",
+        &["--history", "50"],
+    );
+    late.expect("* late joined");
+    // The room's events were: h joined (Seq 1), old-0..old-79 (Seq 2-81), late joined (82):
+    // the 50 before late's JOINED are old-30..old-79.
+    let mut want = vec!["* — earlier messages —".to_string()];
+    want.extend((30..80).map(|k| format!("h: old-{k}")));
+    want.push("* — end of earlier messages —".into());
+    want.push("* late joined".into());
+    assert_eq!(late.lines(), want);
+    host.say("new");
+    host.flush();
+    late.expect("h: new");
+}
+
+#[test]
+fn a_member_paused_past_the_history_reports_exactly_what_is_gone_then_goes_on() {
+    // 16 events of history: a member that misses more cannot get the older ones back.
+    let server = ServerProc::start(&["--msg-rate", "0", "--history", "16"]);
+    let host = server.host("lobby", "h");
+    let sleepy = Client::start(
+        &server.addr(),
+        "sleepy",
+        "--join",
+        "lobby",
+        &["--history", "0"],
+    );
+    sleepy.expect("* sleepy joined");
+    let body = "x".repeat(1000);
+    let line = |k: usize| format!("b-{k:04}-{body}");
+    for k in 0..5 {
+        host.send(&line(k));
+    }
+    sleepy.expect(&format!("h: {}", line(4)));
+
+    // SIGSTOP: sleepy's socket buffer (about 200 KB) fills and the kernel drops the rest,
+    // as a sleeping laptop or a stalled phone would lose them.
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(sleepy.child.id() as i32, libc::SIGSTOP);
+    }
+    const PAUSED: usize = 1000;
+    for k in 5..5 + PAUSED {
+        host.send(&line(k));
+        if k % 4 == 0 {
+            thread::sleep(Duration::from_micros(300));
+        }
+    }
+    thread::sleep(Duration::from_millis(200));
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(sleepy.child.id() as i32, libc::SIGCONT);
+    }
+    // Something new shows sleepy the gap.
+    for k in 5 + PAUSED..10 + PAUSED {
+        host.send(&line(k));
+    }
+    let last = 10 + PAUSED;
+    sleepy.expect(&format!("h: {}", line(last - 1)));
+
+    let lines = sleepy.lines();
+    // Walk the output: messages in order, each once; every run of missing messages is
+    // announced, just before the message after it, by notices adding up to exactly its
+    // length; and only events older than the server's 16 can be missing.
+    let mut next = 0;
+    let mut announced = 0usize;
+    let mut total_missing = 0;
+    for l in &lines {
+        if let Some(n) = l
+            .strip_prefix("* ")
+            .and_then(|l| l.strip_suffix(" could not be recovered (older than the server keeps)"))
+        {
+            let n = n.split(' ').next().and_then(|n| n.parse::<usize>().ok());
+            announced += n.expect("a count");
+            continue;
+        }
+        let Some(k) = l
+            .strip_prefix("h: b-")
+            .and_then(|l| l.get(..4))
+            .and_then(|k| k.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        assert!(k >= next, "b-{k} after b-{next}: out of order or twice");
+        assert_eq!(
+            k - next,
+            announced,
+            "before b-{k}: {} missing, {announced} announced",
+            k - next
+        );
+        total_missing += k - next;
+        announced = 0;
+        next = k + 1;
+    }
+    assert_eq!(next, last, "the last message was not printed");
+    assert!(
+        total_missing > 0,
+        "nothing was lost: {:?}",
+        tail(&lines, 30)
+    );
+    assert!(
+        total_missing <= last - 16,
+        "more missing ({total_missing}) than the server could have shed"
+    );
+}
