@@ -12,7 +12,8 @@
 # Another server binary: OCM_SERVER_BIN=/path/to/ocm-server scripts/bench.sh
 #
 # The server runs with --msg-rate 0 (no per-member flood control, or the bench would
-# measure the rate limit) and --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1).
+# measure the rate limit), --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1) and
+# --max-connections-per-ip 0 (so do the web users' sessions of --web N).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -77,7 +78,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0)
+server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0 --max-connections-per-ip 0)
 if [ -n "$history" ]; then
     server_args+=(--history "$history")
 fi
@@ -103,7 +104,13 @@ if [ -z "$listening" ]; then
     exit 1
 fi
 tcp="$(sed -n 's/^listening tcp=\([^ ]*\) .*/\1/p' <<<"$listening")"
-echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --history ${history:-default})" >&2
+# The web listener, for bench-client --web N (unless given --web-server).
+web="$(sed -n 's/^listening .* web=\([^ ]*\).*/\1/p' <<<"$listening")"
+web_args=()
+if [ -n "$web" ] && [[ " ${bench_args[*]} " != *" --web-server "* ]]; then
+    web_args=(--web-server "$web")
+fi
+echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --max-connections-per-ip 0, --history ${history:-default})" >&2
 echo "bench.sh: protocol path $path; server --history ${history:-default}"
 
 # utime and stime of a process, in clock ticks: fields 14 and 15 of /proc/PID/stat,
@@ -115,7 +122,7 @@ read -r utime0 stime0 < <(cpu_ticks "$server_pid")
 start_ns="$(date +%s%N)"
 
 set +e
-"$bench_bin" --server "$tcp" "${bench_args[@]}"
+"$bench_bin" --server "$tcp" "${web_args[@]}" "${bench_args[@]}"
 bench_rc=$?
 set -e
 

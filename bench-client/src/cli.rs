@@ -106,6 +106,16 @@ pub struct Args {
     /// also trust the CA certificate(s) in this PEM file; implies --tls
     #[argh(option)]
     pub ca: Option<std::path::PathBuf>,
+
+    /// this many of the users reach the server over WebSocket (its web listener,
+    /// PROTOCOL.md §6) instead of UDP, spread over the rooms; the report shows both kinds
+    /// side by side (default: 0)
+    #[argh(option, default = "0")]
+    pub web: usize,
+
+    /// the server's web listener, host:port (default: the host of --server, port 9080)
+    #[argh(option)]
+    pub web_server: Option<String>,
 }
 
 /// Highest `--loss`: past it a run measures little but retries.
@@ -168,6 +178,12 @@ impl Args {
         if !(1..=1000).contains(&self.nack_retry_ms) {
             return Err("--nack-retry-ms must be 1 to 1000".into());
         }
+        if self.web > self.users {
+            return Err(format!(
+                "--web {} is more than --users {}",
+                self.web, self.users
+            ));
+        }
         if self.sweep && self.sweep_steps == 0 {
             return Err("--sweep-steps must be at least 1".into());
         }
@@ -202,6 +218,11 @@ mod tests {
         assert_eq!(a.duration, 10.0);
         assert!(!a.sweep);
         assert!(!a.v1, "v1.1 is the default path");
+        assert_eq!(
+            (a.web, a.web_server.as_deref()),
+            (0, None),
+            "no web users by default"
+        );
         assert_eq!((a.loss, a.seed), (0.0, DEFAULT_SEED));
         assert_eq!(a.check(), Ok(()));
         assert!(a.thread_count() >= 2);
@@ -252,6 +273,7 @@ mod tests {
         assert!(check(&["--loss", "NaN"]).contains("--loss"));
         assert!(check(&["--nack-retry-ms", "0"]).contains("--nack-retry-ms"));
         assert!(parse(&["--rate", "fast"]).is_err());
+        assert!(check(&["--users", "6", "--rooms", "2", "--web", "7"]).contains("--web"));
     }
 
     #[test]

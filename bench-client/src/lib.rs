@@ -32,6 +32,7 @@
 //! * [`report`]: the derived figures, the table and the JSON.
 //! * [`sweep`]: which rate to try next.
 //! * [`topology`]: who is in which room, and the run's clock.
+//! * [`web`]: `--web N`: users over WebSocket instead of UDP (their link, setup, figures).
 //! * [`sys`]: the system calls std lacks (timerfd, rusage, drops); the ones the server
 //!   shares (rlimit, buffers, `recvmmsg`) come from `ocm::sys`.
 //!
@@ -51,4 +52,5 @@ pub mod stats;
 pub mod sweep;
 pub mod sys;
 pub mod topology;
+pub mod web;
 pub mod worker;

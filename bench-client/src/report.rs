@@ -107,6 +107,8 @@ pub struct StepReport {
     pub wall_s: f64,
     /// Kernel receive-queue drops over the step, where known.
     pub drops: Option<UdpDrops>,
+    /// `--web`: latency and deliveries by transport (None without web users).
+    pub kinds: Option<crate::web::KindFigures>,
 }
 
 impl StepReport {
@@ -346,6 +348,9 @@ impl StepReport {
             let _ = writeln!(t, "    {:>8.3}%  {:>10}", q * 100.0, fmt_us(v));
         }
         let _ = writeln!(t, "    {:>8.3}%  {:>10}", 100.0, fmt_us(self.latency.max));
+        if let Some(k) = &self.kinds {
+            t.push_str(&k.table());
+        }
         let _ = writeln!(
             t,
             "  Bench CPU     user {:.2} s, sys {:.2} s = {:.0}% of one core over {:.1} s",
@@ -527,6 +532,9 @@ impl StepReport {
                 j.raw("kernel_drops_server", "null");
             }
         }
+        if let Some(k) = &self.kinds {
+            k.json(j);
+        }
     }
 }
 
@@ -654,6 +662,7 @@ mod tests {
             },
             wall_s: 3.0,
             drops: None,
+            kinds: None,
         }
     }
 

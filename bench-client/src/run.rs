@@ -17,6 +17,7 @@ use crate::stats::{self, Counters, Shared};
 use crate::sweep::Sweep;
 use crate::sys::{self, CpuTime, UdpDrops};
 use crate::topology::{Clock, Topology};
+use crate::web::{self, KindLatency, WebLink, WebPlan};
 use crate::worker::{BindStage, LoadOutcome, Path, StepPlan, User, Worker, bind_done};
 
 /// How long after "now" a step's schedule starts, so every worker is running by then.
@@ -45,8 +46,11 @@ pub fn run(args: &Args) -> Result<(), String> {
     let topo = Topology::new(args.users, args.rooms);
     let threads = args.thread_count();
     let run_id = format!("bench-{}", std::process::id());
-    let mut rooms = Rooms::create(&args.server, &topo, &run_id)?;
-    let result = run_with_rooms(args, &topo, threads, &rooms.members);
+    let plan = WebPlan::new(&topo, args.web);
+    let web_addr = web::listener(args)?;
+    let mut rooms = Rooms::create(&args.server, &topo, &run_id, &plan, web_addr)?;
+    let links = std::mem::take(&mut rooms.links);
+    let result = run_with_rooms(args, &topo, threads, &rooms.members, (&plan, links));
     rooms.leave();
     result
 }
@@ -55,22 +59,41 @@ pub fn run(args: &Args) -> Result<(), String> {
 struct Rooms {
     server: String,
     members: Vec<Membership>,
+    /// `--web`: the session of each web user, taken by the workers.
+    links: Vec<Option<WebLink>>,
     left: bool,
 }
 
 impl Rooms {
     /// Creates the rooms (user `r` hosts room `r`) and joins every other user.
-    fn create(server: &str, topo: &Topology, run_id: &str) -> Result<Rooms, String> {
+    fn create(
+        server: &str,
+        topo: &Topology,
+        run_id: &str,
+        plan: &WebPlan,
+        web_addr: Option<std::net::SocketAddr>,
+    ) -> Result<Rooms, String> {
         let mut c = ControlClient::connect(server, DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
         let mut rooms = Rooms {
             server: server.to_string(),
             members: Vec::with_capacity(topo.users()),
+            links: Vec::with_capacity(topo.users()),
             left: false,
         };
         for u in 0..topo.users() {
             let r = topo.room_of[u] as usize;
             let room = format!("{run_id}-{r}");
             let user = format!("u{u}");
+            if let (true, Some(addr)) = (plan.is_web(u), web_addr) {
+                let cap = topo
+                    .is_host(u)
+                    .then(|| u16::try_from(topo.room_size[r]).unwrap_or(u16::MAX));
+                let (m, link) = web::open_member(addr, &room, &user, cap)?;
+                rooms.members.push(m);
+                rooms.links.push(Some(link));
+                continue;
+            }
+            rooms.links.push(None);
             let got = if topo.is_host(u) {
                 let cap = u16::try_from(topo.room_size[r]).unwrap_or(u16::MAX);
                 c.create(&room, &user, b"", cap)
@@ -133,13 +156,19 @@ fn run_with_rooms(
     topo: &Topology,
     threads: usize,
     members: &[Membership],
+    (plan, links): (&WebPlan, Vec<Option<WebLink>>),
 ) -> Result<(), String> {
-    let per_worker = open_users(args, topo, threads, members)?;
-    let ports: HashSet<u16> = per_worker.iter().flatten().map(|u| u.local_port).collect();
+    let per_worker = open_users(args, topo, threads, members, links)?;
+    let ports: HashSet<u16> = per_worker
+        .iter()
+        .flatten()
+        .filter(|u| !u.is_web())
+        .map(|u| u.local_port)
+        .collect();
     let rcvbuf = per_worker
         .iter()
         .flatten()
-        .next()
+        .find(|u| !u.is_web())
         .and_then(|u| u.rcvbuf().ok())
         .unwrap_or(0);
     let path = if args.v1 { Path::V1 } else { Path::V11 };
@@ -149,6 +178,12 @@ fn run_with_rooms(
         .map(|(i, users)| Worker::new(i, users, path, LossFilter::new(args.loss, args.seed, i)))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("cannot set up the event loop: {e}"))?;
+    if plan.count() > 0 {
+        let per_room = plan.per_room(topo);
+        workers
+            .iter_mut()
+            .for_each(|w| w.web_in_room = per_room.clone());
+    }
     let first = members.first().ok_or_else(|| "no members".to_string())?;
     let udp = first.udp_addr;
     let heartbeat_ns = (first.idle_timeout / 4).as_nanos().max(1) as u64;
@@ -175,6 +210,7 @@ fn run_with_rooms(
         server_port: udp.port(),
         setup,
         quiet: args.quiet,
+        web_users: plan.count(),
     };
     if args.sweep {
         sweep(&mut workers, &ctx, args)
@@ -195,9 +231,16 @@ fn open_users(
     topo: &Topology,
     threads: usize,
     members: &[Membership],
+    mut links: Vec<Option<WebLink>>,
 ) -> Result<Vec<Vec<User>>, String> {
     let mut per_worker: Vec<Vec<User>> = (0..threads).map(|_| Vec::new()).collect();
     for (u, m) in members.iter().enumerate() {
+        if let Some(link) = links.get_mut(u).and_then(Option::take) {
+            let nack_ns = args.nack_retry_ms * 1_000_000;
+            let user = User::web(u as u32, topo.room_of[u], m.clone(), link, nack_ns);
+            per_worker[u % threads].push(user);
+            continue;
+        }
         let user = User::new(
             u as u32,
             topo.room_of[u],
@@ -304,6 +347,8 @@ struct StepCtx<'a> {
     server_port: u16,
     setup: Setup,
     quiet: bool,
+    /// `--web`: how many users are web users.
+    web_users: usize,
 }
 
 /// One load step at `rate`: warmup, measured window, drain; returns its report.
@@ -353,6 +398,7 @@ fn step(
     let mut latency = stats::latency_histogram();
     let mut lag = stats::latency_histogram();
     let mut recovery = stats::latency_histogram();
+    let mut by_kind = KindLatency::new();
     let mut last_send = 0;
     for o in outcomes {
         let o = o.map_err(|e| format!("load step: {e}"))?;
@@ -361,9 +407,11 @@ fn step(
         let _ = latency.add(&o.latency);
         let _ = lag.add(&o.send_lag);
         let _ = recovery.add(&o.recovery);
+        by_kind.add(&o.by_kind);
         last_send = last_send.max(o.last_measured_send_ns);
     }
     let send_span_s = last_send.saturating_sub(plan.measure_from_ns) as f64 / 1e9;
+    let kinds = by_kind.figures(ctx.web_users, ctx.topo.users(), &counters);
     Ok(StepReport {
         setup: ctx.setup.clone(),
         rate_asked: rate,
@@ -375,6 +423,7 @@ fn step(
         cpu,
         wall_s,
         drops,
+        kinds,
     })
 }
 

@@ -37,6 +37,10 @@ pub struct Counters {
     pub unsent: u64,
     /// Deliveries of measured messages received (first copy only).
     pub received: u64,
+    /// `--web`: of `expected`, the deliveries to web members.
+    pub expected_web: u64,
+    /// `--web`: of `received`, those web members received.
+    pub received_web: u64,
     /// MESSAGE events received, any message (warmup included, duplicates included).
     pub events: u64,
     /// Datagrams received.
@@ -111,6 +115,8 @@ impl Counters {
         self.send_failed += o.send_failed;
         self.unsent += o.unsent;
         self.received += o.received;
+        self.expected_web += o.expected_web;
+        self.received_web += o.received_web;
         self.events += o.events;
         self.datagrams += o.datagrams;
         self.window_events += o.window_events;
@@ -296,6 +302,8 @@ mod tests {
             send_failed: 1,
             unsent: 1,
             received: 1,
+            expected_web: 1,
+            received_web: 1,
             events: 1,
             datagrams: 1,
             window_events: 1,

@@ -26,6 +26,7 @@ use crate::schedule::Schedule;
 use crate::stats::{self, Counters, Published, Shared};
 use crate::sys::{MAX_POLL_WAIT, Timer};
 use crate::topology::{Clock, Topology};
+use crate::web::{self, KindLatency, Link, WebLink};
 use ocm::sys::socket;
 use ocm::sys::udp::{RECV_BATCH, Receiver};
 
@@ -79,8 +80,8 @@ pub struct User {
     pub room: u32,
     /// What CREATE or JOIN gave us.
     pub membership: Membership,
-    /// The socket, connected to the data-plane address.
-    sock: UdpSocket,
+    /// Its socket connected to the data-plane address, or its WebSocket session.
+    link: Link,
     /// Its local port (for the kernel's drop counters).
     pub local_port: u16,
     last_send_ns: u64,
@@ -123,7 +124,7 @@ impl User {
             id,
             room,
             membership,
-            sock: UdpSocket::from_std(std_sock),
+            link: Link::Udp(UdpSocket::from_std(std_sock)),
             local_port,
             last_send_ns: 0,
             seq: 0,
@@ -136,9 +137,42 @@ impl User {
         })
     }
 
+    /// A web user on its session `link` (see [`crate::web`]); no UDP socket.
+    pub fn web(
+        id: u32,
+        room: u32,
+        membership: Membership,
+        link: WebLink,
+        nack_retry_ns: u64,
+    ) -> User {
+        User {
+            id,
+            room,
+            membership,
+            link: Link::Web(Box::new(link)),
+            local_port: 0,
+            last_send_ns: 0,
+            seq: 0,
+            client_seq: 1,
+            joined: false,
+            synced: false,
+            seen: HashSet::new(),
+            trackers: Vec::new(),
+            gaps: GapTracker::with_retry(nack_retry_ns),
+        }
+    }
+
+    /// Whether it speaks over WebSocket.
+    pub fn is_web(&self) -> bool {
+        self.link.is_web()
+    }
+
     /// The socket's receive buffer size as the kernel reports it.
     pub fn rcvbuf(&self) -> io::Result<usize> {
-        socket::recv_buffer(&self.sock)
+        match &self.link {
+            Link::Udp(s) => socket::recv_buffer(s),
+            Link::Web(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
     }
 
     /// A version 1 chat datagram (empty: a heartbeat).
@@ -151,7 +185,7 @@ impl User {
         let n = d
             .encode(out)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        self.sock.send(&out[..n])?;
+        self.link.send(&out[..n])?;
         self.last_send_ns = now_ns;
         Ok(())
     }
@@ -164,7 +198,7 @@ impl User {
         now_ns: u64,
     ) -> io::Result<()> {
         let n = encode_control(&self.membership, body, out)?;
-        self.sock.send(&out[..n])?;
+        self.link.send(&out[..n])?;
         self.last_send_ns = now_ns;
         Ok(())
     }
@@ -202,12 +236,12 @@ impl User {
 
     /// Sends the NACKs its gap tracker says are due; returns how many left.
     fn send_nacks(&mut self, out: &mut [u8], now_ns: u64) -> u64 {
-        let (membership, sock, mut sent) = (&self.membership, &self.sock, 0u64);
+        let (membership, link, mut sent) = (&self.membership, &mut self.link, 0u64);
         self.gaps.poll_nacks(now_ns, |from_seq, count| {
             let body = ControlBody::Nack { from_seq, count };
             // A NACK that cannot leave now is repeated at the gap's next round.
             if let Ok(n) = encode_control(membership, body, out)
-                && sock.send(&out[..n]).is_ok()
+                && link.send(&out[..n]).is_ok()
             {
                 sent += 1;
             }
@@ -270,6 +304,8 @@ pub struct LoadOutcome {
     /// Recovery latency, ns from the moment a gap was seen to the arrival of an event that
     /// filled it after a NACK (any kind, warmup and drain included).
     pub recovery: Histogram<u64>,
+    /// `--web`: latency of measured deliveries by the receiver's transport.
+    pub by_kind: KindLatency,
 }
 
 /// Receives what a user's socket delivers.
@@ -299,6 +335,10 @@ pub struct Worker {
     /// `--loss`, applied while a load step runs (binding loses nothing).
     loss: LossFilter,
     loss_on: bool,
+    /// `--web`: one datagram read from a session.
+    scratch: Vec<u8>,
+    /// `--web`: web members of each room (empty: none), for the per-kind expected counts.
+    pub web_in_room: Vec<u32>,
 }
 
 impl Worker {
@@ -312,8 +352,7 @@ impl Worker {
     ) -> io::Result<Worker> {
         let poll = Poll::new()?;
         for (i, u) in users.iter_mut().enumerate() {
-            poll.registry()
-                .register(&mut u.sock, Token(i), Interest::READABLE)?;
+            u.link.register(poll.registry(), Token(i))?;
         }
         let timer = Timer::new().ok();
         #[cfg(target_os = "linux")]
@@ -338,6 +377,8 @@ impl Worker {
             path,
             loss,
             loss_on: false,
+            scratch: Vec::new(),
+            web_in_room: Vec::new(),
         })
     }
 
@@ -405,8 +446,14 @@ impl Worker {
         let Some(user) = self.users.get_mut(i) else {
             return true;
         };
+        if user.is_web() {
+            return self.read_web(i, clock, sink);
+        }
         for _ in 0..MAX_BATCHES_PER_VISIT {
-            match self.batch.recv(&user.sock) {
+            let Link::Udp(sock) = &user.link else {
+                return true;
+            };
+            match self.batch.recv(sock) {
                 Ok(n) => {
                     let now = clock.now_ns();
                     for k in 0..n {
@@ -436,6 +483,26 @@ impl Worker {
             }
         }
         false
+    }
+
+    /// Reads web user `i`'s session (see [`web::read`]): the same sink, the same
+    /// `--loss` filter, as a UDP user's datagrams.
+    fn read_web<S: Sink>(&mut self, i: usize, clock: &Clock, sink: &mut S) -> bool {
+        let Some(user) = self.users.get_mut(i) else {
+            return true;
+        };
+        let (loss_on, loss) = (self.loss_on, &mut self.loss);
+        let got = web::read(user, web_link, &mut self.scratch, |user, data| {
+            if loss_on && loss.drop_next() {
+                sink.lost(data.len());
+                return;
+            }
+            sink.datagram(user, data, false, clock.now_ns());
+        });
+        got.unwrap_or_else(|_| {
+            sink.recv_error();
+            true
+        })
     }
 
     /// Binds the users of `stage`: each sends a heartbeat (again every 500 ms until it sees
@@ -627,7 +694,16 @@ impl Worker {
             send_lag: sender.send_lag,
             last_measured_send_ns: sender.last_measured_send_ns,
             recovery: sink.recovery,
+            by_kind: sink.by_kind,
         }
+    }
+}
+
+/// A web user's session.
+fn web_link(user: &mut User) -> Option<&mut WebLink> {
+    match &mut user.link {
+        Link::Web(w) => Some(w),
+        Link::Udp(_) => None,
     }
 }
 
@@ -721,6 +797,10 @@ impl Sender {
                     if (self.plan.measure_from_ns..self.plan.end_ns).contains(&due) {
                         c.sent_measured += 1;
                         c.expected += u64::from(topo.size_of_room_of(user.id as usize));
+                        c.expected_web += w
+                            .web_in_room
+                            .get(user.room as usize)
+                            .map_or(0, |&n| u64::from(n));
                         self.last_measured_send_ns = now;
                     }
                 }
@@ -796,6 +876,8 @@ struct LoadSink<'a> {
     interval: Histogram<u64>,
     /// Gap-from-seen-to-filled times of recovered events.
     recovery: Histogram<u64>,
+    /// `--web`: `latency` by the receiver's transport.
+    by_kind: KindLatency,
     counts: GapCounts,
     /// When the next NACK of any user of this worker may be due (u64::MAX: none known).
     /// Early is harmless (a scan finds nothing due); it is never late.
@@ -814,6 +896,7 @@ impl<'a> LoadSink<'a> {
             latency: stats::latency_histogram(),
             interval: stats::latency_histogram(),
             recovery: stats::latency_histogram(),
+            by_kind: KindLatency::new(),
             counts: GapCounts::default(),
             // Gaps left from binding or an earlier step are looked at once at the start.
             next_nack_ns: 0,
@@ -920,6 +1003,8 @@ impl<'a> LoadSink<'a> {
         if (self.plan.measure_from_ns..self.plan.end_ns).contains(&st.intended_ns) {
             self.c.received += 1;
             stats::record(&mut self.latency, lat);
+            self.c.received_web += u64::from(user.is_web());
+            self.by_kind.record(user.is_web(), lat);
         }
     }
 

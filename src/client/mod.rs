@@ -6,11 +6,14 @@
 //!   a socket, with TCRP RESUME and JOIN again when needed.
 //! * [`recovery`]: the v1.1 recovery state machine (ordered, exactly-once delivery, SEND
 //!   retransmission, roaming), sans-IO.
+//! * [`ws`]: the WebSocket transport's client side (PROTOCOL.md §6), sans-IO: the upgrade,
+//!   masked frames, server frames.
 
 pub mod control;
 pub mod e2e;
 pub mod recovery;
 pub mod session;
+pub mod ws;
 
 pub use control::{ControlClient, ControlError, Membership, RoomInfo};
 pub use session::{Options, SendError, SeqCheck, SeqTracker, Session, SessionEvent, check_message};
