@@ -15,6 +15,7 @@ use crossterm::terminal::{
     Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use ocm::client::control;
+use ocm::client::e2e::RoomCrypto;
 use ocm::client::session::Session;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -73,9 +74,21 @@ impl Drop for TerminalGuard {
 
 /// Runs the full-screen client until the user leaves, the room closes, or `stop` is set.
 /// The caller sends LEAVE afterwards when the result is [`End::Left`].
-pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result<End> {
+pub fn run(
+    session: &mut Session,
+    server: &str,
+    stop: &AtomicBool,
+    crypto: Option<RoomCrypto>,
+) -> io::Result<End> {
     let m = session.membership().clone();
     let mut app = App::new(server, &m.room, &m.user, m.host);
+    if let Some(c) = crypto {
+        app.set_crypto(c);
+        app.info(
+            clock::now(),
+            "this room is private: messages are end-to-end encrypted (🔒 marks them)",
+        );
+    }
     app.info(
         clock::now(),
         format!(
@@ -138,11 +151,14 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
                 dirty = true;
                 match action {
                     Action::None => {}
-                    Action::Send(text) => match session.send_message(&text) {
-                        // A version 1 server confirms nothing; its echo is all there is.
-                        Ok(_) if session.is_v1() => {}
-                        Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
-                        Err(e) => app.error(clock::now(), format!("not sent: {e}")),
+                    Action::Send(text) => match app.outgoing(&text) {
+                        Ok(wire) => match session.send_message(&wire) {
+                            // A version 1 server confirms nothing; its echo is all there is.
+                            Ok(_) if session.is_v1() => {}
+                            Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
+                            Err(e) => app.error(clock::now(), format!("not sent: {e}")),
+                        },
+                        Err(why) => app.error(clock::now(), format!("not sent: {why}")),
                     },
                     Action::List => list_rooms(&mut app, server),
                     Action::Leave => app.end(End::Left),
