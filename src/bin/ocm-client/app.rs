@@ -700,7 +700,15 @@ pub struct App {
     /// The room's encryption when it is private (`--e2e`): messages are sealed before they
     /// are sent and opened before they are shown.
     crypto: Option<RoomCrypto>,
+    /// While the room key is being derived (a private room, before [`App::key_ready`]):
+    /// the session's events, held to be shown once they can be opened.
+    deriving: Option<VecDeque<SessionEvent>>,
+    /// Events dropped from `deriving` beyond [`MAX_ENTRIES`].
+    deriving_dropped: u64,
 }
+
+/// Words for the wait while the room key is derived.
+pub const DERIVING: &str = "deriving key…";
 
 impl App {
     /// A fresh state for member `me` of `room` on `server`.
@@ -722,17 +730,49 @@ impl App {
             in_history: false,
             recovered_run: None,
             crypto: None,
+            deriving: None,
+            deriving_dropped: 0,
         }
     }
 
-    /// Makes the room private: from now on messages are sealed and opened with `crypto`.
-    pub fn set_crypto(&mut self, crypto: RoomCrypto) {
+    /// Makes the room private, its key still being derived: the session's events wait (at
+    /// most [`MAX_ENTRIES`]) and nothing can be sent until [`App::key_ready`].
+    pub fn key_deriving(&mut self, time: Clock) {
+        self.deriving = Some(VecDeque::new());
+        self.info(time, format!("this room is private; {DERIVING}"));
+    }
+
+    /// The room key is ready: from now on messages are sealed and opened with `crypto`,
+    /// beginning with the events that waited for it.
+    pub fn key_ready(&mut self, crypto: RoomCrypto, time: Clock) {
         self.crypto = Some(crypto);
+        self.info(
+            time,
+            "messages in this room are end-to-end encrypted (🔒 marks them)",
+        );
+        if self.deriving_dropped > 0 {
+            self.push(Entry::System {
+                time,
+                kind: SystemKind::Warning,
+                text: format!(
+                    "{} missed while the key was derived",
+                    messages(self.deriving_dropped)
+                ),
+            });
+        }
+        for event in self.deriving.take().unwrap_or_default() {
+            self.on_event(&event, time);
+        }
     }
 
     /// Whether the room is private here (shown in the status bar).
     pub fn encrypted(&self) -> bool {
-        self.crypto.is_some()
+        self.crypto.is_some() || self.deriving.is_some()
+    }
+
+    /// Whether the room key is still being derived.
+    pub fn deriving(&self) -> bool {
+        self.deriving.is_some()
     }
 
     /// Replayed envelopes dropped so far (0 in a room that is not private).
@@ -744,6 +784,9 @@ impl App {
     /// envelope (sealed once, so a retransmission resends the same bytes, §7). `Err` says
     /// why it cannot be sent.
     pub fn outgoing(&mut self, text: &str) -> Result<String, String> {
+        if self.deriving() {
+            return Err(format!("the room key is still being derived ({DERIVING})"));
+        }
         match &mut self.crypto {
             Some(c) => seal(c, text, &self.me),
             None => Ok(text.to_string()),
@@ -768,7 +811,7 @@ impl App {
                 user: sanitize(&self.me).into_owned(),
                 text: sanitize(text).into_owned(),
                 own: true,
-                lock: if self.crypto.is_some() {
+                lock: if self.encrypted() {
                     Lock::Encrypted
                 } else {
                     Lock::Off
@@ -845,6 +888,14 @@ impl App {
 
     /// Takes in one event from the session.
     pub fn on_event(&mut self, event: &SessionEvent, time: Clock) {
+        if let Some(waiting) = &mut self.deriving {
+            if waiting.len() == MAX_ENTRIES {
+                waiting.pop_front();
+                self.deriving_dropped += 1;
+            }
+            waiting.push_back(event.clone());
+            return;
+        }
         match event {
             SessionEvent::Joined { user, .. } | SessionEvent::Message { user, .. }
                 if self.members.len() < MAX_MEMBERS_SEEN =>
@@ -972,7 +1023,14 @@ impl App {
                 self.error(time, format!("not sent: {e}"));
                 return Action::None;
             }
-            if self.crypto.is_some() && text.len() > MAX_PLAINTEXT {
+            if self.deriving() {
+                self.error(
+                    time,
+                    format!("not sent yet: the room key is still being derived ({DERIVING})"),
+                );
+                return Action::None;
+            }
+            if self.encrypted() && text.len() > MAX_PLAINTEXT {
                 self.error(
                     time,
                     format!(
@@ -1468,7 +1526,14 @@ mod tests {
         let room_key = RoomKey::from_bytes([3; 32]);
         let mut app = App::new("s", "r", "alice", false);
         assert_eq!(app.outgoing("clear").unwrap(), "clear");
-        app.set_crypto(RoomCrypto::new(&room_key, "r"));
+        app.key_deriving(T);
+        assert!(app.encrypted() && app.outgoing("early").is_err());
+        // Events wait for the key, then show in their order.
+        app.on_event(&joined("bob"), T);
+        assert_eq!(app.entries().len(), 1);
+        app.key_ready(RoomCrypto::new(&room_key, "r"), T);
+        assert!(matches!(app.entries().back(),
+            Some(Entry::System { kind: SystemKind::Joined, text, .. }) if text == "bob joined"));
         assert!(app.encrypted());
         let a = app.outgoing("x").unwrap();
         let b = app.outgoing("x").unwrap();

@@ -24,7 +24,7 @@ use std::sync::atomic::AtomicBool;
 
 use argh::FromArgs;
 use ocm::client::control::{self, ControlError, Membership};
-use ocm::client::e2e::{RoomCrypto, RoomKey};
+use ocm::client::e2e::{Deriving, RoomCrypto, RoomKey};
 use ocm::client::session::{Options, Session};
 use ocm::protocol::{MAX_ROOM_NAME, MAX_USER_NAME, Status, control_char};
 
@@ -155,18 +155,19 @@ fn run(args: Args) -> u8 {
     let options = Options {
         history: args.history,
     };
-    let crypto = match passphrase {
-        Some(p) => match room_crypto(p, &membership.room) {
-            Ok(c) => Some(c),
-            Err(msg) => {
-                eprintln!("ocm-client: {msg}");
-                let _ = control::leave(&membership);
-                return EXIT_FAILED;
-            }
-        },
-        None => None,
+    // Derived once per room, on its own thread, while the chat starts.
+    let deriving = match passphrase
+        .map(|p| RoomKey::derive_in_background(p, membership.room.clone()))
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ocm-client: cannot start deriving the room key: {e}");
+            let _ = control::leave(&membership);
+            return EXIT_FAILED;
+        }
     };
-    chat(&args.server, membership, options, full_screen, crypto)
+    chat(&args.server, membership, options, full_screen, deriving)
 }
 
 /// Longest passphrase taken (PBKDF2 takes any length; this bounds what a wrong file makes
@@ -224,19 +225,16 @@ fn check_passphrase(p: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Derives the room key on its own thread (600 000 PBKDF2 rounds take a visible moment),
-/// once per room, saying so, and builds the room's encryption.
-fn room_crypto(passphrase: String, room: &str) -> Result<RoomCrypto, String> {
+/// Plain mode waits for the room key before the chat starts (600 000 PBKDF2 rounds take
+/// a visible moment), saying so on standard error, so that a script's first line is
+/// sealed and the first message printed is opened.
+fn wait_for_key(deriving: Deriving, room: &str) -> Option<RoomCrypto> {
     eprint!("ocm-client: deriving key…");
     let _ = io::stderr().flush();
     let started = std::time::Instant::now();
-    let deriving = RoomKey::derive_in_background(passphrase, room.to_string())
-        .map_err(|e| format!("cannot start deriving the key: {e}"))?;
-    let key = deriving
-        .wait()
-        .ok_or_else(|| "the key was not derived".to_string())?;
+    let key = deriving.wait()?;
     eprintln!(" done in {} ms", started.elapsed().as_millis());
-    Ok(RoomCrypto::new(&key, room))
+    Some(RoomCrypto::new(&key, room))
 }
 
 /// With --tls or --ca, every control connection of this process speaks TLS, checked
@@ -530,7 +528,7 @@ fn chat(
     membership: Membership,
     options: Options,
     full_screen: bool,
-    crypto: Option<RoomCrypto>,
+    deriving: Option<Deriving>,
 ) -> u8 {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -543,6 +541,20 @@ fn chat(
         }
     }
     let room = sanitize(&membership.room).into_owned();
+    let private = deriving.is_some();
+    // Full-screen mode takes the key when it comes; plain mode waits for it here.
+    let (deriving, crypto) = match deriving {
+        Some(d) if !full_screen => match wait_for_key(d, &membership.room) {
+            Some(c) => (None, Some(c)),
+            // Never fall back to sending in clear in a room meant to be private.
+            None => {
+                eprintln!("ocm-client: the room key could not be derived");
+                let _ = control::leave(&membership);
+                return EXIT_FAILED;
+            }
+        },
+        d => (d, None),
+    };
     let mut session = match Session::open(&membership, options) {
         Ok(s) => s,
         Err(e) => {
@@ -555,13 +567,13 @@ fn chat(
         eprintln!(
             "ocm-client: {} {}room '{room}' as {} (Ctrl-D ends input and leaves)",
             if membership.host { "created" } else { "joined" },
-            if crypto.is_some() { "private " } else { "" },
+            if private { "private " } else { "" },
             sanitize(&membership.user)
         );
     }
     let unwinding = LeaveIfPanicking(&membership);
     let end = if full_screen {
-        match tui::run(&mut session, server, &stop, crypto) {
+        match tui::run(&mut session, server, &stop, deriving) {
             Ok(end) => end,
             Err(e) => End::Lost(format!("the terminal failed: {e}")),
         }

@@ -15,7 +15,7 @@ use crossterm::terminal::{
     Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use ocm::client::control;
-use ocm::client::e2e::RoomCrypto;
+use ocm::client::e2e::{Deriving, RoomCrypto};
 use ocm::client::session::Session;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -78,16 +78,12 @@ pub fn run(
     session: &mut Session,
     server: &str,
     stop: &AtomicBool,
-    crypto: Option<RoomCrypto>,
+    mut deriving: Option<Deriving>,
 ) -> io::Result<End> {
     let m = session.membership().clone();
     let mut app = App::new(server, &m.room, &m.user, m.host);
-    if let Some(c) = crypto {
-        app.set_crypto(c);
-        app.info(
-            clock::now(),
-            "this room is private: messages are end-to-end encrypted (🔒 marks them)",
-        );
+    if deriving.is_some() {
+        app.key_deriving(clock::now());
     }
     app.info(
         clock::now(),
@@ -107,6 +103,13 @@ pub fn run(
         // A resize arrives as SIGWINCH, which crossterm turns into an event only when asked;
         // the loop only asks when a key is waiting. So the size is looked at every turn (one
         // ioctl), and the pane is wrapped again at the new width at once.
+        // The room key comes from its own thread (600 000 PBKDF2 rounds): looked at every
+        // turn, so typing and the session go on meanwhile.
+        if let Some(key) = deriving.as_mut().and_then(Deriving::try_take) {
+            app.key_ready(RoomCrypto::new(&key, &m.room), clock::now());
+            deriving = None;
+            dirty = true;
+        }
         let now_size = terminal.size()?;
         if now_size != size {
             size = now_size;

@@ -16,7 +16,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
 use crate::app::{
-    App, Entry, LOCK_MARK, Lock, NOT_ENCRYPTED_MARK, SystemKind, char_width, sanitize, str_width,
+    App, DERIVING, Entry, LOCK_MARK, Lock, NOT_ENCRYPTED_MARK, SystemKind, char_width, sanitize,
+    str_width,
 };
 
 /// Columns a wrapped line's continuation is indented by: under the text, past the time.
@@ -256,7 +257,9 @@ fn draw_status(frame: &mut Frame<'_>, area: Rect, app: &App) {
     if app.scroll() > 0 {
         text.push_str(&format!(" ↑{} rows (PgDn) │", app.scroll()));
     }
-    if app.encrypted() {
+    if app.deriving() {
+        text.push_str(&format!(" {LOCK_MARK} {DERIVING} │"));
+    } else if app.encrypted() {
         text.push_str(&format!(" {LOCK_MARK} encrypted"));
         if app.replays() > 0 {
             let n = app.replays();
@@ -670,7 +673,7 @@ mod tests {
         let mut bob = RoomCrypto::new(&key, "lobby");
         let mut mallory = RoomCrypto::new(&RoomKey::from_bytes([9; 32]), "lobby");
         let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
-        app.set_crypto(RoomCrypto::new(&key, "lobby"));
+        app.key_deriving(at(0));
         let earlier = bob.seal("the plan is in the usual place", "bob").unwrap();
         app.on_event(
             &SessionEvent::Message {
@@ -682,6 +685,11 @@ mod tests {
             at(0),
         );
         joined(&mut app, 1, "alice");
+        // While the key is derived: said in the pane and the status bar, events held.
+        let waiting = format!("{:?}", render(&mut app, 78, 4));
+        assert!(waiting.contains("🔒 deriving key… │ room lobby"), "{waiting}");
+        assert!(!waiting.contains("alice joined"), "{waiting}");
+        app.key_ready(RoomCrypto::new(&key, "lobby"), at(1));
         let hi = bob
             .seal("hi alice, only we can read this 🔐", "bob")
             .unwrap();
@@ -695,7 +703,7 @@ mod tests {
         let guess = mallory.seal("let me in", "mallory").unwrap();
         chat(&mut app, 6, "mallory", &guess);
         app.sending(9, "on its way", at(7));
-        insta::assert_snapshot!(render(&mut app, 78, 12));
+        insta::assert_snapshot!(render(&mut app, 78, 14));
         assert_eq!(app.replays(), 1);
     }
 }
