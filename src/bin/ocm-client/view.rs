@@ -687,7 +687,10 @@ mod tests {
         joined(&mut app, 1, "alice");
         // While the key is derived: said in the pane and the status bar, events held.
         let waiting = format!("{:?}", render(&mut app, 78, 4));
-        assert!(waiting.contains("🔒 deriving key… │ room lobby"), "{waiting}");
+        assert!(
+            waiting.contains("🔒 deriving key… │ room lobby"),
+            "{waiting}"
+        );
         assert!(!waiting.contains("alice joined"), "{waiting}");
         app.key_ready(RoomCrypto::new(&key, "lobby"), at(1));
         let hi = bob
