@@ -163,6 +163,8 @@ fn private_room_members_read_each_other_and_the_server_sees_no_plaintext() {
         ("alice", "meet at the old mill at noon"),
         ("bob", "bring the maps, not the keys ✓"),
     ];
+    // Over 2800 bytes of text cannot be sealed within a message: refused, with the reason.
+    alice.say(&"x".repeat(2801));
     alice.say(secrets[0].1);
     alice.expect(&format!("alice: 🔒 {}", secrets[0].1));
     bob.say(secrets[1].1);
@@ -207,6 +209,14 @@ fn private_room_members_read_each_other_and_the_server_sees_no_plaintext() {
     for c in [&mut bob, &mut mallory, &mut carol, &mut alice] {
         assert_eq!(c.finish(), Some(0), "{}: {}", c.name, c.stderr.text());
     }
+    let stderr = alice.stderr.text();
+    assert!(
+        stderr.contains(
+            "line 1 not sent: it is 2801 bytes long; an encrypted message is at most 2800 bytes"
+        ),
+        "{stderr}"
+    );
+    assert!(alice.lines().iter().all(|l| !l.contains("xxxx")));
     let stderr = bob.stderr.text();
     assert!(stderr.contains("deriving key…"), "{stderr}");
     assert!(stderr.contains("joined private room 'den'"), "{stderr}");
