@@ -10,25 +10,24 @@
 //! ```
 //!
 //! The client sends its datagrams to the address its TCP connection went to, with the
-//! UdpPort of the COMPLETE frame (§1.3). So a small TCP forwarder passes TCRP through and
-//! rewrites that port to the proxy's: the client then speaks UDP through the proxy without
-//! knowing it, exactly as it would through a NAT or a bad Wi-Fi.
+//! UdpPort of the COMPLETE frame (§1.3). So a small TCP forwarder (`common/forward.rs`)
+//! passes TCRP through and rewrites that port to the proxy's: the client then speaks UDP
+//! through the proxy without knowing it, exactly as it would through a NAT or a bad Wi-Fi.
 
 mod common;
+#[path = "common/forward.rs"]
+mod forward;
 #[path = "common/lossy.rs"]
 mod lossy;
 #[path = "common/plain.rs"]
 mod plain;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::ServerProc;
+use forward::forwarder;
 use lossy::{Config, Faults, LossyProxy};
-use ocm::protocol::State;
-use ocm::protocol::frame::{encode_frame, split_reply};
 use plain::{Client, check_streams, room, send_all, tail, wait_all};
 
 /// Members of the lossy rooms.
@@ -37,75 +36,6 @@ const MEMBERS: usize = 5;
 const PER_MEMBER: usize = 400;
 /// How long after a NAT rebinding the session must be carrying messages again.
 const ROAM_LIMIT: Duration = Duration::from_secs(5);
-
-/// A TCP forwarder to the server's control plane that rewrites the UdpPort of every
-/// COMPLETE frame of CREATE, JOIN and RESUME to `udp_port`. Runs until the test process
-/// ends (its threads block on sockets only).
-fn forwarder(server: SocketAddr, udp_port: u16) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the forwarder");
-    let addr = listener.local_addr().expect("forwarder address");
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(client) = conn else { continue };
-            let Ok(upstream) = TcpStream::connect(server) else {
-                continue;
-            };
-            let (Ok(mut c_read), Ok(mut u_write)) = (client.try_clone(), upstream.try_clone())
-            else {
-                continue;
-            };
-            // Requests pass as they are.
-            thread::spawn(move || {
-                let _ = std::io::copy(&mut c_read, &mut u_write);
-                let _ = u_write.shutdown(std::net::Shutdown::Write);
-            });
-            thread::spawn(move || rewrite_replies(upstream, client, udp_port));
-        }
-    });
-    addr
-}
-
-/// Copies reply frames from `upstream` to `client`, with UdpPort set to `udp_port` in the
-/// COMPLETE frames that carry one.
-fn rewrite_replies(mut upstream: TcpStream, mut client: TcpStream, udp_port: u16) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        loop {
-            let (out, used) = match split_reply(&buf) {
-                Ok(Some((frame, used))) => {
-                    let grant = frame.state == State::Complete as u8
-                        && matches!(frame.op, 1 | 2 | 5)
-                        && frame.payload.len() >= 4;
-                    let mut out = Vec::new();
-                    if grant {
-                        // TokenSize, Token, UdpPort (2), IdleTimeout (2).
-                        let mut payload = frame.payload.to_vec();
-                        let at = payload.len() - 4;
-                        payload[at..at + 2].copy_from_slice(&udp_port.to_be_bytes());
-                        encode_frame(&mut out, frame.op, State::Complete, frame.room, &payload);
-                    } else {
-                        out.extend_from_slice(&buf[..used]);
-                    }
-                    (out, used)
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            };
-            buf.drain(..used);
-            if client.write_all(&out).is_err() {
-                return;
-            }
-        }
-        match upstream.read(&mut chunk) {
-            Ok(0) | Err(_) => {
-                let _ = client.shutdown(std::net::Shutdown::Write);
-                return;
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
 
 /// 5 members, 2 000 messages, `loss` dropped each way plus duplicates and reordering.
 fn lossy_room(seed: u64, loss: f64) {

@@ -50,6 +50,8 @@ const TICK: Duration = Duration::from_millis(20);
 const MAX_DATAGRAM: usize = 65_536;
 /// How long `rebind_all` waits for the thread to do it before the test fails.
 const REBIND_WAIT: Duration = Duration::from_secs(5);
+/// Most bytes [`LossyProxy::capture`] records (the tests that capture move kilobytes).
+const CAPTURE_LIMIT: usize = 16 << 20;
 /// Receive errors (ICMP reports) skipped in one drain before giving up until the next
 /// wake-up, so a socket in a strange state cannot spin the thread.
 const MAX_ERRORS_PER_DRAIN: u32 = 16;
@@ -174,6 +176,8 @@ struct Shared {
     rebind_requested: AtomicU64,
     rebind_done: AtomicU64,
     stats: Mutex<Stats>,
+    /// Every datagram received from either side, when [`LossyProxy::capture`] asked.
+    capture: Mutex<Option<Vec<u8>>>,
 }
 
 /// A running lossy path; the thread stops (and its sockets close) when this is dropped.
@@ -220,6 +224,19 @@ impl LossyProxy {
     /// Where clients send (in place of the server's address).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// From now on, records every datagram received from clients or the server (at most
+    /// [`CAPTURE_LIMIT`] bytes), for tests that must show what crossed the network.
+    pub fn capture(&self) {
+        let mut c = self.shared.capture.lock().expect("capture");
+        c.get_or_insert_with(Vec::new);
+    }
+
+    /// The datagrams recorded since [`LossyProxy::capture`], concatenated.
+    pub fn captured(&self) -> Vec<u8> {
+        let c = self.shared.capture.lock().expect("capture");
+        c.clone().unwrap_or_default()
     }
 
     /// What the proxy has done so far.
@@ -442,6 +459,11 @@ impl Worker {
 
     /// Applies the direction's faults to one datagram of path `i`.
     fn pass(&mut self, dir: Dir, i: usize, bytes: &[u8]) {
+        if let Some(c) = self.shared.capture.lock().expect("capture").as_mut() {
+            if c.len() + bytes.len() <= CAPTURE_LIMIT {
+                c.extend_from_slice(bytes);
+            }
+        }
         let (faults, rng) = match dir {
             Dir::Up => (self.config.up, &mut self.up_rng),
             Dir::Down => (self.config.down, &mut self.down_rng),

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ocm::client::e2e::{MAX_PLAINTEXT, RoomCrypto, Shown};
 use ocm::client::session::{SessionEvent, check_message};
 use ocm::protocol::MAX_MESSAGE;
 use unicode_width::UnicodeWidthChar;
@@ -89,6 +90,8 @@ pub enum Entry {
         text: String,
         /// Whether we sent it.
         own: bool,
+        /// Whether it came encrypted (only in a private room).
+        lock: Lock,
     },
     /// Something that happened to the room, or a note from the client.
     System {
@@ -100,6 +103,27 @@ pub enum Entry {
         text: String,
     },
 }
+
+/// How a chat message travelled, as far as this client can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// The room is not private here (no `--e2e`): nothing to say.
+    Off,
+    /// Decrypted: only holders of the passphrase could have written or read it.
+    Encrypted,
+    /// In a private room, a message that came as plain text (the server and the network
+    /// could read it, and anyone could have sent it under that name).
+    NotEncrypted,
+}
+
+/// The mark in front of an encrypted message's text (plain mode prints it too).
+pub const LOCK_MARK: &str = "🔒";
+/// The mark in front of a plain-text message in a private room.
+pub const NOT_ENCRYPTED_MARK: &str = "(not encrypted)";
+/// What a message sealed under another passphrase reads as, after the sender's name (other
+/// failed checks name their own reason, each starting "could not be decrypted").
+#[cfg(test)]
+pub const UNDECRYPTABLE: &str = "could not be decrypted (different passphrase?)";
 
 /// "1 message" or "3 messages".
 fn messages(n: impl Into<u64>) -> String {
@@ -126,6 +150,7 @@ pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Option<Entry>, 
                 user: sanitize(user).into_owned(),
                 text: sanitize(text).into_owned(),
                 own: user == me,
+                lock: Lock::Off,
             }),
             None,
         ),
@@ -241,6 +266,52 @@ pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Option<Entry>, 
             )
         }
     }
+}
+
+/// [`describe`] in a private room: every message (our own echoes and the history too) goes
+/// through [`RoomCrypto::open`] first. An encrypted one is shown with its plaintext and a
+/// lock; a plain-text one marked not encrypted; a replay not at all (the crypto counts it);
+/// one that fails a check as a notice naming the sender, never as text. Other events read
+/// as [`describe`] says.
+pub fn describe_private(
+    event: &SessionEvent,
+    me: &str,
+    time: Clock,
+    crypto: &mut RoomCrypto,
+) -> (Option<Entry>, Option<End>) {
+    let SessionEvent::Message { user, text, .. } = event else {
+        return describe(event, me, time);
+    };
+    let chat = |text: &str, lock| Entry::Chat {
+        time,
+        user: sanitize(user).into_owned(),
+        text: sanitize(text).into_owned(),
+        own: user == me,
+        lock,
+    };
+    let entry = match crypto.open(text, user) {
+        Shown::Encrypted(plain) => Some(chat(&plain, Lock::Encrypted)),
+        Shown::NotEncrypted(plain) => Some(chat(&plain, Lock::NotEncrypted)),
+        Shown::Replay => None,
+        Shown::Undecryptable(e) => Some(Entry::System {
+            time,
+            kind: SystemKind::Warning,
+            text: format!("{}: {e}", sanitize(user)),
+        }),
+    };
+    (entry, None)
+}
+
+/// Seals `text` for a private room, or says why it cannot go (over [`MAX_PLAINTEXT`]
+/// bytes, which leaves room for the envelope within a message).
+pub fn seal(crypto: &mut RoomCrypto, text: &str, me: &str) -> Result<String, String> {
+    if text.len() > MAX_PLAINTEXT {
+        return Err(format!(
+            "it is {} bytes long; an encrypted message is at most {MAX_PLAINTEXT} bytes",
+            text.len()
+        ));
+    }
+    crypto.seal(text, me).map_err(|e| e.to_string())
 }
 
 /// Whether a room event is from the history fetched at join (`None` for the other events,
@@ -626,7 +697,18 @@ pub struct App {
     /// Messages told recovered by the last line of the pane, when it is such a notice: on
     /// a bad network recoveries come one after another, and one line counts them all.
     recovered_run: Option<u64>,
+    /// The room's encryption when it is private (`--e2e`): messages are sealed before they
+    /// are sent and opened before they are shown.
+    crypto: Option<RoomCrypto>,
+    /// While the room key is being derived (a private room, before [`App::key_ready`]):
+    /// the session's events, held to be shown once they can be opened.
+    deriving: Option<VecDeque<SessionEvent>>,
+    /// Events dropped from `deriving` beyond [`MAX_ENTRIES`].
+    deriving_dropped: u64,
 }
+
+/// Words for the wait while the room key is derived.
+pub const DERIVING: &str = "deriving key…";
 
 impl App {
     /// A fresh state for member `me` of `room` on `server`.
@@ -647,6 +729,67 @@ impl App {
             pending: VecDeque::new(),
             in_history: false,
             recovered_run: None,
+            crypto: None,
+            deriving: None,
+            deriving_dropped: 0,
+        }
+    }
+
+    /// Makes the room private, its key still being derived: the session's events wait (at
+    /// most [`MAX_ENTRIES`]) and nothing can be sent until [`App::key_ready`].
+    pub fn key_deriving(&mut self, time: Clock) {
+        self.deriving = Some(VecDeque::new());
+        self.info(time, format!("this room is private; {DERIVING}"));
+    }
+
+    /// The room key is ready: from now on messages are sealed and opened with `crypto`,
+    /// beginning with the events that waited for it.
+    pub fn key_ready(&mut self, crypto: RoomCrypto, time: Clock) {
+        self.crypto = Some(crypto);
+        self.info(
+            time,
+            "messages in this room are end-to-end encrypted (🔒 marks them)",
+        );
+        if self.deriving_dropped > 0 {
+            self.push(Entry::System {
+                time,
+                kind: SystemKind::Warning,
+                text: format!(
+                    "{} missed while the key was derived",
+                    messages(self.deriving_dropped)
+                ),
+            });
+        }
+        for event in self.deriving.take().unwrap_or_default() {
+            self.on_event(&event, time);
+        }
+    }
+
+    /// Whether the room is private here (shown in the status bar).
+    pub fn encrypted(&self) -> bool {
+        self.crypto.is_some() || self.deriving.is_some()
+    }
+
+    /// Whether the room key is still being derived.
+    pub fn deriving(&self) -> bool {
+        self.deriving.is_some()
+    }
+
+    /// Replayed envelopes dropped so far (0 in a room that is not private).
+    pub fn replays(&self) -> u64 {
+        self.crypto.as_ref().map_or(0, RoomCrypto::replays)
+    }
+
+    /// What to hand the session for `text`: the text itself, or in a private room its
+    /// envelope (sealed once, so a retransmission resends the same bytes, §7). `Err` says
+    /// why it cannot be sent.
+    pub fn outgoing(&mut self, text: &str) -> Result<String, String> {
+        if self.deriving() {
+            return Err(format!("the room key is still being derived ({DERIVING})"));
+        }
+        match &mut self.crypto {
+            Some(c) => seal(c, text, &self.me),
+            None => Ok(text.to_string()),
         }
     }
 
@@ -668,6 +811,11 @@ impl App {
                 user: sanitize(&self.me).into_owned(),
                 text: sanitize(text).into_owned(),
                 own: true,
+                lock: if self.encrypted() {
+                    Lock::Encrypted
+                } else {
+                    Lock::Off
+                },
             },
         ));
     }
@@ -740,6 +888,14 @@ impl App {
 
     /// Takes in one event from the session.
     pub fn on_event(&mut self, event: &SessionEvent, time: Clock) {
+        if let Some(waiting) = &mut self.deriving {
+            if waiting.len() == MAX_ENTRIES {
+                waiting.pop_front();
+                self.deriving_dropped += 1;
+            }
+            waiting.push_back(event.clone());
+            return;
+        }
         match event {
             SessionEvent::Joined { user, .. } | SessionEvent::Message { user, .. }
                 if self.members.len() < MAX_MEMBERS_SEEN =>
@@ -782,7 +938,10 @@ impl App {
         if let Some(mark) = history_mark(&mut self.in_history, event, time) {
             self.push(mark);
         }
-        let (entry, end) = describe(event, &self.me, time);
+        let (entry, end) = match &mut self.crypto {
+            Some(c) => describe_private(event, &self.me, time, c),
+            None => describe(event, &self.me, time),
+        };
         if let Some(entry) = entry {
             self.push(entry);
         }
@@ -862,6 +1021,23 @@ impl App {
             if let Err(e) = check_message(text) {
                 // Keep the line so it can be fixed.
                 self.error(time, format!("not sent: {e}"));
+                return Action::None;
+            }
+            if self.deriving() {
+                self.error(
+                    time,
+                    format!("not sent yet: the room key is still being derived ({DERIVING})"),
+                );
+                return Action::None;
+            }
+            if self.encrypted() && text.len() > MAX_PLAINTEXT {
+                self.error(
+                    time,
+                    format!(
+                        "not sent: it is {} bytes long; an encrypted message is at most {MAX_PLAINTEXT} bytes",
+                        text.len()
+                    ),
+                );
                 return Action::None;
             }
         }
@@ -1283,5 +1459,100 @@ mod tests {
         assert_eq!(sanitize("a\u{1b}[2Jb"), "a\u{FFFD}[2Jb");
         assert_eq!(sanitize("x\u{202E}y\u{2066}"), "x\u{FFFD}y\u{FFFD}");
         assert_eq!(sanitize("\u{9b}"), "\u{FFFD}");
+    }
+
+    fn message(user: &str, text: &str, history: bool) -> SessionEvent {
+        SessionEvent::Message {
+            seq: 1,
+            user: user.into(),
+            text: text.into(),
+            history,
+        }
+    }
+
+    #[test]
+    fn private_room_messages_read_as_section_7_says() {
+        use ocm::client::e2e::{RoomCrypto, RoomKey};
+        let key = RoomKey::from_bytes([1; 32]);
+        let mut me = RoomCrypto::new(&key, "r");
+        let mut bob = RoomCrypto::new(&key, "r");
+        let mut eve = RoomCrypto::new(&RoomKey::from_bytes([2; 32]), "r");
+        let sealed = bob.seal("secret", "bob").unwrap();
+        let lock_of = |e: Option<Entry>| match e {
+            Some(Entry::Chat { text, lock, .. }) => Some((text, lock)),
+            _ => None,
+        };
+        let (e, end) = describe_private(&message("bob", &sealed, true), "alice", T, &mut me);
+        assert_eq!(lock_of(e), Some(("secret".into(), Lock::Encrypted)));
+        assert_eq!(end, None);
+        // The same envelope again is a replay: nothing shown, counted.
+        let (e, _) = describe_private(&message("bob", &sealed, false), "alice", T, &mut me);
+        assert_eq!(e, None);
+        assert_eq!(me.replays(), 1);
+        // Shown under another name, it fails the tag: a notice, never the text.
+        let sealed2 = bob.seal("second", "bob").unwrap();
+        let (e, _) = describe_private(&message("carol", &sealed2, false), "alice", T, &mut me);
+        assert!(
+            matches!(&e, Some(Entry::System { kind: SystemKind::Warning, text, .. })
+                if text.starts_with("carol: could not be decrypted") && !text.contains("second")),
+            "{e:?}"
+        );
+        let (e, _) = describe_private(&message("bob", "plain hi", false), "alice", T, &mut me);
+        assert_eq!(lock_of(e), Some(("plain hi".into(), Lock::NotEncrypted)));
+        let guess = eve.seal("let me in", "eve").unwrap();
+        let (e, _) = describe_private(&message("eve", &guess, false), "alice", T, &mut me);
+        assert_eq!(
+            e,
+            Some(Entry::System {
+                time: T,
+                kind: SystemKind::Warning,
+                text: format!("eve: {UNDECRYPTABLE}"),
+            })
+        );
+        // Other events read as ever.
+        let (e, _) = describe_private(&joined("bob"), "alice", T, &mut me);
+        assert!(matches!(
+            e,
+            Some(Entry::System {
+                kind: SystemKind::Joined,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn private_room_seals_once_and_refuses_long_text() {
+        use ocm::client::e2e::{MAX_PLAINTEXT, RoomCrypto, RoomKey};
+        let room_key = RoomKey::from_bytes([3; 32]);
+        let mut app = App::new("s", "r", "alice", false);
+        assert_eq!(app.outgoing("clear").unwrap(), "clear");
+        app.key_deriving(T);
+        assert!(app.encrypted() && app.outgoing("early").is_err());
+        // Events wait for the key, then show in their order.
+        app.on_event(&joined("bob"), T);
+        assert_eq!(app.entries().len(), 1);
+        app.key_ready(RoomCrypto::new(&room_key, "r"), T);
+        assert!(matches!(app.entries().back(),
+            Some(Entry::System { kind: SystemKind::Joined, text, .. }) if text == "bob joined"));
+        assert!(app.encrypted());
+        let a = app.outgoing("x").unwrap();
+        let b = app.outgoing("x").unwrap();
+        assert!(
+            a.starts_with("ocm-e2e-v1:") && a != b,
+            "a new counter each time"
+        );
+        assert!(app.outgoing(&"y".repeat(MAX_PLAINTEXT)).is_ok());
+        let why = app.outgoing(&"y".repeat(MAX_PLAINTEXT + 1)).unwrap_err();
+        assert!(why.contains("at most 2800 bytes"), "{why}");
+        // The editor keeps a line too long to encrypt, with the reason.
+        typed(&mut app, &"z".repeat(MAX_PLAINTEXT + 1));
+        assert_eq!(app.on_key(key(KeyCode::Enter), T), Action::None);
+        assert_eq!(app.editor.text().len(), MAX_PLAINTEXT + 1);
+        assert!(matches!(app.entries().back(),
+            Some(Entry::System { kind: SystemKind::Error, text, .. }) if text.contains("encrypted message is at most 2800")));
+        // Our own echo reads decrypted, with the lock.
+        app.on_event(&message("alice", &a, false), T);
+        assert!(matches!(app.entries().back(),
+            Some(Entry::Chat { text, own: true, lock: Lock::Encrypted, .. }) if text == "x"));
     }
 }

@@ -16,7 +16,7 @@ mod tui;
 mod view;
 
 use std::fs::File;
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicBool;
 
 use argh::FromArgs;
 use ocm::client::control::{self, ControlError, Membership};
+use ocm::client::e2e::{Deriving, RoomCrypto, RoomKey};
 use ocm::client::session::{Options, Session};
 use ocm::protocol::{MAX_ROOM_NAME, MAX_USER_NAME, Status, control_char};
 
@@ -99,6 +100,17 @@ struct Args {
     #[argh(option)]
     ca: Option<PathBuf>,
 
+    /// make the room private (end-to-end encrypted, PROTOCOL.md §7): messages are sealed
+    /// with a key from the room's passphrase, which is asked for without echo (or read
+    /// from --e2e-passphrase-file); the server never sees the passphrase or the text
+    #[argh(switch)]
+    e2e: bool,
+
+    /// read the room's passphrase from the first line of this file (implies --e2e; for
+    /// scripts and tests)
+    #[argh(option)]
+    e2e_passphrase_file: Option<PathBuf>,
+
     /// write the log to this file (default: none in full-screen mode, warnings to stderr in
     /// plain mode; RUST_LOG sets the level)
     #[argh(option)]
@@ -126,6 +138,13 @@ fn run(args: Args) -> u8 {
     if args.list {
         return list(&args.server);
     }
+    let passphrase = match passphrase(&args) {
+        Ok(p) => p,
+        Err(Fail(code, msg)) => {
+            eprintln!("ocm-client: {msg}");
+            return code;
+        }
+    };
     let membership = match enter_room(&args, full_screen) {
         Ok(m) => m,
         Err(Fail(code, msg)) => {
@@ -136,7 +155,86 @@ fn run(args: Args) -> u8 {
     let options = Options {
         history: args.history,
     };
-    chat(&args.server, membership, options, full_screen)
+    // Derived once per room, on its own thread, while the chat starts.
+    let deriving = match passphrase
+        .map(|p| RoomKey::derive_in_background(p, membership.room.clone()))
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ocm-client: cannot start deriving the room key: {e}");
+            let _ = control::leave(&membership);
+            return EXIT_FAILED;
+        }
+    };
+    chat(&args.server, membership, options, full_screen, deriving)
+}
+
+/// Longest passphrase taken (PBKDF2 takes any length; this bounds what a wrong file makes
+/// us read and hash).
+const MAX_PASSPHRASE: usize = 1024;
+
+/// The room's passphrase when the room is private (`--e2e` or `--e2e-passphrase-file`):
+/// the file's first line without its line ending, or asked for without echo on a terminal.
+fn passphrase(args: &Args) -> Result<Option<String>, Fail> {
+    let checked = |p: String| {
+        check_passphrase(&p).map_err(usage)?;
+        Ok(Some(p))
+    };
+    if let Some(path) = &args.e2e_passphrase_file {
+        let file = File::open(path).map_err(|e| {
+            usage(format!(
+                "cannot read the passphrase file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let mut line = Vec::new();
+        io::BufReader::new(file)
+            .take(MAX_PASSPHRASE as u64 + 2)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| usage(format!("cannot read the passphrase file: {e}")))?;
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let p = String::from_utf8(line.to_vec())
+            .map_err(|_| usage("the passphrase file is not UTF-8 text".into()))?;
+        return checked(p);
+    }
+    if !args.e2e {
+        return Ok(None);
+    }
+    if !io::stdin().is_terminal() {
+        return Err(usage(
+            "--e2e needs a terminal to ask for the passphrase; give --e2e-passphrase-file FILE"
+                .into(),
+        ));
+    }
+    let p = ask_hidden("Passphrase of the private room", check_passphrase)?;
+    checked(p)
+}
+
+fn check_passphrase(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("the passphrase is empty".into());
+    }
+    if p.len() > MAX_PASSPHRASE {
+        return Err(format!(
+            "the passphrase is {} bytes; at most {MAX_PASSPHRASE} are allowed",
+            p.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Plain mode waits for the room key before the chat starts (600 000 PBKDF2 rounds take
+/// a visible moment), saying so on standard error, so that a script's first line is
+/// sealed and the first message printed is opened.
+fn wait_for_key(deriving: Deriving, room: &str) -> Option<RoomCrypto> {
+    eprint!("ocm-client: deriving key…");
+    let _ = io::stderr().flush();
+    let started = std::time::Instant::now();
+    let key = deriving.wait()?;
+    eprintln!(" done in {} ms", started.elapsed().as_millis());
+    Some(RoomCrypto::new(&key, room))
 }
 
 /// With --tls or --ca, every control connection of this process speaks TLS, checked
@@ -270,12 +368,15 @@ fn enter_room(args: &Args, interactive: bool) -> Result<Membership, Fail> {
             check_password(p).map_err(usage)?;
             p.clone()
         }
-        None if interactive && create => ask_hidden("Password for the new room (Enter for none)")?,
+        None if interactive && create => {
+            ask_hidden("Password for the new room (Enter for none)", check_password)?
+        }
         // Ask up front when LIST says the room needs one: a wrong (empty) try would count
         // towards the server's limit of failed attempts.
-        None if interactive && needs_password(&args.server, &room) => {
-            ask_hidden(&format!("Password for room '{}'", sanitize(&room)))?
-        }
+        None if interactive && needs_password(&args.server, &room) => ask_hidden(
+            &format!("Password for room '{}'", sanitize(&room)),
+            check_password,
+        )?,
         None => String::new(),
     };
     for _ in 0..MAX_ATTEMPTS {
@@ -297,7 +398,10 @@ fn enter_room(args: &Args, interactive: bool) -> Result<Membership, Fail> {
         match e.status() {
             Some(Status::BadPassword) if interactive => {
                 eprintln!("{e}.");
-                password = ask_hidden(&format!("Password for room '{}'", sanitize(&room)))?;
+                password = ask_hidden(
+                    &format!("Password for room '{}'", sanitize(&room)),
+                    check_password,
+                )?;
             }
             Some(Status::NameTaken) if interactive => {
                 eprintln!("{e}.");
@@ -351,8 +455,9 @@ fn ask_room() -> Result<String, Fail> {
     ask_valid("Room name", "room name", MAX_ROOM_NAME)
 }
 
-/// Asks for a password without echoing it.
-fn ask_hidden(label: &str) -> Result<String, Fail> {
+/// Asks for a password (or passphrase) without echoing it; `check` says what is wrong with
+/// an answer, which is then asked for again.
+fn ask_hidden(label: &str, check: fn(&str) -> Result<(), String>) -> Result<String, Fail> {
     use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
     use crossterm::terminal::{disable_raw_mode, enable_raw_mode};
 
@@ -396,7 +501,7 @@ fn ask_hidden(label: &str) -> Result<String, Fail> {
             }
         }
         eprintln!();
-        match check_password(&password) {
+        match check(&password) {
             Ok(()) => return Ok(password),
             Err(msg) => eprintln!("{msg}."),
         }
@@ -418,7 +523,13 @@ impl Drop for LeaveIfPanicking<'_> {
 
 /// Runs the chat until it ends, leaves when we chose to, and turns the end into an exit
 /// code with a last word on standard error.
-fn chat(server: &str, membership: Membership, options: Options, full_screen: bool) -> u8 {
+fn chat(
+    server: &str,
+    membership: Membership,
+    options: Options,
+    full_screen: bool,
+    deriving: Option<Deriving>,
+) -> u8 {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGINT,
@@ -430,6 +541,20 @@ fn chat(server: &str, membership: Membership, options: Options, full_screen: boo
         }
     }
     let room = sanitize(&membership.room).into_owned();
+    let private = deriving.is_some();
+    // Full-screen mode takes the key when it comes; plain mode waits for it here.
+    let (deriving, crypto) = match deriving {
+        Some(d) if !full_screen => match wait_for_key(d, &membership.room) {
+            Some(c) => (None, Some(c)),
+            // Never fall back to sending in clear in a room meant to be private.
+            None => {
+                eprintln!("ocm-client: the room key could not be derived");
+                let _ = control::leave(&membership);
+                return EXIT_FAILED;
+            }
+        },
+        d => (d, None),
+    };
     let mut session = match Session::open(&membership, options) {
         Ok(s) => s,
         Err(e) => {
@@ -440,19 +565,20 @@ fn chat(server: &str, membership: Membership, options: Options, full_screen: boo
     };
     if !full_screen {
         eprintln!(
-            "ocm-client: {} room '{room}' as {} (Ctrl-D ends input and leaves)",
+            "ocm-client: {} {}room '{room}' as {} (Ctrl-D ends input and leaves)",
             if membership.host { "created" } else { "joined" },
+            if private { "private " } else { "" },
             sanitize(&membership.user)
         );
     }
     let unwinding = LeaveIfPanicking(&membership);
     let end = if full_screen {
-        match tui::run(&mut session, server, &stop) {
+        match tui::run(&mut session, server, &stop, deriving) {
             Ok(end) => end,
             Err(e) => End::Lost(format!("the terminal failed: {e}")),
         }
     } else {
-        plain::run(&mut session, &stop)
+        plain::run(&mut session, &stop, crypto)
     };
     drop(unwinding);
     match end {

@@ -22,6 +22,21 @@
 //! (older than the server keeps)"). Our own messages are printed when their echo comes
 //! back from the server, in the room's order, not when they are typed.
 //!
+//! In a private room (`--e2e`, PROTOCOL.md §7) every line is sealed before it is sent (at
+//! most 2800 bytes of text), and every message is opened before it is printed. The message
+//! line keeps its format, and its text starts with a mark a script can split on:
+//!
+//! ```text
+//! 12:00:01 alice: 🔒 hello                          decrypted: sent by a passphrase holder
+//! 12:00:02 carol: (not encrypted) hi                 plain text in a private room
+//! 12:00:03 * mallory: could not be decrypted (different passphrase?)
+//! ```
+//!
+//! (`🔒 ` is U+1F512 and a space.) A message failing another check reads "could not be
+//! decrypted (…)" with its reason; a replayed envelope is not printed, and the count of
+//! replays is said on standard error at the end. "ocm-client: deriving key…" goes to
+//! standard error while the room key is derived, before the chat starts.
+//!
 //! At the end of input the client waits (at most [`ECHO_WAIT`]) until the server has
 //! confirmed each of its own messages and everything known to be in the room (the history
 //! asked for at join included) is printed, so that nothing is still in flight, then leaves.
@@ -32,10 +47,13 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ocm::client::e2e::RoomCrypto;
 use ocm::client::session::{Session, SessionEvent};
 use ocm::protocol::{MAX_MESSAGE, control_char};
 
-use crate::app::{End, Entry, describe, history_mark};
+use crate::app::{
+    End, Entry, LOCK_MARK, Lock, NOT_ENCRYPTED_MARK, describe, describe_private, history_mark, seal,
+};
 use crate::clock;
 
 /// How long the end of input waits for the server to confirm our last messages: a
@@ -185,14 +203,32 @@ fn spawn_reader() -> Receiver<Input> {
 pub fn format_entry(entry: &Entry) -> String {
     match entry {
         Entry::Chat {
-            time, user, text, ..
-        } => format!("{time} {user}: {text}"),
+            time,
+            user,
+            text,
+            lock,
+            ..
+        } => match lock {
+            Lock::Off => format!("{time} {user}: {text}"),
+            Lock::Encrypted => format!("{time} {user}: {LOCK_MARK} {text}"),
+            Lock::NotEncrypted => format!("{time} {user}: {NOT_ENCRYPTED_MARK} {text}"),
+        },
         Entry::System { time, text, .. } => format!("{time} * {text}"),
     }
 }
 
-/// Runs plain mode until the room closes, input ends, or `stop` is set (a signal).
-pub fn run(session: &mut Session, stop: &AtomicBool) -> End {
+/// Runs plain mode until the room closes, input ends, or `stop` is set (a signal). With
+/// `crypto` the room is private: lines are sealed before they are sent (at most
+/// [`ocm::client::e2e::MAX_PLAINTEXT`] bytes each) and messages opened before they are printed.
+pub fn run(session: &mut Session, stop: &AtomicBool, mut crypto: Option<RoomCrypto>) -> End {
+    let end = run_loop(session, stop, crypto.as_mut());
+    if let Some(n) = crypto.as_ref().map(RoomCrypto::replays).filter(|&n| n > 0) {
+        eprintln!("ocm-client: {n} replayed encrypted message(s) dropped");
+    }
+    end
+}
+
+fn run_loop(session: &mut Session, stop: &AtomicBool, mut crypto: Option<&mut RoomCrypto>) -> End {
     let me = session.membership().user.clone();
     let input = spawn_reader();
     let stdout = io::stdout();
@@ -226,7 +262,10 @@ pub fn run(session: &mut Session, stop: &AtomicBool) -> End {
             }
             let time = clock::now();
             let mark = history_mark(&mut in_history, ev, time);
-            let (entry, end) = describe(ev, &me, time);
+            let (entry, end) = match crypto.as_deref_mut() {
+                Some(c) => describe_private(ev, &me, time, c),
+                None => describe(ev, &me, time),
+            };
             for entry in mark.iter().chain(entry.as_ref()) {
                 if writeln!(out, "{}", format_entry(entry)).is_err() {
                     // Nobody reads our output any more: leave quietly.
@@ -242,10 +281,17 @@ pub fn run(session: &mut Session, stop: &AtomicBool) -> End {
         for _ in 0..QUEUE {
             match input.try_recv() {
                 Ok(Input::Line(_, Ok(None))) => {}
-                Ok(Input::Line(n, Ok(Some(text)))) => match session.send_message(&text) {
-                    Ok(_) => sent += 1,
-                    Err(e) => eprintln!("ocm-client: line {n} not sent: {e}"),
-                },
+                Ok(Input::Line(n, Ok(Some(text)))) => {
+                    let wire = match crypto.as_deref_mut() {
+                        Some(c) => seal(c, &text, &me),
+                        None => Ok(text),
+                    };
+                    match wire.map(|w| session.send_message(&w)) {
+                        Ok(Ok(_)) => sent += 1,
+                        Ok(Err(e)) => eprintln!("ocm-client: line {n} not sent: {e}"),
+                        Err(why) => eprintln!("ocm-client: line {n} not sent: {why}"),
+                    }
+                }
                 Ok(Input::Line(n, Err(problem))) => {
                     eprintln!("ocm-client: line {n} not sent: {problem}")
                 }
@@ -332,6 +378,7 @@ mod tests {
             user: "bob".into(),
             text: "hi".into(),
             own: false,
+            lock: Lock::Off,
         };
         assert_eq!(format_entry(&chat), "01:02:03 bob: hi");
         let sys = Entry::System {

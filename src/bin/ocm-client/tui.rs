@@ -15,6 +15,7 @@ use crossterm::terminal::{
     Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
 use ocm::client::control;
+use ocm::client::e2e::{Deriving, RoomCrypto};
 use ocm::client::session::Session;
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -73,9 +74,17 @@ impl Drop for TerminalGuard {
 
 /// Runs the full-screen client until the user leaves, the room closes, or `stop` is set.
 /// The caller sends LEAVE afterwards when the result is [`End::Left`].
-pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result<End> {
+pub fn run(
+    session: &mut Session,
+    server: &str,
+    stop: &AtomicBool,
+    mut deriving: Option<Deriving>,
+) -> io::Result<End> {
     let m = session.membership().clone();
     let mut app = App::new(server, &m.room, &m.user, m.host);
+    if deriving.is_some() {
+        app.key_deriving(clock::now());
+    }
     app.info(
         clock::now(),
         format!(
@@ -94,6 +103,13 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
         // A resize arrives as SIGWINCH, which crossterm turns into an event only when asked;
         // the loop only asks when a key is waiting. So the size is looked at every turn (one
         // ioctl), and the pane is wrapped again at the new width at once.
+        // The room key comes from its own thread (600 000 PBKDF2 rounds): looked at every
+        // turn, so typing and the session go on meanwhile.
+        if let Some(key) = deriving.as_mut().and_then(Deriving::try_take) {
+            app.key_ready(RoomCrypto::new(&key, &m.room), clock::now());
+            deriving = None;
+            dirty = true;
+        }
         let now_size = terminal.size()?;
         if now_size != size {
             size = now_size;
@@ -138,11 +154,14 @@ pub fn run(session: &mut Session, server: &str, stop: &AtomicBool) -> io::Result
                 dirty = true;
                 match action {
                     Action::None => {}
-                    Action::Send(text) => match session.send_message(&text) {
-                        // A version 1 server confirms nothing; its echo is all there is.
-                        Ok(_) if session.is_v1() => {}
-                        Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
-                        Err(e) => app.error(clock::now(), format!("not sent: {e}")),
+                    Action::Send(text) => match app.outgoing(&text) {
+                        Ok(wire) => match session.send_message(&wire) {
+                            // A version 1 server confirms nothing; its echo is all there is.
+                            Ok(_) if session.is_v1() => {}
+                            Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
+                            Err(e) => app.error(clock::now(), format!("not sent: {e}")),
+                        },
+                        Err(why) => app.error(clock::now(), format!("not sent: {why}")),
                     },
                     Action::List => list_rooms(&mut app, server),
                     Action::Leave => app.end(End::Left),

@@ -15,7 +15,10 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 
-use crate::app::{App, Entry, SystemKind, char_width, sanitize, str_width};
+use crate::app::{
+    App, DERIVING, Entry, LOCK_MARK, Lock, NOT_ENCRYPTED_MARK, SystemKind, char_width, sanitize,
+    str_width,
+};
 
 /// Columns a wrapped line's continuation is indented by: under the text, past the time.
 const INDENT: usize = 9;
@@ -69,6 +72,7 @@ fn pieces(entry: &Entry) -> Vec<(String, Style)> {
             user,
             text,
             own,
+            lock,
         } => {
             let mut v = vec![
                 (format!("{time} "), dim),
@@ -83,6 +87,14 @@ fn pieces(entry: &Entry) -> Vec<(String, Style)> {
                 v.push((" (you)".to_string(), dim));
             }
             v.push((": ".to_string(), Style::new()));
+            match lock {
+                Lock::Off => {}
+                Lock::Encrypted => v.push((format!("{LOCK_MARK} "), Style::new().fg(Color::Green))),
+                Lock::NotEncrypted => v.push((
+                    format!("{NOT_ENCRYPTED_MARK} "),
+                    Style::new().fg(Color::Yellow),
+                )),
+            }
             v.push((text.clone(), Style::new()));
             v
         }
@@ -244,6 +256,19 @@ fn draw_status(frame: &mut Frame<'_>, area: Rect, app: &App) {
     let mut text = String::new();
     if app.scroll() > 0 {
         text.push_str(&format!(" ↑{} rows (PgDn) │", app.scroll()));
+    }
+    if app.deriving() {
+        text.push_str(&format!(" {LOCK_MARK} {DERIVING} │"));
+    } else if app.encrypted() {
+        text.push_str(&format!(" {LOCK_MARK} encrypted"));
+        if app.replays() > 0 {
+            let n = app.replays();
+            text.push_str(&format!(
+                " ({n} replay{} dropped)",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        text.push_str(" │");
     }
     text.push_str(&format!(
         " room {} │ {} ({role}) │ {n} member{} seen │ {}",
@@ -635,5 +660,53 @@ mod tests {
             .map(|n| format!("{:?}", user_color(n)))
             .collect();
         assert!(distinct.len() >= 3);
+    }
+
+    /// A private room (`--e2e`): the status bar says so, decrypted messages carry the lock
+    /// (our own echo and history included), a plain-text message is marked, a message
+    /// under another passphrase is a notice, never text, and a replay is not shown.
+    #[test]
+    fn encrypted_conversation_snapshot() {
+        use ocm::client::e2e::{RoomCrypto, RoomKey};
+        // A fixed key: the snapshot must not depend on 600 000 PBKDF2 rounds.
+        let key = RoomKey::from_bytes([7; 32]);
+        let mut bob = RoomCrypto::new(&key, "lobby");
+        let mut mallory = RoomCrypto::new(&RoomKey::from_bytes([9; 32]), "lobby");
+        let mut app = App::new("127.0.0.1:9001", "lobby", "alice", true);
+        app.key_deriving(at(0));
+        let earlier = bob.seal("the plan is in the usual place", "bob").unwrap();
+        app.on_event(
+            &SessionEvent::Message {
+                seq: 1,
+                user: "bob".into(),
+                text: earlier.clone(),
+                history: true,
+            },
+            at(0),
+        );
+        joined(&mut app, 1, "alice");
+        // While the key is derived: said in the pane and the status bar, events held.
+        let waiting = format!("{:?}", render(&mut app, 78, 4));
+        assert!(
+            waiting.contains("🔒 deriving key… │ room lobby"),
+            "{waiting}"
+        );
+        assert!(!waiting.contains("alice joined"), "{waiting}");
+        app.key_ready(RoomCrypto::new(&key, "lobby"), at(1));
+        let hi = bob
+            .seal("hi alice, only we can read this 🔐", "bob")
+            .unwrap();
+        chat(&mut app, 2, "bob", &hi);
+        // The same envelope again (a replay by the network or the server): not shown.
+        chat(&mut app, 3, "bob", &hi);
+        let own = app.outgoing("good, the server sees noise").unwrap();
+        assert!(own.starts_with("ocm-e2e-v1:"), "{own}");
+        chat(&mut app, 4, "alice", &own);
+        chat(&mut app, 5, "carol", "hello? I forgot --e2e");
+        let guess = mallory.seal("let me in", "mallory").unwrap();
+        chat(&mut app, 6, "mallory", &guess);
+        app.sending(9, "on its way", at(7));
+        insta::assert_snapshot!(render(&mut app, 78, 14));
+        assert_eq!(app.replays(), 1);
     }
 }
