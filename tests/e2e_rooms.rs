@@ -9,17 +9,16 @@ mod common;
 mod forward;
 #[path = "common/lossy.rs"]
 mod lossy;
+#[path = "common/plain.rs"]
+mod plain;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Captured, ServerProc, spawn_piped, wait_exit};
 use forward::{Tap, recording_forwarder};
 use lossy::{Config, LossyProxy};
+use plain::Client;
 
 /// Generous, for a loaded 2-core machine (600 000 PBKDF2 rounds included); each wait
 /// normally ends well within a second.
@@ -30,79 +29,6 @@ const PASSPHRASE: &str = "correct horse battery staple";
 const WRONG: &str = "correct horse battery stable";
 /// The notice for a message under another passphrase.
 const UNDECRYPTABLE: &str = "could not be decrypted (different passphrase?)";
-
-/// A running `ocm-client --plain`, killed when dropped; stdout lines without the time.
-struct Client {
-    name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: Captured,
-}
-
-impl Client {
-    fn start(server: &str, name: &str, op: &str, room: &str, extra: &[&str]) -> Client {
-        let mut args = vec!["--plain", "--server", server, "--name", name, op, room];
-        args.extend_from_slice(extra);
-        let mut child = spawn_piped(Path::new(env!("CARGO_BIN_EXE_ocm-client")), &args, true);
-        let stdout = child.stdout.take().expect("stdout");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&lines);
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let text = line.get(9..).unwrap_or_default().to_string();
-                sink.lock().expect("lines").push(text);
-            }
-        });
-        Client {
-            name: name.to_string(),
-            stdin: child.stdin.take(),
-            stderr: Captured::stderr(&mut child),
-            child,
-            lines,
-        }
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .and_then(|()| stdin.flush())
-            .expect("write to client");
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().expect("lines").clone()
-    }
-
-    fn expect(&self, want: &str) {
-        let end = Instant::now() + WAIT;
-        while !self.lines().iter().any(|l| l == want) {
-            assert!(
-                Instant::now() < end,
-                "{}: no line {want:?} within {WAIT:?}; lines: {:#?}; stderr: {}",
-                self.name,
-                self.lines(),
-                self.stderr.text()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Closes stdin and waits for the exit code.
-    fn finish(&mut self) -> Option<i32> {
-        self.stdin = None;
-        wait_exit(&mut self.child, WAIT).and_then(|s| s.code())
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A passphrase file for this test process, removed when dropped.
 struct TempFile(PathBuf);
