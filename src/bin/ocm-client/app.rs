@@ -141,8 +141,11 @@ pub const HISTORY_END: &str = "— end of earlier messages —";
 /// How a session event reads, shared by the full-screen and the plain front end.
 /// Returns the entry (`None` for events that only change state, such as a confirmation),
 /// and whether the event ends our session.
+///
+/// The match names every variant (a new one must be given a reading here); the helpers
+/// word one group each.
 pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Option<Entry>, Option<End>) {
-    let sys = |kind, text: String| Some(Entry::System { time, kind, text });
+    let sys = |(kind, text)| Entry::System { time, kind, text };
     match event {
         SessionEvent::Message { user, text, .. } => (
             Some(Entry::Chat {
@@ -154,118 +157,133 @@ pub fn describe(event: &SessionEvent, me: &str, time: Clock) -> (Option<Entry>, 
             }),
             None,
         ),
-        SessionEvent::Joined { user, .. } => (
-            sys(SystemKind::Joined, format!("{} joined", sanitize(user))),
-            None,
-        ),
-        SessionEvent::Left { user, .. } => (
-            sys(SystemKind::Departed, format!("{} left", sanitize(user))),
-            None,
-        ),
+        SessionEvent::Confirmed { .. } => (None, None),
+        SessionEvent::Joined { .. }
+        | SessionEvent::Left { .. }
+        | SessionEvent::TimedOut { .. }
+        | SessionEvent::Resumed { .. } => (member_notice(event, me).map(sys), None),
+        SessionEvent::RateLimited { .. }
+        | SessionEvent::Missed(_)
+        | SessionEvent::Unrecoverable { .. }
+        | SessionEvent::Recovered { .. }
+        | SessionEvent::SendFailed { .. } => (delivery_notice(event).map(sys), None),
+        SessionEvent::Reconnecting
+        | SessionEvent::Reconnected
+        | SessionEvent::Rejoined
+        | SessionEvent::FellBackToV1 => (link_notice(event).map(sys), None),
+        SessionEvent::RoomClosed { .. } | SessionEvent::Dropped | SessionEvent::Lost { .. } => {
+            match ending(event) {
+                Some((kind, text, end)) => (Some(sys((kind, text))), Some(end)),
+                None => (None, None),
+            }
+        }
+    }
+}
+
+/// What a member's coming, going or coming back reads as (`None` for other events).
+fn member_notice(event: &SessionEvent, me: &str) -> Option<(SystemKind, String)> {
+    Some(match event {
+        SessionEvent::Joined { user, .. } => {
+            (SystemKind::Joined, format!("{} joined", sanitize(user)))
+        }
+        SessionEvent::Left { user, .. } => {
+            (SystemKind::Departed, format!("{} left", sanitize(user)))
+        }
         SessionEvent::TimedOut {
             user,
             history: false,
         } if user == me => (
-            sys(
-                SystemKind::Warning,
-                format!(
-                    "{} timed out (the server stopped hearing you)",
-                    sanitize(user)
-                ),
+            SystemKind::Warning,
+            format!(
+                "{} timed out (the server stopped hearing you)",
+                sanitize(user)
             ),
-            None,
         ),
         SessionEvent::TimedOut { user, .. } => (
-            sys(
-                SystemKind::Departed,
-                format!("{} timed out", sanitize(user)),
-            ),
-            None,
+            SystemKind::Departed,
+            format!("{} timed out", sanitize(user)),
         ),
+        SessionEvent::Resumed { user } => {
+            (SystemKind::Info, format!("{} reconnected", sanitize(user)))
+        }
+        _ => return None,
+    })
+}
+
+/// What happened to messages on the way reads as: dropped, missed, recovered, not sent
+/// (`None` for other events).
+fn delivery_notice(event: &SessionEvent) -> Option<(SystemKind, String)> {
+    Some(match event {
+        SessionEvent::RateLimited { limit } => (
+            SystemKind::Warning,
+            format!(
+                "rate limited: {}; a message of yours was dropped",
+                sanitize(limit)
+            ),
+        ),
+        SessionEvent::Missed(n) => (SystemKind::Warning, format!("{} missed", messages(*n))),
+        SessionEvent::Unrecoverable { count } => (
+            SystemKind::Warning,
+            format!(
+                "{} could not be recovered (older than the server keeps)",
+                messages(*count)
+            ),
+        ),
+        SessionEvent::Recovered { count } => {
+            (SystemKind::Info, format!("{} recovered", messages(*count)))
+        }
+        SessionEvent::SendFailed { .. } => (
+            SystemKind::Error,
+            "a message of yours could not be sent (the server never took it)".into(),
+        ),
+        _ => return None,
+    })
+}
+
+/// What the state of our link to the server reads as, while it lasts (`None` for other
+/// events).
+fn link_notice(event: &SessionEvent) -> Option<(SystemKind, String)> {
+    Some(match event {
+        SessionEvent::Reconnecting => (
+            SystemKind::Warning,
+            "the server stopped answering; reconnecting…".into(),
+        ),
+        SessionEvent::Reconnected => (SystemKind::Info, "reconnected".into()),
+        SessionEvent::Rejoined => (
+            SystemKind::Info,
+            "reconnected (joined the room again)".into(),
+        ),
+        SessionEvent::FellBackToV1 => (
+            SystemKind::Warning,
+            "the server is version 1: lost messages cannot be recovered".into(),
+        ),
+        _ => return None,
+    })
+}
+
+/// What an event that ends our session reads as, and how it ends (`None` for other
+/// events).
+fn ending(event: &SessionEvent) -> Option<(SystemKind, String, End)> {
+    Some(match event {
         SessionEvent::RoomClosed { reason } => {
             let reason = sanitize(reason).into_owned();
             (
-                sys(SystemKind::Closed, format!("room closed: {reason}")),
-                Some(End::Closed(reason)),
+                SystemKind::Closed,
+                format!("room closed: {reason}"),
+                End::Closed(reason),
             )
         }
-        SessionEvent::RateLimited { limit } => (
-            sys(
-                SystemKind::Warning,
-                format!(
-                    "rate limited: {}; a message of yours was dropped",
-                    sanitize(limit)
-                ),
-            ),
-            None,
-        ),
-        SessionEvent::Missed(n) => (
-            sys(SystemKind::Warning, format!("{} missed", messages(*n))),
-            None,
-        ),
-        SessionEvent::Unrecoverable { count } => (
-            sys(
-                SystemKind::Warning,
-                format!(
-                    "{} could not be recovered (older than the server keeps)",
-                    messages(*count)
-                ),
-            ),
-            None,
-        ),
-        SessionEvent::Recovered { count } => (
-            sys(SystemKind::Info, format!("{} recovered", messages(*count))),
-            None,
-        ),
-        SessionEvent::Confirmed { .. } => (None, None),
-        SessionEvent::SendFailed { .. } => (
-            sys(
-                SystemKind::Error,
-                "a message of yours could not be sent (the server never took it)".into(),
-            ),
-            None,
-        ),
-        SessionEvent::Reconnecting => (
-            sys(
-                SystemKind::Warning,
-                "the server stopped answering; reconnecting…".into(),
-            ),
-            None,
-        ),
-        SessionEvent::Reconnected => (sys(SystemKind::Info, "reconnected".into()), None),
-        SessionEvent::Rejoined => (
-            sys(
-                SystemKind::Info,
-                "reconnected (joined the room again)".into(),
-            ),
-            None,
-        ),
-        SessionEvent::FellBackToV1 => (
-            sys(
-                SystemKind::Warning,
-                "the server is version 1: lost messages cannot be recovered".into(),
-            ),
-            None,
-        ),
-        SessionEvent::Resumed { user } => (
-            sys(SystemKind::Info, format!("{} reconnected", sanitize(user))),
-            None,
-        ),
         SessionEvent::Dropped => (
-            sys(
-                SystemKind::Closed,
-                "the server dropped you from the room after a silence".into(),
-            ),
-            Some(End::TimedOut),
+            SystemKind::Closed,
+            "the server dropped you from the room after a silence".into(),
+            End::TimedOut,
         ),
         SessionEvent::Lost { reason } => {
             let reason = sanitize(reason).into_owned();
-            (
-                sys(SystemKind::Closed, reason.clone()),
-                Some(End::Lost(reason)),
-            )
+            (SystemKind::Closed, reason.clone(), End::Lost(reason))
         }
-    }
+        _ => return None,
+    })
 }
 
 /// [`describe`] in a private room: every message (our own echoes and the history too) goes

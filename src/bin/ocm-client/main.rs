@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use argh::FromArgs;
 use ocm::client::control::{self, ControlError, Membership};
@@ -328,11 +329,6 @@ fn usage(msg: String) -> Fail {
 
 /// Creates or joins the room the flags (and, in full-screen mode, the answers) name.
 fn enter_room(args: &Args, interactive: bool) -> Result<Membership, Fail> {
-    let missing = |what: &str| {
-        usage(format!(
-            "missing {what}: it is required in plain mode (or when input is not a terminal)"
-        ))
-    };
     let mut name = match &args.name {
         Some(n) => {
             check_name("user name", n, MAX_USER_NAME).map_err(usage)?;
@@ -341,44 +337,9 @@ fn enter_room(args: &Args, interactive: bool) -> Result<Membership, Fail> {
         None if interactive => ask_name("Your name")?,
         None => return Err(missing("--name")),
     };
-    let (create, room) = match (&args.create, &args.join) {
-        (Some(_), Some(_)) => {
-            return Err(usage(
-                "give either --create ROOM or --join ROOM, not both".into(),
-            ));
-        }
-        (Some(r), None) => (true, r.clone()),
-        (None, Some(r)) => (false, r.clone()),
-        (None, None) if interactive => {
-            let create = loop {
-                let a = ask("Create a new room or join one? [c/j]")?;
-                match a.trim().to_lowercase().as_str() {
-                    "c" | "create" => break true,
-                    "j" | "join" => break false,
-                    _ => eprintln!("Please answer c (create) or j (join)."),
-                }
-            };
-            (create, ask_room()?)
-        }
-        (None, None) => return Err(missing("--create ROOM or --join ROOM")),
-    };
+    let (create, room) = room_choice(args, interactive)?;
     check_name("room name", &room, MAX_ROOM_NAME).map_err(usage)?;
-    let mut password = match &args.password {
-        Some(p) => {
-            check_password(p).map_err(usage)?;
-            p.clone()
-        }
-        None if interactive && create => {
-            ask_hidden("Password for the new room (Enter for none)", check_password)?
-        }
-        // Ask up front when LIST says the room needs one: a wrong (empty) try would count
-        // towards the server's limit of failed attempts.
-        None if interactive && needs_password(&args.server, &room) => ask_hidden(
-            &format!("Password for room '{}'", sanitize(&room)),
-            check_password,
-        )?,
-        None => String::new(),
-    };
+    let mut password = first_password(args, interactive, create, &room)?;
     for _ in 0..MAX_ATTEMPTS {
         let result = if create {
             control::create(
@@ -411,6 +372,65 @@ fn enter_room(args: &Args, interactive: bool) -> Result<Membership, Fail> {
         }
     }
     Err(Fail(EXIT_FAILED, "too many attempts; giving up".into()))
+}
+
+/// Whether to create or join, and which room: from the flags, else (full-screen mode)
+/// asked.
+fn room_choice(args: &Args, interactive: bool) -> Result<(bool, String), Fail> {
+    Ok(match (&args.create, &args.join) {
+        (Some(_), Some(_)) => {
+            return Err(usage(
+                "give either --create ROOM or --join ROOM, not both".into(),
+            ));
+        }
+        (Some(r), None) => (true, r.clone()),
+        (None, Some(r)) => (false, r.clone()),
+        (None, None) if interactive => {
+            let create = loop {
+                let a = ask("Create a new room or join one? [c/j]")?;
+                match a.trim().to_lowercase().as_str() {
+                    "c" | "create" => break true,
+                    "j" | "join" => break false,
+                    _ => eprintln!("Please answer c (create) or j (join)."),
+                }
+            };
+            (create, ask_room()?)
+        }
+        (None, None) => return Err(missing("--create ROOM or --join ROOM")),
+    })
+}
+
+/// The password to try first: from the flag, else asked when the room is being created
+/// or LIST says it needs one, else none.
+fn first_password(
+    args: &Args,
+    interactive: bool,
+    create: bool,
+    room: &str,
+) -> Result<String, Fail> {
+    Ok(match &args.password {
+        Some(p) => {
+            check_password(p).map_err(usage)?;
+            p.clone()
+        }
+        None if interactive && create => {
+            ask_hidden("Password for the new room (Enter for none)", check_password)?
+        }
+        // Ask up front when LIST says the room needs one: a wrong (empty) try would count
+        // towards the server's limit of failed attempts.
+        None if interactive && needs_password(&args.server, room) => ask_hidden(
+            &format!("Password for room '{}'", sanitize(room)),
+            check_password,
+        )?,
+        None => String::new(),
+    })
+}
+
+/// A usage error for a value plain mode cannot ask for.
+fn missing(what: &str) -> Fail {
+    usage(format!(
+        "missing {what}: it is required in plain mode (or when input is not a terminal)"
+    ))
 }
 
 /// Whether LIST shows `room` as password protected (false if unknown).
@@ -530,16 +550,7 @@ fn chat(
     full_screen: bool,
     deriving: Option<Deriving>,
 ) -> u8 {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            log::warn!("cannot handle signal {sig}: {e}");
-        }
-    }
+    let stop = stop_on_signals();
     let room = sanitize(&membership.room).into_owned();
     let private = deriving.is_some();
     // Full-screen mode takes the key when it comes; plain mode waits for it here.
@@ -581,6 +592,33 @@ fn chat(
         plain::run(&mut session, &stop, crypto)
     };
     drop(unwinding);
+    exit_code(end, session, &room, full_screen, membership.idle_timeout)
+}
+
+/// A flag that SIGINT, SIGTERM and SIGHUP set, so the chat ends (and leaves) cleanly.
+fn stop_on_signals() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            log::warn!("cannot handle signal {sig}: {e}");
+        }
+    }
+    stop
+}
+
+/// Leaves when we chose to, or tries to when the session was lost, and turns the end into
+/// an exit code with a last word on standard error.
+fn exit_code(
+    end: End,
+    session: Session,
+    room: &str,
+    full_screen: bool,
+    idle_timeout: Duration,
+) -> u8 {
     match end {
         End::Left => match session.leave() {
             Ok(()) => {
@@ -603,7 +641,7 @@ fn chat(
         End::TimedOut => {
             eprintln!(
                 "ocm-client: the server dropped us from room '{room}' after {} s of silence",
-                membership.idle_timeout.as_secs()
+                idle_timeout.as_secs()
             );
             EXIT_CLOSED
         }

@@ -14,7 +14,7 @@ use crossterm::execute;
 use crossterm::terminal::{
     Clear, ClearType, EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode,
 };
-use ocm::client::control;
+use ocm::client::control::{self, Membership};
 use ocm::client::e2e::{Deriving, RoomCrypto};
 use ocm::client::session::Session;
 use ratatui::Terminal;
@@ -81,19 +81,7 @@ pub fn run(
     mut deriving: Option<Deriving>,
 ) -> io::Result<End> {
     let m = session.membership().clone();
-    let mut app = App::new(server, &m.room, &m.user, m.host);
-    if deriving.is_some() {
-        app.key_deriving(clock::now());
-    }
-    app.info(
-        clock::now(),
-        format!(
-            "{} room {} as {}; /help lists the commands",
-            if m.host { "created" } else { "joined" },
-            sanitize(&m.room),
-            sanitize(&m.user)
-        ),
-    );
+    let mut app = welcome(server, &m, deriving.is_some());
     let _guard = TerminalGuard::enter()?;
     let mut terminal: Terminal<CrosstermBackend<Stdout>> =
         Terminal::new(CrosstermBackend::new(io::stdout()))?;
@@ -116,11 +104,7 @@ pub fn run(
             dirty = true;
         }
         if dirty {
-            let mut info = None;
-            terminal.draw(|f| info = Some(view::draw(f, &app)))?;
-            if let Some(i) = info {
-                app.set_view(i.page_rows, i.max_scroll);
-            }
+            draw(&mut terminal, &mut app)?;
             dirty = false;
         }
         if let Some(end) = app.ended().cloned() {
@@ -142,43 +126,95 @@ pub fn run(
             Err(_) => return Ok(End::Left),
         };
         if input && event::poll(Duration::ZERO)? {
-            for _ in 0..MAX_KEYS_PER_TURN {
-                let action = match event::read()? {
-                    Event::Key(key) => app.on_key(key, clock::now()),
-                    Event::Paste(text) => {
-                        app.on_paste(&text, clock::now());
-                        Action::None
-                    }
-                    _ => Action::None,
-                };
-                dirty = true;
-                match action {
-                    Action::None => {}
-                    Action::Send(text) => match app.outgoing(&text) {
-                        Ok(wire) => match session.send_message(&wire) {
-                            // A version 1 server confirms nothing; its echo is all there is.
-                            Ok(_) if session.is_v1() => {}
-                            Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
-                            Err(e) => app.error(clock::now(), format!("not sent: {e}")),
-                        },
-                        Err(why) => app.error(clock::now(), format!("not sent: {why}")),
-                    },
-                    Action::List => list_rooms(&mut app, server),
-                    Action::Leave => app.end(End::Left),
-                }
-                if app.ended().is_some() || !event::poll(Duration::ZERO)? {
-                    break;
-                }
-            }
+            read_keys(&mut app, session, server)?;
+            dirty = true;
         }
-        match session.recv_events(Duration::ZERO) {
-            Ok(events) => {
-                for ev in &events {
-                    app.on_event(ev, clock::now());
-                    dirty = true;
-                }
+        if take_events(&mut app, session) {
+            dirty = true;
+        }
+    }
+}
+
+/// The app for the room we are in, opening with a line saying so (and that the room key
+/// is being derived, when it is).
+fn welcome(server: &str, m: &Membership, deriving: bool) -> App {
+    let mut app = App::new(server, &m.room, &m.user, m.host);
+    if deriving {
+        app.key_deriving(clock::now());
+    }
+    app.info(
+        clock::now(),
+        format!(
+            "{} room {} as {}; /help lists the commands",
+            if m.host { "created" } else { "joined" },
+            sanitize(&m.room),
+            sanitize(&m.user)
+        ),
+    );
+    app
+}
+
+/// Draws the screen, and tells the app how many rows a page has and how far it scrolls.
+fn draw(terminal: &mut Terminal<CrosstermBackend<Stdout>>, app: &mut App) -> io::Result<()> {
+    let mut info = None;
+    terminal.draw(|f| info = Some(view::draw(f, app)))?;
+    if let Some(i) = info {
+        app.set_view(i.page_rows, i.max_scroll);
+    }
+    Ok(())
+}
+
+/// Handles the terminal events waiting (at least one is), at most [`MAX_KEYS_PER_TURN`],
+/// stopping early when the session ends.
+fn read_keys(app: &mut App, session: &mut Session, server: &str) -> io::Result<()> {
+    for _ in 0..MAX_KEYS_PER_TURN {
+        let action = match event::read()? {
+            Event::Key(key) => app.on_key(key, clock::now()),
+            Event::Paste(text) => {
+                app.on_paste(&text, clock::now());
+                Action::None
             }
-            Err(e) => app.end(End::Lost(lost_reason(&e))),
+            _ => Action::None,
+        };
+        act(app, session, server, action);
+        if app.ended().is_some() || !event::poll(Duration::ZERO)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Does what a key asked for: send a line, list the rooms, leave.
+fn act(app: &mut App, session: &mut Session, server: &str, action: Action) {
+    match action {
+        Action::None => {}
+        Action::Send(text) => match app.outgoing(&text) {
+            Ok(wire) => match session.send_message(&wire) {
+                // A version 1 server confirms nothing; its echo is all there is.
+                Ok(_) if session.is_v1() => {}
+                Ok(client_seq) => app.sending(client_seq, &text, clock::now()),
+                Err(e) => app.error(clock::now(), format!("not sent: {e}")),
+            },
+            Err(why) => app.error(clock::now(), format!("not sent: {why}")),
+        },
+        Action::List => list_rooms(app, server),
+        Action::Leave => app.end(End::Left),
+    }
+}
+
+/// Lets the session drain the socket and run its timers, without blocking, and hands the
+/// app what came; whether anything did (the screen then needs drawing).
+fn take_events(app: &mut App, session: &mut Session) -> bool {
+    match session.recv_events(Duration::ZERO) {
+        Ok(events) => {
+            for ev in &events {
+                app.on_event(ev, clock::now());
+            }
+            !events.is_empty()
+        }
+        Err(e) => {
+            app.end(End::Lost(lost_reason(&e)));
+            false
         }
     }
 }
