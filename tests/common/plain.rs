@@ -213,3 +213,28 @@ pub fn wait_all(clients: &[Client], count: usize) {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Every client sends `per` lines, `pause` apart; then every client's stream must be the
+/// room's whole sequence, each message once and in order, with nothing after it and no
+/// "could not be recovered" notice (the runs that expect no loss at all). Returns what was
+/// sent, in sending order.
+pub fn exchange_whole(clients: &mut [Client], per: usize, pause: Duration) -> Vec<String> {
+    let sent = send_all(clients, 0, per, pause);
+    wait_all(clients, sent.len());
+    // Nothing more comes after the full sequence (no late duplicate).
+    thread::sleep(Duration::from_millis(300));
+    check_streams(clients, &sent);
+    for c in clients.iter() {
+        let lines = c.lines();
+        assert!(
+            !lines.iter().any(|l| l.contains("could not be recovered")),
+            "{}: {:?}",
+            c.name,
+            lines
+                .iter()
+                .filter(|l| l.starts_with("* "))
+                .collect::<Vec<_>>()
+        );
+    }
+    sent
+}
