@@ -1,5 +1,6 @@
 //! Tests of `control.rs`.
 
+use super::tls::server_name;
 use super::*;
 
 #[test]
