@@ -12,8 +12,13 @@
 # Another server binary: OCM_SERVER_BIN=/path/to/ocm-server scripts/bench.sh
 #
 # The server runs with --msg-rate 0 (no per-member flood control, or the bench would
-# measure the rate limit), --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1) and
-# --max-connections-per-ip 0 (so do the web users' sessions of --web N).
+# measure the rate limit), --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1),
+# --max-connections-per-ip 0 (so do the web users' sessions of --web N) and
+# --max-capacity 65535 (room shapes up to one room of 2 000 and more).
+#
+# Pinning: with at least two cores (and taskset), ocm-server runs on CPU 0 alone and
+# bench-client on the others, so that the two do not compete for one core and the
+# server's figures are its own. OCM_PIN=0 turns that off. Both processes' CPU is printed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -78,14 +83,29 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0 --max-connections-per-ip 0)
+server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0 --max-connections-per-ip 0 --max-capacity 65535)
 if [ -n "$history" ]; then
     server_args+=(--history "$history")
 fi
 # shellcheck disable=SC2206 # word splitting of the extra flags is wanted
 server_args+=(${OCM_SERVER_ARGS:-})
-echo "bench.sh: starting $server_bin ${server_args[*]}" >&2
-"$server_bin" "${server_args[@]}" >"$tmp/server.out" 2>"$tmp/server.err" &
+# Pinning (see the top of this file).
+server_pin=()
+bench_pin=()
+cores="$(nproc 2>/dev/null || echo 1)"
+if [ "${OCM_PIN:-1}" != "0" ] && [ "$cores" -ge 2 ] && command -v taskset >/dev/null; then
+    first="$(taskset -pc $$ | sed 's/.*: //' | cut -d, -f1 | cut -d- -f1)"
+    server_pin=(taskset -c "$first")
+    bench_pin=(taskset -c "$(taskset -pc $$ | sed 's/.*: //' | tr ',' '\n' |
+        awk -F- -v f="$first" '{ lo = $1; hi = ($2 == "" ? $1 : $2);
+            for (c = lo; c <= hi; c++) if (c != f) printf "%s%d", (n++ ? "," : ""), c }')")
+    echo "bench.sh: pinned: ocm-server on CPU $first, bench-client on CPUs ${bench_pin[2]}"
+else
+    echo "bench.sh: not pinned ($cores core(s) available${OCM_PIN:+, OCM_PIN=$OCM_PIN}): server and bench share the cores"
+fi
+
+echo "bench.sh: starting ${server_pin[*]} $server_bin ${server_args[*]}" >&2
+"${server_pin[@]}" "$server_bin" "${server_args[@]}" >"$tmp/server.out" 2>"$tmp/server.err" &
 server_pid=$!
 
 listening=""
@@ -110,7 +130,7 @@ web_args=()
 if [ -n "$web" ] && [[ " ${bench_args[*]} " != *" --web-server "* ]]; then
     web_args=(--web-server "$web")
 fi
-echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --max-connections-per-ip 0, --history ${history:-default})" >&2
+echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --max-connections-per-ip 0, --max-capacity 65535, --history ${history:-default})" >&2
 echo "bench.sh: protocol path $path; server --history ${history:-default}"
 
 # utime and stime of a process, in clock ticks: fields 14 and 15 of /proc/PID/stat,
@@ -122,7 +142,7 @@ read -r utime0 stime0 < <(cpu_ticks "$server_pid")
 start_ns="$(date +%s%N)"
 
 set +e
-"$bench_bin" --server "$tcp" "${web_args[@]}" "${bench_args[@]}"
+"${bench_pin[@]}" "$bench_bin" --server "$tcp" "${web_args[@]}" "${bench_args[@]}"
 bench_rc=$?
 set -e
 
@@ -137,7 +157,7 @@ hz="$(getconf CLK_TCK)"
 awk -v u="$((utime1 - utime0))" -v s="$((stime1 - stime0))" -v hz="$hz" \
     -v wall="$(((end_ns - start_ns) / 1000000))" 'BEGIN {
         us = u / hz; ss = s / hz; w = wall / 1000;
-        printf "Server CPU    user %.2f s, sys %.2f s = %.0f%% of one core over %.1f s (bench-client run, setup included)\n",
+        printf "  Server CPU    user %.2f s, sys %.2f s = %.0f%% of one core over %.1f s (bench-client run, setup included)\n",
             us, ss, (w > 0 ? (us + ss) * 100 / w : 0), w
     }'
 exit "$bench_rc"

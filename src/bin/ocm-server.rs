@@ -15,6 +15,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use std::sync::Arc;
 
+use ocm::server::relay::MAX_HOLD_LIMIT;
 use ocm::server::tls;
 use ocm::server::web::{self, http::Site};
 use ocm::server::{Config, Limits, Server};
@@ -102,6 +103,13 @@ struct Args {
     #[argh(option, default = "Config::default().batch_max")]
     batch_max: usize,
 
+    /// longest a busy room holds its outbox while the server is busy, in microseconds, so
+    /// datagrams fill as load rises (adaptive: nothing is held on an idle server, nor in a
+    /// quiet room); 0 sends every outbox at the end of its wake-up; at most 50000
+    /// (default: 500)
+    #[argh(option, default = "default_max_hold_us()")]
+    max_hold_us: u64,
+
     /// events each room keeps for NACK (v1.1 history); 0 keeps none (default: 1024)
     #[argh(option, default = "Config::default().history")]
     history: usize,
@@ -186,6 +194,13 @@ impl Args {
         if self.batch_max == 0 {
             return Err("--batch-max must be at least 1".into());
         }
+        let max_hold = Duration::from_micros(self.max_hold_us);
+        if max_hold > MAX_HOLD_LIMIT {
+            return Err(format!(
+                "--max-hold-us must be at most {} (microseconds)",
+                MAX_HOLD_LIMIT.as_micros()
+            ));
+        }
         let config = Config {
             udp_port: 0,
             idle_timeout: Duration::from_secs(u64::from(self.idle_timeout)),
@@ -198,6 +213,7 @@ impl Args {
             msg_rate: self.msg_rate,
             msg_burst: self.msg_burst,
             batch_max: self.batch_max,
+            max_hold,
             history: self.history,
             history_memory: self.history_memory,
             repair_rate: self.repair_rate,
@@ -209,6 +225,11 @@ impl Args {
         };
         Ok((config, limits))
     }
+}
+
+/// `--max-hold-us`'s default, from the relay's.
+fn default_max_hold_us() -> u64 {
+    Config::default().max_hold.as_micros() as u64
 }
 
 fn main() -> ExitCode {
@@ -369,6 +390,7 @@ mod tests {
             ("max-members-per-ip", c.max_members_per_ip.to_string()),
             ("max-rooms-per-ip", c.max_rooms_per_ip.to_string()),
             ("batch-max", c.batch_max.to_string()),
+            ("max-hold-us", c.max_hold.as_micros().to_string()),
             ("history", c.history.to_string()),
             ("history-memory", c.history_memory.to_string()),
             ("repair-rate", c.repair_rate.to_string()),

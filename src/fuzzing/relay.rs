@@ -184,6 +184,8 @@ fn config(c: &[u8; RELAY_CONFIG_LEN]) -> Config {
         msg_rate: u32::from(c[8] % 4),
         msg_burst: 1 + u32::from(c[9] % 3),
         batch_max: 1 + usize::from(c[1] % 8),
+        // Adaptive coalescing: none, or a hold of 1-3 ms (the harness holds the maximum).
+        max_hold: Duration::from_millis(u64::from(c[2] / 4 % 4)),
         // (v1.1) Small rings, so that NACKs meet GONE; tight memory and repair buckets.
         history: usize::from(c[9] / 4 % 8),
         history_memory: 64 + 64 * usize::from(c[7] / 4 % 16),
@@ -282,12 +284,17 @@ fn clock(h: &mut Harness, b: &mut Bytes<'_>, ctx: &mut StepCtx) {
     }
 }
 
-/// Ends a wake-up, then checks that a second flush has nothing left to send.
+/// Ends a wake-up (sending what is due, held outboxes whose hold is over), then checks
+/// that a second flush at the same time has nothing left to send, and that what is still
+/// held is due later.
 fn flush_twice(h: &mut Harness) {
-    h.relay.flush(&mut h.tx);
+    h.relay.flush_due(h.now, &mut h.tx);
     let before = h.tx.asked.len();
-    h.relay.flush(&mut h.tx);
+    h.relay.flush_due(h.now, &mut h.tx);
     assert_eq!(h.tx.asked.len(), before, "a second flush sent again");
+    if let Some(t) = h.relay.next_flush() {
+        assert!(t > h.now, "a held outbox is overdue after a flush");
+    }
 }
 
 /// NACK: a range that is empty, over the 512 limit, near `u32::MAX`, or ordinary.

@@ -420,7 +420,12 @@ impl EventBuf {
 
     /// Whether `event` would fit after what is already here.
     pub fn fits(&self, event: &Event<'_>) -> bool {
-        self.len + event.len() <= MAX_DATAGRAM
+        self.fits_len(event.len())
+    }
+
+    /// Whether an event of `len` encoded bytes would fit after what is already here.
+    pub fn fits_len(&self, len: usize) -> bool {
+        self.len + len <= MAX_DATAGRAM
     }
 
     /// The encoded events so far.

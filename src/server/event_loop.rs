@@ -49,6 +49,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::SockRef;
 
+use super::coalesce::Coalescer;
 use super::conn::admission::{Admission, Kind};
 use super::counters::Counters;
 use super::deadlines::DeadlineQueue;
@@ -56,6 +57,7 @@ use super::transmit::{SessionId, Transmit};
 use super::web::http::Site;
 use super::web::{SessionOutbox, WebStats};
 use super::{Config, Relay};
+use crate::sys::timer::Timer;
 use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
 
@@ -91,6 +93,7 @@ const UDP: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const METRICS: Token = Token(3);
 const WEB: Token = Token(4);
+const FLUSH_TIMER: Token = Token(5);
 /// Connection tokens are slab keys plus this.
 pub const CONN_BASE: usize = 16;
 
@@ -107,6 +110,10 @@ struct LoopStats {
     /// TLS connections closed for breaking TLS (not a ClientHello, a bad record, a failed
     /// handshake).
     tls_errors: u64,
+    /// The loop's average busy share, 0 to 1, as the coalescer last computed it.
+    busy_share: f64,
+    /// How long a busy room may hold its outbox now.
+    hold: Duration,
 }
 
 /// The listeners, and the accept back-off shared by them.
@@ -177,6 +184,17 @@ struct Clients {
     admission: Admission,
 }
 
+/// Adaptive coalescing (`--max-hold-us`): the busy share that sets the hold, and the
+/// timer that wakes the loop when a held outbox is due (mio's poll timeout has only
+/// millisecond resolution; the holds are hundreds of microseconds).
+struct Holding {
+    coalescer: Coalescer,
+    /// `None` where timerfd does not exist: the poll timeout then covers held outboxes.
+    timer: Option<Timer>,
+    /// The deadline the timer is armed for, so that it is re-armed only when it changes.
+    armed: Option<Instant>,
+}
+
 /// The server: sockets, connections and the relay.
 pub struct Server {
     poll: Poll,
@@ -191,6 +209,7 @@ pub struct Server {
     /// Sources that still had input when their turn's budget ran out: served first next
     /// turn, and the poll does not wait while any is here.
     backlog: Vec<Token>,
+    holding: Holding,
 }
 
 impl Server {
@@ -207,6 +226,7 @@ impl Server {
         udp.set_nonblocking(true)?;
         config.udp_port = udp.local_addr()?.port();
         let config_idle = config.idle_timeout;
+        let max_hold = config.max_hold;
         let poll = Poll::new()?;
         let mut tcrp = TcpListener::from_std(listener);
         // Bound to a wildcard address, the server must answer each member from the address
@@ -221,6 +241,19 @@ impl Server {
         let registry = poll.registry();
         registry.register(&mut tcrp, LISTENER, Interest::READABLE)?;
         registry.register(&mut socket, UDP, Interest::READABLE)?;
+        let timer = if max_hold.is_zero() {
+            None
+        } else {
+            Timer::new().ok()
+        };
+        #[cfg(target_os = "linux")]
+        if let Some(t) = &timer {
+            registry.register(
+                &mut mio::unix::SourceFd(&t.raw_fd()),
+                FLUSH_TIMER,
+                Interest::READABLE,
+            )?;
+        }
         let metrics = match metrics {
             Some(l) => {
                 l.set_nonblocking(true)?;
@@ -258,6 +291,11 @@ impl Server {
             stats: LoopStats::default(),
             tls: None,
             backlog: Vec::new(),
+            holding: Holding {
+                coalescer: Coalescer::new(max_hold),
+                timer,
+                armed: None,
+            },
         })
     }
 
@@ -323,6 +361,11 @@ impl Server {
             }
             let now = Instant::now();
             self.stats.wakeups += 1;
+            let coalescer = &mut self.holding.coalescer;
+            coalescer.on_wake(now);
+            self.relay.set_hold(coalescer.hold());
+            self.stats.busy_share = coalescer.busy_share();
+            self.stats.hold = coalescer.hold();
             let mut stop = false;
             for token in std::mem::take(&mut self.backlog) {
                 self.on_ready(token, now, true, false);
@@ -330,6 +373,12 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     UDP => self.udp.pending = true,
+                    FLUSH_TIMER => {
+                        if let Some(t) = &self.holding.timer {
+                            t.ack();
+                        }
+                        self.holding.armed = None;
+                    }
                     SIGNALS => {
                         for sig in signals.pending() {
                             info!("signal {sig}: shutting down");
@@ -347,11 +396,17 @@ impl Server {
                 self.read_datagrams(now);
             }
             self.on_timers(now);
-            self.relay
-                .flush(&mut LoopTx::new(&mut self.udp, &mut self.web.outbox));
+            let flushed_at = Instant::now();
+            self.relay.flush_due(
+                flushed_at,
+                &mut LoopTx::new(&mut self.udp, &mut self.web.outbox),
+            );
+            self.arm_flush_timer(flushed_at);
             self.deliver_to_sessions();
             self.write_touched(now);
-            self.stats.busy += now.elapsed();
+            let busy = now.elapsed();
+            self.stats.busy += busy;
+            self.holding.coalescer.on_busy(busy);
             if stop {
                 break;
             }
@@ -377,14 +432,39 @@ impl Server {
         }
     }
 
+    /// Arms the flush timer for the first held outbox, if that deadline changed.
+    fn arm_flush_timer(&mut self, now: Instant) {
+        let Some(timer) = &self.holding.timer else {
+            return;
+        };
+        let next = self.relay.next_flush();
+        if next == self.holding.armed {
+            return;
+        }
+        self.holding.armed = next;
+        if let Some(t) = next {
+            // A timer that cannot be armed: the poll timeout covers it (below).
+            if timer.arm(t.saturating_duration_since(now)).is_err() {
+                self.holding.armed = None;
+                self.holding.timer = None;
+            }
+        }
+    }
+
     fn poll_timeout(&self) -> Option<Duration> {
         if self.udp.pending || !self.backlog.is_empty() {
             return Some(Duration::ZERO);
         }
+        // Without the timer, the poll timeout wakes the loop for held outboxes too.
+        let held = match self.holding.timer {
+            Some(_) => None,
+            None => self.relay.next_flush(),
+        };
         let next = [
             self.relay.next_timeout(),
             self.clients.deadlines.next(),
             self.listeners.paused_until,
+            held,
         ]
         .into_iter()
         .flatten()

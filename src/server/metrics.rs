@@ -46,6 +46,10 @@ pub struct Snapshot<'a> {
     pub wakeups: u64,
     /// Seconds the loop spent working (not waiting in poll).
     pub busy_seconds: f64,
+    /// The loop's recent busy share, 0 to 1 (what sets the hold).
+    pub busy_share: f64,
+    /// How long a busy room may hold its outbox now, in seconds (adaptive coalescing).
+    pub hold_seconds: f64,
     /// The web listener's counts.
     pub web: WebStats,
 }
@@ -408,6 +412,20 @@ fn render_lifecycle(s: &Snapshot<'_>, out: &mut String) {
         "counter",
         "Seconds the event loop spent working.",
         format!("{:.6}", s.busy_seconds),
+    );
+    one(
+        out,
+        "loop_busy_share",
+        "gauge",
+        "The event loop's recent busy share (0 to 1), which sets the coalescing hold.",
+        format!("{:.3}", s.busy_share),
+    );
+    one(
+        out,
+        "coalesce_hold_seconds",
+        "gauge",
+        "How long a busy room may now hold its outbox (adaptive coalescing).",
+        format!("{:.6}", s.hold_seconds),
     );
 }
 

@@ -6,6 +6,8 @@
 //!   deadlines and counters; answers requests and datagrams, and times members out.
 //! * `room`: one room: its members, bound addresses, Seq and outbox, and the rule that
 //!   the outbox is flushed before the bound set changes.
+//! * [`coalesce`]: adaptive coalescing: the loop's busy share, and how long a busy room
+//!   may hold its outbox.
 //! * [`deadlines`]: idle expiry in O(expired).
 //! * [`per_ip`]: counts per client IP, for the per-IP limits.
 //! * [`limits`]: message buckets and password-failure throttling.
@@ -26,6 +28,7 @@
 //!   [`crate::sys`] (socket set-up, batched UDP system calls, where every `unsafe` lives)
 //!   are the only code that does I/O.
 
+pub mod coalesce;
 pub mod conn;
 pub mod counters;
 pub mod deadlines;

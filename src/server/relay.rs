@@ -8,7 +8,8 @@
 //!
 //! The relay keeps what spans rooms: the member table and the tokens that find its
 //! entries, the per-IP counts, the password throttle, the idle deadlines, the counters and
-//! the list of rooms to flush at the end of a wake-up. What happens inside one room (Seq,
+//! the queue of rooms to flush (at the end of a wake-up, or when a busy room's hold is
+//! over). What happens inside one room (Seq,
 //! outbox, who receives it) is `Room`'s (`server/room.rs`).
 //!
 //! * `relay.rs`: the tables, timeouts, the end-of-wake-up flush, and the removal of members
@@ -31,6 +32,7 @@ use super::counters::{Counters, DropReason};
 use super::deadlines::DeadlineQueue;
 use super::limits::{Bucket, FAILURE_WINDOW, PasswordThrottle};
 use super::per_ip::PerIp;
+use super::room::queue::{Entry as Queued, FlushQueue};
 use super::room::{Outflow, Room};
 use super::token::{Token, TokenMap};
 use super::transmit::{Addr, SessionId, Targets, Transmit};
@@ -48,7 +50,7 @@ mod resume;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod testing;
 
-pub use config::Config;
+pub use config::{Config, DEFAULT_MAX_HOLD, MAX_HOLD_LIMIT};
 
 /// At most one RATE_LIMITED notice per member this often: a flooding client learns why
 /// its messages vanish without the notices becoming a flood of their own (PROTOCOL.md).
@@ -127,8 +129,13 @@ pub struct Relay<R> {
     by_token: TokenMap,
     deadlines: DeadlineQueue,
     next_id: u64,
-    /// Rooms whose outbox holds events, to be sent at the end of this wake-up.
-    queued: Vec<usize>,
+    /// Rooms whose outbox holds events: to be sent at the end of this wake-up, or held.
+    queued: FlushQueue,
+    /// Scratch: the rooms a flush takes from `queued`.
+    flushing: Vec<Queued>,
+    /// How long a busy room may hold its outbox now (set by the loop from its busy share;
+    /// zero: never).
+    hold: Duration,
     /// Rooms open per creator IP.
     rooms_per_ip: PerIp,
     /// Members per IP their token was issued to.
@@ -164,7 +171,9 @@ impl<R: Rng> Relay<R> {
             by_token: TokenMap::default(),
             deadlines: DeadlineQueue::default(),
             next_id: 0,
-            queued: Vec::new(),
+            queued: FlushQueue::default(),
+            flushing: Vec::new(),
+            hold: Duration::ZERO,
             rooms_per_ip: PerIp::default(),
             members_per_ip: PerIp::default(),
             throttle: PasswordThrottle::default(),
@@ -241,19 +250,40 @@ impl<R: Rng> Relay<R> {
             .min()
     }
 
-    /// Sends every outbox that holds events. The loop calls this at the end of each
-    /// wake-up.
+    /// Sets how long a busy room may hold its outbox from now on (the loop's
+    /// [`Coalescer`](super::coalesce::Coalescer) decides; never more than `--max-hold-us`).
+    pub fn set_hold(&mut self, hold: Duration) {
+        self.hold = hold.min(self.cfg.max_hold);
+    }
+
+    /// When the first held outbox is due: the loop wakes then (finer than the poll
+    /// timeout, see `sys::timer`).
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.queued.next_due()
+    }
+
+    /// Sends the outboxes due at `now`: every room queued in this wake-up, and the held
+    /// ones whose hold is over. The loop calls this at the end of each wake-up.
+    pub fn flush_due(&mut self, now: Instant, tx: &mut impl Transmit) {
+        let mut flushing = std::mem::take(&mut self.flushing);
+        self.queued.take_due(now, &mut flushing);
+        self.flush_rooms(&mut flushing, tx);
+        self.flushing = flushing;
+    }
+
+    /// Sends every outbox that holds events, held or not (shutdown, and tests).
     pub fn flush(&mut self, tx: &mut impl Transmit) {
-        let mut queued = std::mem::take(&mut self.queued);
-        for &key in &queued {
-            if let Some(room) = self.rooms.get_mut(key) {
+        let mut flushing = std::mem::take(&mut self.flushing);
+        self.queued.take_all(&mut flushing);
+        self.flush_rooms(&mut flushing, tx);
+        self.flushing = flushing;
+    }
+
+    fn flush_rooms(&mut self, rooms: &mut Vec<Queued>, tx: &mut impl Transmit) {
+        for q in rooms.drain(..) {
+            if let Some(room) = self.rooms.get_mut(q.key).filter(|r| r.id == q.id) {
                 room.flush_queued(&mut self.counters, tx);
             }
-        }
-        queued.clear();
-        // Keep the allocation for the next wake-up.
-        if self.queued.is_empty() {
-            self.queued = queued;
         }
     }
 
@@ -278,6 +308,8 @@ impl<R: Rng> Relay<R> {
             counters: &mut self.counters,
             batch_max: self.cfg.batch_max,
             queue: &mut self.queued,
+            now,
+            hold: self.hold,
         };
         self.rooms[room].emit(kind, user, "", &mut out, tx);
         self.after_room_event(room, now);
@@ -299,6 +331,7 @@ impl<R: Rng> Relay<R> {
             queued,
             counters,
             cfg,
+            hold,
             ..
         } = self;
         let m = &members[key];
@@ -306,6 +339,8 @@ impl<R: Rng> Relay<R> {
             counters,
             batch_max: cfg.batch_max,
             queue: queued,
+            now,
+            hold: *hold,
         };
         rooms[m.room].emit(kind, &m.name, body, &mut out, tx);
         let room = m.room;

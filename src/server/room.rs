@@ -2,10 +2,12 @@
 //!
 //! An outbox is one datagram's worth of encoded events. Events are encoded once; the whole
 //! outbox is handed to a [`Transmit`] with the room's bound members as destinations, so
-//! every member gets the same bytes. An outbox is sent when it is full, when it holds
-//! `batch_max` events, when the room's bound members change, or when the relay flushes the
-//! rooms it queued at the end of a wake-up. At low load a datagram thus carries one event
-//! and leaves at once; under load datagrams fill up by themselves.
+//! every member gets the same bytes. An outbox is sent when it is full (another event of
+//! the same size would not fit), when it holds `batch_max` events, when the room's bound
+//! members change, or when the relay flushes the rooms it queued: at the end of the
+//! wake-up, or, for a busy room on a busy server, when its hold is over (adaptive
+//! coalescing, `server/coalesce.rs`). At low load a datagram thus carries one event and
+//! leaves at once; under load datagrams fill up.
 //!
 //! The room owns the rule that makes this correct: **its outbox is flushed before its bound
 //! set changes** ([`Room::bind`], [`Room::remove`], [`Room::close`] all do it first), so each
@@ -15,7 +17,7 @@
 //! lent to [`Room::emit`] as `&str`.
 
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::counters::Counters;
 use super::transmit::{Addr, Dest, SessionId, Transmit};
@@ -23,18 +25,25 @@ use crate::protocol::event::{Event, EventBuf, EventKind};
 use crate::protocol::{MAX_DATAGRAM, next_seq};
 
 pub mod history;
+pub mod queue;
 
 use history::History;
+use queue::{Entry, FlushQueue};
 
 /// What an emitted event may need besides the room: where sends are counted, how many
-/// events a datagram may carry, and the list of rooms to flush at the end of the wake-up.
+/// events a datagram may carry, the rooms to flush, and how long a busy room may hold.
 pub(super) struct Outflow<'a> {
     /// Counts events, datagrams, deliveries and refused sends.
     pub counters: &'a mut Counters,
     /// Most events in one datagram.
     pub batch_max: usize,
-    /// Keys of the rooms whose outbox holds events, flushed at the end of the wake-up.
-    pub queue: &'a mut Vec<usize>,
+    /// The rooms whose outbox holds events, and when each is due.
+    pub queue: &'a mut FlushQueue,
+    /// The time of the event.
+    pub now: Instant,
+    /// How long a busy room may hold its outbox now (zero: flush at the end of the
+    /// wake-up).
+    pub hold: Duration,
 }
 
 /// A room. Its name, password, capacity, host and creator never change once created.
@@ -67,6 +76,9 @@ pub(super) struct Room {
     outbox: EventBuf,
     /// Whether the room is on the relay's list of outboxes to flush.
     queued: bool,
+    /// When its last event was emitted: a room with another event within the hold is busy,
+    /// and may hold its outbox.
+    last_event: Option<Instant>,
     /// (v1.1) The latest events' bytes, for NACK.
     history: History,
     /// (v1.1) When the tail notice for the latest event is due; `None` once it went out
@@ -111,6 +123,7 @@ impl Room {
             seq: 0,
             outbox: EventBuf::default(),
             queued: false,
+            last_event: None,
             history: History::new(slot.history),
             tail_due: None,
             tail_scheduled: false,
@@ -161,8 +174,9 @@ impl Room {
     }
 
     /// Appends one event to the outbox, with the next Seq: flushes first if it would not
-    /// fit, and after if the batch is full; otherwise queues the room for the end of the
-    /// wake-up.
+    /// fit, and after if the batch is full or another event of its size would not fit;
+    /// otherwise queues the room: held for `out.hold` if the room is busy (its previous
+    /// event came within the hold), else for the end of the wake-up.
     pub fn emit(
         &mut self,
         kind: EventKind,
@@ -171,17 +185,29 @@ impl Room {
         out: &mut Outflow<'_>,
         tx: &mut impl Transmit,
     ) {
-        self.append(kind, user, body, out.counters, tx);
-        if self.outbox.events() >= out.batch_max {
+        let len = self.append(kind, user, body, out.counters, tx);
+        let busy = self
+            .last_event
+            .is_some_and(|t| out.now.saturating_duration_since(t) < out.hold);
+        self.last_event = Some(out.now);
+        if self.outbox.events() >= out.batch_max || !self.outbox.fits_len(len) {
             self.flush(out.counters, tx);
         } else if !self.queued {
             self.queued = true;
-            out.queue.push(self.key);
+            let entry = Entry {
+                key: self.key,
+                id: self.id,
+            };
+            if busy {
+                out.queue.push_held(out.now + out.hold, entry);
+            } else {
+                out.queue.push_now(entry);
+            }
         }
     }
 
     /// Encodes one event into the outbox with the next Seq, flushing first if it would not
-    /// fit.
+    /// fit; returns its encoded length.
     fn append(
         &mut self,
         kind: EventKind,
@@ -189,7 +215,7 @@ impl Room {
         body: &str,
         counters: &mut Counters,
         tx: &mut impl Transmit,
-    ) {
+    ) -> usize {
         self.seq = next_seq(self.seq);
         let ev = Event {
             kind: kind as u8,
@@ -207,6 +233,7 @@ impl Room {
         let bytes = self.outbox.bytes();
         self.history
             .push(self.seq, &bytes[bytes.len() - ev.len()..], counters);
+        ev.len()
     }
 
     /// Sends the outbox, if it holds events, to every bound member (counting datagrams,

@@ -4,6 +4,7 @@
 //! * [`socket`]: binding the listener and the data-plane socket; buffer sizes, forced
 //!   where the process may.
 //! * [`rlimit`]: raising the open-file limit.
+//! * [`timer`]: a timerfd, for deadlines finer than mio's millisecond poll timeout.
 //! * [`udp`]: `recvmmsg`/`sendmmsg` with packet-info on Linux, one datagram per call
 //!   elsewhere, behind one interface.
 //!
@@ -12,4 +13,5 @@
 
 pub mod rlimit;
 pub mod socket;
+pub mod timer;
 pub mod udp;

@@ -146,7 +146,12 @@ impl Harness {
     pub(super) fn new(cfg: Config, seed: u64, t0: Instant) -> Harness {
         Harness {
             rate_body: format!("{} messages/s, burst {}", cfg.msg_rate, cfg.msg_burst),
-            relay: Relay::new(cfg.clone(), StdRng::seed_from_u64(seed)),
+            relay: {
+                let mut relay = Relay::new(cfg.clone(), StdRng::seed_from_u64(seed));
+                // Busy rooms hold for the whole allowance: the model sees held outboxes.
+                relay.set_hold(cfg.max_hold);
+                relay
+            },
             tx: Tap::default(),
             cfg,
             now: t0,

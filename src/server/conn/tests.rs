@@ -338,6 +338,8 @@ fn a_scrape_is_answered_once_its_head_is_whole_then_drains() {
             tls_errors: 0,
             wakeups: 1,
             busy_seconds: 0.0,
+            busy_share: 0.0,
+            hold_seconds: 0.0,
             web: Default::default(),
         },
     };

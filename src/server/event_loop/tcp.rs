@@ -434,6 +434,8 @@ fn snapshot<'a, R: rand::Rng>(
         tls_errors: stats.tls_errors,
         wakeups: stats.wakeups,
         busy_seconds: stats.busy.as_secs_f64(),
+        busy_share: stats.busy_share,
+        hold_seconds: stats.hold.as_secs_f64(),
     }
 }
 

@@ -50,6 +50,8 @@ fn exposition_names_every_family_with_the_prefix() {
         tls_errors: 0,
         wakeups: 9,
         busy_seconds: 0.25,
+        busy_share: 0.5,
+        hold_seconds: 0.0002,
         web: WebStats::default(),
     };
     let mut out = String::new();
@@ -58,6 +60,8 @@ fn exposition_names_every_family_with_the_prefix() {
     assert!(out.contains("ocm_datagrams_dropped_total{reason=\"unknown_token\"} 2\n"));
     assert!(out.contains("ocm_members{state=\"unbound\"} 1\n"));
     assert!(out.contains("ocm_loop_busy_seconds_total 0.250000\n"));
+    assert!(out.contains("ocm_loop_busy_share 0.500\n"));
+    assert!(out.contains("ocm_coalesce_hold_seconds 0.000200\n"));
     assert!(out.contains("ocm_resumes_total{status=\"unauthorized\"} 0\n"));
     assert!(out.contains("ocm_history_bytes 0\n"));
     assert!(out.contains("ocm_nacks_total 0\n"));

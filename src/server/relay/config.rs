@@ -2,6 +2,12 @@
 
 use std::time::Duration;
 
+/// Default of `--max-hold-us`: chosen from measurements (docs/benchmarks.md): enough to
+/// fill datagrams at millions of deliveries per second, small next to the 2 ms p99 goal.
+pub const DEFAULT_MAX_HOLD: Duration = Duration::from_micros(500);
+/// Largest `--max-hold-us` accepted: past this, holding is a delay users would notice.
+pub const MAX_HOLD_LIMIT: Duration = Duration::from_millis(50);
+
 /// The relay's limits and settings (the server's command line, minus the sockets).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +34,9 @@ pub struct Config {
     pub msg_burst: u32,
     /// Most events in one server datagram (1: no coalescing).
     pub batch_max: usize,
+    /// Longest a busy room may hold its outbox while the server is busy, so that datagrams
+    /// fill as load rises (zero: every outbox leaves at the end of its wake-up).
+    pub max_hold: Duration,
     /// (v1.1) Events each room's history keeps (0: none).
     pub history: usize,
     /// (v1.1) Event bytes all rooms' histories hold together; past it the largest rings
@@ -53,6 +62,7 @@ impl Default for Config {
             msg_rate: 20,
             msg_burst: 40,
             batch_max: 64,
+            max_hold: DEFAULT_MAX_HOLD,
             history: 1024,
             history_memory: 256 << 20,
             repair_rate: 1 << 20,
@@ -68,6 +78,7 @@ impl Config {
         self.max_capacity = self.max_capacity.max(1);
         self.default_capacity = self.default_capacity.clamp(1, self.max_capacity);
         self.batch_max = self.batch_max.max(1);
+        self.max_hold = self.max_hold.min(MAX_HOLD_LIMIT);
         self
     }
 }

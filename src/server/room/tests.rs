@@ -1,6 +1,7 @@
 //! A room on its own: its methods driven directly, with a recording transmit.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use super::*;
 use crate::protocol::event::Events;
@@ -20,8 +21,12 @@ fn dest(port: u16) -> Dest {
 struct Bench {
     room: Room,
     counters: Counters,
-    queue: Vec<usize>,
+    queue: FlushQueue,
     tx: Recorder,
+    /// The time of the next event.
+    now: Instant,
+    /// The hold events are emitted with.
+    hold: Duration,
 }
 
 impl Bench {
@@ -39,8 +44,10 @@ impl Bench {
                 (0, IpAddr::from([127, 0, 0, 1])),
             ),
             counters: Counters::default(),
-            queue: Vec::new(),
+            queue: FlushQueue::default(),
             tx: Recorder::default(),
+            now: Instant::now(),
+            hold: Duration::ZERO,
         };
         b.room
             .bind(0, Addr::Udp(dest(1)), &mut b.counters, &mut b.tx);
@@ -52,9 +59,18 @@ impl Bench {
             counters: &mut self.counters,
             batch_max,
             queue: &mut self.queue,
+            now: self.now,
+            hold: self.hold,
         };
         self.room
             .emit(EventKind::Message, "a", body, &mut out, &mut self.tx);
+    }
+
+    /// The keys of the rooms the queue holds due at `at` (taken off it).
+    fn due(&mut self, at: Instant) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.queue.take_due(at, &mut out);
+        out.iter().map(|e| e.key).collect()
     }
 
     /// Every datagram sent so far.
@@ -82,7 +98,7 @@ fn emit_queues_the_room_once_and_flush_sends_one_datagram() {
     let mut b = Bench::new();
     b.emit("one", 64);
     b.emit("two", 64);
-    assert_eq!(b.queue, vec![3], "queued once, under its own key");
+    assert_eq!(b.due(b.now), vec![3], "queued once, under its own key");
     assert!(b.tx.sent.is_empty());
     b.room.flush_queued(&mut b.counters, &mut b.tx);
     assert_eq!(b.sent(), vec![(evs(&[(1, "one"), (2, "two")]), vec![1])]);
@@ -90,7 +106,34 @@ fn emit_queues_the_room_once_and_flush_sends_one_datagram() {
     assert_eq!(b.counters.datagrams_out, 1);
     // Queued again by the next event, now that the flush took it off.
     b.emit("three", 64);
-    assert_eq!(b.queue, vec![3, 3]);
+    assert_eq!(b.due(b.now), vec![3]);
+    b.room.check(3, 64, 8).unwrap();
+}
+
+#[test]
+fn a_busy_room_holds_its_outbox_and_a_quiet_one_does_not() {
+    let mut b = Bench::new();
+    let us = Duration::from_micros(1);
+    b.hold = 300 * us;
+    // The first event of a quiet room is due at the end of this wake-up, hold or not.
+    b.emit("lone", 64);
+    assert_eq!(b.due(b.now), vec![3]);
+    b.room.flush_queued(&mut b.counters, &mut b.tx);
+    // The next one 100 µs later: the room is busy, so it holds for 300 µs.
+    b.now += 100 * us;
+    b.emit("busy 1", 64);
+    b.now += 50 * us;
+    b.emit("busy 2", 64);
+    assert_eq!(b.due(b.now), Vec::<usize>::new(), "held, not due yet");
+    assert_eq!(b.queue.next_due(), Some(b.now - 50 * us + 300 * us));
+    assert_eq!(b.due(b.now + 250 * us), vec![3]);
+    b.room.flush_queued(&mut b.counters, &mut b.tx);
+    let sent = b.sent();
+    assert_eq!(sent[1], (evs(&[(2, "busy 1"), (3, "busy 2")]), vec![1]));
+    // After a silence longer than the hold, the room is quiet again.
+    b.now += 10 * 300 * us;
+    b.emit("after a pause", 64);
+    assert_eq!(b.due(b.now), vec![3]);
     b.room.check(3, 64, 8).unwrap();
 }
 
@@ -109,10 +152,31 @@ fn a_full_batch_leaves_at_once() {
 #[test]
 fn an_event_that_does_not_fit_flushes_first() {
     let mut b = Bench::new();
+    let mid = "x".repeat(1000);
+    b.emit(&mid, 64);
+    b.emit(&mid, 64);
+    assert!(
+        b.tx.sent.is_empty(),
+        "two 1010-byte events fit in 4096, and a third"
+    );
+    b.emit(&"y".repeat(2500), 64);
+    let sent = b.sent();
+    assert_eq!(sent.len(), 2, "the first two, then the big one on its own");
+    assert_eq!(
+        sent[0].0.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(sent[1].0[0].0, 3);
+}
+
+#[test]
+fn a_full_datagram_leaves_at_once_even_when_held() {
+    let mut b = Bench::new();
+    b.hold = Duration::from_millis(5);
     let big = "x".repeat(2000);
     b.emit(&big, 64);
-    b.emit(&big, 64);
-    assert!(b.tx.sent.is_empty(), "two 2010-byte events fit in 4096");
+    b.now += Duration::from_micros(10);
+    // Another 2010-byte event would not fit after these two: no point in holding.
     b.emit(&big, 64);
     let sent = b.sent();
     assert_eq!(sent.len(), 1);
