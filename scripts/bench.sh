@@ -83,7 +83,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0 --max-connections-per-ip 0 --max-capacity 65535)
+server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0 --max-connections-per-ip 0 --max-capacity 65535
+    --metrics 127.0.0.1:0)
 if [ -n "$history" ]; then
     server_args+=(--history "$history")
 fi
@@ -138,6 +139,18 @@ echo "bench.sh: protocol path $path; server --history ${history:-default}"
 cpu_ticks() {
     sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12, $13}'
 }
+# The server's own counts (its metrics endpoint), before and after: datagrams sent and
+# deliveries give the events per datagram, the figure coalescing is about.
+metrics_url="$(sed -n 's/^metrics \(http:[^ ]*\)$/\1/p' "$tmp/server.out" | head -1)"
+scrape() {
+    if [ -n "$metrics_url" ] && command -v curl >/dev/null; then
+        curl -s --max-time 2 "$metrics_url" || true
+    fi
+}
+metric() {
+    awk -v n="ocm_$1" '$1 == n { print $2 }' <<<"$2"
+}
+m0="$(scrape)"
 read -r utime0 stime0 < <(cpu_ticks "$server_pid")
 start_ns="$(date +%s%N)"
 
@@ -153,6 +166,7 @@ if ! kill -0 "$server_pid" 2>/dev/null; then
 fi
 read -r utime1 stime1 < <(cpu_ticks "$server_pid")
 end_ns="$(date +%s%N)"
+m1="$(scrape)"
 hz="$(getconf CLK_TCK)"
 awk -v u="$((utime1 - utime0))" -v s="$((stime1 - stime0))" -v hz="$hz" \
     -v wall="$(((end_ns - start_ns) / 1000000))" 'BEGIN {
@@ -160,4 +174,16 @@ awk -v u="$((utime1 - utime0))" -v s="$((stime1 - stime0))" -v hz="$hz" \
         printf "  Server CPU    user %.2f s, sys %.2f s = %.0f%% of one core over %.1f s (bench-client run, setup included)\n",
             us, ss, (w > 0 ? (us + ss) * 100 / w : 0), w
     }'
+if [ -n "$m1" ]; then
+    awk -v d0="$(metric deliveries_total "$m0")" -v d1="$(metric deliveries_total "$m1")" \
+        -v g0="$(metric datagrams_sent_total "$m0")" -v g1="$(metric datagrams_sent_total "$m1")" \
+        -v e0="$(metric events_total "$m0")" -v e1="$(metric events_total "$m1")" \
+        -v u="$((utime1 - utime0 + stime1 - stime0))" -v hz="$hz" \
+        -v share="$(metric loop_busy_share "$m1")" -v hold="$(metric coalesce_hold_seconds "$m1")" 'BEGIN {
+        d = d1 - d0; g = g1 - g0; e = e1 - e0;
+        printf "  Server sends  %d events, %d datagrams, %d deliveries: %.1f events per datagram; %.0f ns of server CPU per delivery\n",
+            e, g, d, (g > 0 ? d / g : 0), (d > 0 ? u / hz * 1e9 / d : 0)
+        printf "  Coalescing    busy share %.2f, hold %.0f us at the end of the run\n", share, hold * 1e6
+    }'
+fi
 exit "$bench_rc"

@@ -360,6 +360,9 @@ fn step(
 ) -> Result<StepReport, String> {
     let shared = ctx.shared;
     shared.reset_step();
+    // Before the schedule is fixed, so that the wall time covers the whole step even if
+    // reading the drop counters below is slow on a loaded machine.
+    let wall0 = Instant::now();
     let start_ns = ctx.clock.now_ns() + STEP_LEAD_NS;
     let measure_from_ns = start_ns + (args.warmup * 1e9) as u64;
     let plan = StepPlan {
@@ -373,7 +376,6 @@ fn step(
     };
     let drops0 = UdpDrops::read(ctx.ports, ctx.server_port);
     let cpu0 = CpuTime::now();
-    let wall0 = Instant::now();
     let (clock, topo, hb) = (&ctx.clock, ctx.topo, ctx.heartbeat_ns);
     let outcomes: Vec<std::io::Result<LoadOutcome>> = std::thread::scope(|s| {
         let handles: Vec<_> = workers

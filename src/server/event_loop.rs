@@ -57,6 +57,7 @@ use super::transmit::{SessionId, Transmit};
 use super::web::http::Site;
 use super::web::{SessionOutbox, WebStats};
 use super::{Config, Relay};
+use crate::protocol::event::RawEvents;
 use crate::sys::timer::Timer;
 use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
@@ -140,16 +141,28 @@ struct WebSide {
     session_idle: Duration,
 }
 
+/// Rooms with at most this many UDP receivers have their end-of-wake-up datagrams staged
+/// and sent together with other rooms' in one `sendmmsg`: for such small fan-outs a system
+/// call per room costs more than copying the payload once.
+const STAGE_FANOUT: usize = 16;
+
 /// The relay's [`Transmit`] in the loop: UDP members through `sendmmsg`, WebSocket members
 /// through the [`SessionOutbox`] (framed into their buffers after the relay call).
 struct LoopTx<'a> {
     udp: Tx<'a>,
     sessions: &'a mut SessionOutbox,
+    /// Whether small fan-outs are staged (the end-of-wake-up flush); then
+    /// [`LoopTx::send_staged`] must follow.
+    stage: bool,
 }
 
 impl Transmit for LoopTx<'_> {
     fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
-        self.udp.send(payload, to)
+        if self.stage && to.len() <= STAGE_FANOUT {
+            self.udp.stage(payload, to)
+        } else {
+            self.udp.send(payload, to)
+        }
     }
 
     fn send_sessions(&mut self, payload: &[u8], to: &[SessionId]) -> usize {
@@ -163,7 +176,19 @@ impl<'a> LoopTx<'a> {
         LoopTx {
             udp: Tx::new(&udp.socket, &mut udp.sender),
             sessions,
+            stage: false,
         }
+    }
+
+    /// Sends what was staged; returns the datagrams and deliveries the socket refused (a
+    /// staged send was counted as sent when staged).
+    fn send_staged(&mut self) -> (u64, u64) {
+        let (mut datagrams, mut deliveries) = (0, 0);
+        self.udp.send_staged(|payload| {
+            datagrams += 1;
+            deliveries += RawEvents::new(payload).count() as u64;
+        });
+        (datagrams, deliveries)
     }
 }
 
@@ -397,10 +422,11 @@ impl Server {
             }
             self.on_timers(now);
             let flushed_at = Instant::now();
-            self.relay.flush_due(
-                flushed_at,
-                &mut LoopTx::new(&mut self.udp, &mut self.web.outbox),
-            );
+            let mut tx = LoopTx::new(&mut self.udp, &mut self.web.outbox);
+            tx.stage = true;
+            self.relay.flush_due(flushed_at, &mut tx);
+            let (datagrams, deliveries) = tx.send_staged();
+            self.relay.count_refused(datagrams, deliveries);
             self.arm_flush_timer(flushed_at);
             self.deliver_to_sessions();
             self.write_touched(now);
@@ -481,6 +507,7 @@ impl Server {
         let mut tx = LoopTx {
             udp: Tx::draining(&self.udp.socket, &mut self.udp.sender, until),
             sessions: &mut self.web.outbox,
+            stage: false,
         };
         self.relay.shutdown(&mut tx);
         self.relay.flush(&mut tx);
@@ -502,6 +529,7 @@ impl Server {
         let mut tx = LoopTx {
             udp: Tx::new(&*socket, sender),
             sessions: &mut self.web.outbox,
+            stage: false,
         };
         let mut read = 0;
         while read < UDP_BATCH {

@@ -271,6 +271,16 @@ impl<R: Rng> Relay<R> {
         self.flushing = flushing;
     }
 
+    /// Corrects the counts for datagrams a transmitter took and the socket later refused
+    /// (a staged send, see `sys::udp::BatchTx::stage`): `deliveries` is the events they
+    /// held, one per datagram's receiver.
+    pub fn count_refused(&mut self, datagrams: u64, deliveries: u64) {
+        let c = &mut self.counters;
+        c.datagrams_out = c.datagrams_out.saturating_sub(datagrams);
+        c.deliveries = c.deliveries.saturating_sub(deliveries);
+        c.send_drops += datagrams;
+    }
+
     /// Sends every outbox that holds events, held or not (shutdown, and tests).
     pub fn flush(&mut self, tx: &mut impl Transmit) {
         let mut flushing = std::mem::take(&mut self.flushing);

@@ -3,7 +3,10 @@
 //!
 //! * [`Receiver`] reads up to [`RECV_BATCH`] datagrams per system call into fixed slots.
 //! * [`BatchTx`] sends one payload to a whole fan-out with one `sendmmsg`, every message
-//!   header pointing at the *same* bytes (no copy per receiver).
+//!   header pointing at the *same* bytes (no copy per receiver). Small fan-outs (rooms of
+//!   a few members) can instead be *staged*: the payload is copied once into an arena and
+//!   the datagrams of many rooms leave together in one `sendmmsg`, where one call per room
+//!   would cost more in system calls than in sending.
 //! * On a wildcard bind (`0.0.0.0`, `::`) both carry the local address in `IP_PKTINFO` /
 //!   `IPV6_PKTINFO`, so that each member's datagrams leave from the address that member
 //!   sends to, as the protocol asks of multi-homed servers.
@@ -17,7 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::ptr;
 
-use super::{Dest, RECV_BATCH, SLOT, drive};
+use super::{Dest, RECV_BATCH, SLOT, STAGE_BYTES, drive};
 /// Most messages per `sendmmsg` (the kernel's UIO_MAXIOV).
 const SEND_BATCH: usize = 1024;
 
@@ -154,6 +157,21 @@ pub struct Sender {
     ctrl: Vec<Ctrl>,
     ctrl_lens: Vec<usize>,
     msgs: Vec<libc::mmsghdr>,
+    staged: Staged,
+}
+
+/// Datagrams staged for one cross-room `sendmmsg`: payload bytes copied into an arena
+/// (reserved once, never grown past [`STAGE_BYTES`]), and each receiver with the index of
+/// its payload.
+#[derive(Default)]
+struct Staged {
+    arena: Vec<u8>,
+    /// (offset, length) of each payload in the arena.
+    payloads: Vec<(usize, usize)>,
+    /// One iovec per payload, pointed at the arena just before the call.
+    iovs: Vec<libc::iovec>,
+    /// Each receiver and the index of its payload.
+    dests: Vec<(Dest, usize)>,
 }
 
 // SAFETY: as for Receiver: every pointer in the headers is rewritten before each
@@ -189,9 +207,10 @@ impl<'a> BatchTx<'a> {
         until: std::time::Instant,
     ) -> Self {
         BatchTx {
+            fd: socket.as_fd().as_raw_fd(),
+            scratch,
             flags: 0,
             drain_until: Some(until),
-            ..BatchTx::new(socket, scratch)
         }
     }
 }
@@ -199,40 +218,96 @@ impl<'a> BatchTx<'a> {
 impl BatchTx<'_> {
     /// Sends `payload` to each of `to` without blocking (except while draining); returns
     /// how many sends the socket took. Refused receivers are dropped, never retried.
+    /// Anything staged leaves first, so that datagrams leave in the order they were given.
     pub fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+        if !self.scratch.staged.dests.is_empty() {
+            self.send_staged(|_| {});
+        }
         let n = to.len();
         let s = &mut *self.scratch;
-        if s.msgs.len() < n {
-            s.names = zeroed_slice(n).into_vec();
-            s.lens.resize(n, 0);
-            s.ctrl.resize(n, Ctrl([0; 64]));
-            s.ctrl_lens.resize(n, 0);
-            s.msgs = zeroed_slice(n).into_vec();
-        }
+        s.grow(n);
         for (i, d) in to.iter().enumerate() {
-            s.lens[i] = write_sockaddr(&d.addr, &mut s.names[i]);
-            s.ctrl_lens[i] = d.local.map_or(0, |ip| write_pktinfo(ip, &mut s.ctrl[i]));
+            s.address(i, d);
         }
         let mut iov = libc::iovec {
             iov_base: payload.as_ptr() as *mut libc::c_void,
             iov_len: payload.len(),
         };
         for i in 0..n {
-            let h = &mut s.msgs[i].msg_hdr;
-            h.msg_name = (&mut s.names[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_namelen = s.lens[i];
             // Every message points at the same bytes: encoded once, sent to all.
-            h.msg_iov = &mut iov;
-            h.msg_iovlen = 1;
-            if s.ctrl_lens[i] > 0 {
-                h.msg_control = s.ctrl[i].0.as_mut_ptr().cast();
-                h.msg_controllen = s.ctrl_lens[i] as _;
-            } else {
-                h.msg_control = ptr::null_mut();
-                h.msg_controllen = 0;
-            }
-            h.msg_flags = 0;
+            s.header(i, &mut iov);
         }
+        self.call(n, |_| {})
+    }
+
+    /// Stages `payload` for each of `to`, to leave with other staged datagrams in one
+    /// `sendmmsg` at [`BatchTx::send_staged`], which the caller must call before it waits
+    /// (what is staged otherwise waits in the [`Sender`] for the next send). Returns how many were staged: all of `to`; a refusal shows later,
+    /// through `send_staged`'s callback. The payload is copied once, whatever `to`'s size,
+    /// so this is for small fan-outs.
+    pub fn stage(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+        let st = &self.scratch.staged;
+        if st.arena.len() + payload.len() > STAGE_BYTES || st.dests.len() + to.len() > SEND_BATCH {
+            self.send_staged(|_| {});
+        }
+        if payload.len() > STAGE_BYTES || to.len() > SEND_BATCH {
+            return self.send(payload, to);
+        }
+        let st = &mut self.scratch.staged;
+        if st.arena.capacity() < STAGE_BYTES {
+            st.arena.reserve_exact(STAGE_BYTES - st.arena.len());
+        }
+        let index = st.payloads.len();
+        st.payloads.push((st.arena.len(), payload.len()));
+        st.arena.extend_from_slice(payload);
+        st.dests.extend(to.iter().map(|&d| (d, index)));
+        to.len()
+    }
+
+    /// Sends everything staged in one `sendmmsg` (a few, past [`SEND_BATCH`] receivers);
+    /// calls `refused` with the payload of each datagram the socket did not take. Returns
+    /// how many it took.
+    pub fn send_staged(&mut self, mut refused: impl FnMut(&[u8])) -> usize {
+        let s = &mut *self.scratch;
+        let n = s.staged.dests.len();
+        if n == 0 {
+            return 0;
+        }
+        s.grow(n);
+        let st = &mut s.staged;
+        st.iovs.clear();
+        for &(offset, len) in &st.payloads {
+            st.iovs.push(libc::iovec {
+                // SAFETY: offset + len <= arena.len(): the payload was copied there.
+                iov_base: unsafe { st.arena.as_mut_ptr().add(offset) }.cast(),
+                iov_len: len,
+            });
+        }
+        for i in 0..n {
+            let (dest, index) = s.staged.dests[i];
+            s.address(i, &dest);
+            let iov: *mut libc::iovec = &mut s.staged.iovs[index];
+            // SAFETY: iovs is not resized until the call is over, so the pointer stays
+            // valid; header() only stores it.
+            s.header(i, unsafe { &mut *iov });
+        }
+        // Moved out (its heap buffers, which the headers point into, stay where they are)
+        // so that the refusal callback can read it while the call borrows the headers.
+        let mut st = std::mem::take(&mut self.scratch.staged);
+        let sent = self.call(n, |i| {
+            let (offset, len) = st.payloads[st.dests[i].1];
+            refused(&st.arena[offset..offset + len]);
+        });
+        st.arena.clear();
+        st.payloads.clear();
+        st.dests.clear();
+        self.scratch.staged = st;
+        sent
+    }
+
+    /// Sends headers `0..n` (filled by the caller), calling `refused` with the index of each
+    /// one the socket did not take; returns how many it took.
+    fn call(&mut self, n: usize, mut refused: impl FnMut(usize)) -> usize {
         if self
             .drain_until
             .is_some_and(|t| std::time::Instant::now() >= t)
@@ -240,20 +315,64 @@ impl BatchTx<'_> {
             self.flags = libc::MSG_DONTWAIT;
         }
         let (fd, flags) = (self.fd, self.flags);
-        let msgs = &mut s.msgs;
-        drive(n, |start, len| {
+        let msgs = &mut self.scratch.msgs;
+        let mut next = 0;
+        let sent = drive(n, |start, len| {
+            // Whatever drive skipped between the last call and this one was refused.
+            (next..start).for_each(&mut refused);
             let len = len.min(SEND_BATCH);
             // SAFETY: msgs[start..start + len] are initialised headers whose pointers (names,
-            // control, the shared iovec and payload) are alive for this call.
+            // control, the iovecs and payloads) are alive for this call.
             let r = unsafe {
                 libc::sendmmsg(fd, msgs.as_mut_ptr().add(start), len as libc::c_uint, flags)
             };
             if r < 0 {
+                next = start;
                 Err(io::Error::last_os_error())
             } else {
+                next = start + r as usize;
                 Ok(r as usize)
             }
-        })
+        });
+        // What is left after the last call (a full buffer) was refused too.
+        (next..n).for_each(refused);
+        sent
+    }
+}
+
+impl Sender {
+    /// Makes room for `n` message headers.
+    fn grow(&mut self, n: usize) {
+        if self.msgs.len() < n {
+            self.names = zeroed_slice(n).into_vec();
+            self.lens.resize(n, 0);
+            self.ctrl.resize(n, Ctrl([0; 64]));
+            self.ctrl_lens.resize(n, 0);
+            self.msgs = zeroed_slice(n).into_vec();
+        }
+    }
+
+    /// Writes receiver `d`'s address (and packet-info) into slot `i`.
+    fn address(&mut self, i: usize, d: &Dest) {
+        self.lens[i] = write_sockaddr(&d.addr, &mut self.names[i]);
+        self.ctrl_lens[i] = d.local.map_or(0, |ip| write_pktinfo(ip, &mut self.ctrl[i]));
+    }
+
+    /// Points header `i` at slot `i`'s address and control data, and at `iov`.
+    fn header(&mut self, i: usize, iov: &mut libc::iovec) {
+        let h = &mut self.msgs[i].msg_hdr;
+        h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+        h.msg_namelen = self.lens[i];
+        h.msg_iov = iov;
+        h.msg_iovlen = 1;
+        if self.ctrl_lens[i] > 0 {
+            h.msg_control = self.ctrl[i].0.as_mut_ptr().cast();
+            h.msg_controllen = self.ctrl_lens[i] as _;
+        } else {
+            h.msg_control = ptr::null_mut();
+            h.msg_controllen = 0;
+        }
+        h.msg_flags = 0;
     }
 }
 
@@ -435,6 +554,74 @@ mod tests {
                 (&b"same bytes"[..], server.local_addr().unwrap())
             );
         }
+    }
+
+    /// Reads what `r` has within 2 s, up to `n` datagrams.
+    fn read_n(r: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+        r.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        while got.len() < n {
+            let Ok(k) = r.recv(&mut buf) else { break };
+            got.push(buf[..k].to_vec());
+        }
+        got
+    }
+
+    #[test]
+    fn staged_datagrams_of_several_fan_outs_leave_together_and_in_order() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let r: Vec<UdpSocket> = (0..3)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let d: Vec<Dest> = r
+            .iter()
+            .map(|r| Dest {
+                addr: r.local_addr().unwrap(),
+                local: None,
+            })
+            .collect();
+        let mut scratch = Sender::default();
+        let mut tx = BatchTx::new(&server, &mut scratch);
+        assert_eq!(tx.stage(b"A", &d[0..2]), 2);
+        assert_eq!(tx.stage(b"B", &d[1..3]), 2);
+        // A direct send lets what is staged leave first.
+        assert_eq!(tx.send(b"C", &d[0..1]), 1);
+        assert_eq!(tx.send_staged(|_| panic!("nothing is staged")), 0);
+        assert_eq!(tx.stage(b"D", &d[2..3]), 1);
+        assert_eq!(tx.send_staged(|p| panic!("refused {p:?}")), 1);
+        let bytes = |v: &[&[u8]]| v.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
+        assert_eq!(read_n(&r[0], 2), bytes(&[b"A", b"C"]));
+        assert_eq!(read_n(&r[1], 2), bytes(&[b"A", b"B"]));
+        assert_eq!(read_n(&r[2], 2), bytes(&[b"B", b"D"]));
+    }
+
+    #[test]
+    fn a_staged_datagram_the_socket_refuses_is_reported_with_its_payload() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let ok = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = [
+            Dest {
+                addr: ok.local_addr().unwrap(),
+                local: None,
+            },
+            // An IPv6 address on an IPv4 socket: refused by the kernel, message by message.
+            Dest {
+                addr: "[::1]:9".parse().unwrap(),
+                local: None,
+            },
+        ];
+        let mut scratch = Sender::default();
+        let mut tx = BatchTx::new(&server, &mut scratch);
+        tx.stage(b"first", &to);
+        tx.stage(b"second", &to[..1]);
+        let mut refused = Vec::new();
+        let sent = tx.send_staged(|p| refused.push(p.to_vec()));
+        assert_eq!((sent, refused), (2, vec![b"first".to_vec()]));
+        assert_eq!(read_n(&ok, 2), vec![b"first".to_vec(), b"second".to_vec()]);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub use linux::{BatchTx, Receiver, Sender, enable_pktinfo};
 #[cfg(not(target_os = "linux"))]
 pub use portable::{BatchTx, Receiver, Sender};
 
+/// Payload bytes staged for one cross-room `sendmmsg` at most ([`BatchTx::stage`]): 16
+/// full datagrams, far more small ones; enough for a wake-up's worth of small rooms.
+pub const STAGE_BYTES: usize = 64 * 1024;
 /// Datagrams read per [`Receiver::recv`] at most; fewer means the queue was empty.
 pub const RECV_BATCH: usize = 32;
 /// One byte more than the largest valid datagram, so an oversize one is seen as such: a
@@ -150,11 +153,19 @@ mod tests {
         let more =
             portable::BatchTx::draining(&server, &mut scratch, until).send(b"same", &to[2..]);
         assert_eq!((sent, more), (2, 1));
-        for r in &receivers {
+        // Staging is sending at once here: nothing is left for send_staged.
+        let mut tx = portable::BatchTx::new(&server, &mut scratch);
+        assert_eq!(tx.stage(b"next", &to[..1]), 1);
+        assert_eq!(tx.send_staged(|_| panic!("nothing staged")), 0);
+        for (i, r) in receivers.iter().enumerate() {
             r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut buf = [0u8; 16];
             let n = r.recv(&mut buf).unwrap();
             assert_eq!(&buf[..n], b"same");
+            if i == 0 {
+                let n = r.recv(&mut buf).unwrap();
+                assert_eq!(&buf[..n], b"next");
+            }
         }
     }
 }

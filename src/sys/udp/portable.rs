@@ -86,6 +86,16 @@ impl<'a> BatchTx<'a> {
         BatchTx::new(socket, s)
     }
 
+    /// As [`BatchTx::send`]: there is no batch to join here, so nothing is staged.
+    pub fn stage(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+        self.send(payload, to)
+    }
+
+    /// Nothing is ever staged here.
+    pub fn send_staged(&mut self, _refused: impl FnMut(&[u8])) -> usize {
+        0
+    }
+
     /// Sends `payload` to each of `to`; returns how many sends the socket took.
     pub fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
         let mut sent = 0;
