@@ -22,6 +22,7 @@ fn sample() -> StepReport {
             loss: 0.0,
             seed: 1,
             nack_retry_ms: 50,
+            redis: None,
         },
         rate_asked: 200.0,
         rate_achieved: 200.0,

@@ -1,0 +1,237 @@
+//! One user's connection to Redis: set up blocking (`HELLO 3`, `SUBSCRIBE`, each wait
+//! bounded), then non-blocking in a worker's mio loop, with bounded buffers both ways.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use super::resp::{self, Frame, MAX_FRAME};
+
+/// Bytes of PUBLISHes a connection may have queued for Redis. Past it a message is not
+/// queued but dropped and counted (`send_failed`), as a UDP send to a full socket buffer
+/// would be: a Redis that falls behind cannot grow the bench's memory. 64 KiB is hundreds
+/// of messages, more than one user ever has due at once while Redis keeps up.
+pub const OUT_CAP: usize = 64 * 1024;
+
+/// Input buffer of a connection: one largest frame, and as much again to read into, so a
+/// read never has less than [`MAX_FRAME`] bytes of room.
+const IN_CAP: usize = 2 * MAX_FRAME;
+
+/// One connection, non-blocking: what is queued for Redis, what Redis sent and is not yet
+/// parsed.
+pub struct Link {
+    stream: mio::net::TcpStream,
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    written: usize,
+    input: Box<[u8]>,
+    /// `input[start..end]` is read and not yet parsed.
+    start: usize,
+    end: usize,
+    /// Redis closed it, or it failed: nothing more is read or written.
+    pub closed: bool,
+}
+
+/// What a read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Got {
+    /// This many bytes, now parsed.
+    Bytes(usize),
+    /// Nothing more for now.
+    Drained,
+    /// Redis closed the connection, or it failed.
+    Closed,
+}
+
+impl Link {
+    /// Queues `PUBLISH channel body`; false (nothing queued) when the connection is closed
+    /// or its queue is over [`OUT_CAP`].
+    pub fn publish(&mut self, channel: &[u8], body: &[u8]) -> bool {
+        if self.closed || self.out.len() - self.written > OUT_CAP {
+            return false;
+        }
+        resp::publish(&mut self.out, channel, body);
+        true
+    }
+
+    /// Whether bytes wait to be written.
+    pub fn has_output(&self) -> bool {
+        self.written < self.out.len()
+    }
+
+    /// Writes what is queued until done or the socket would block (the rest leaves on the
+    /// next writable readiness). False when the connection failed.
+    pub fn flush(&mut self) -> bool {
+        while self.written < self.out.len() && !self.closed {
+            match self.stream.write(&self.out[self.written..]) {
+                Ok(0) => self.closed = true,
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.closed = true,
+            }
+        }
+        if !self.closed {
+            self.out.clear();
+            self.written = 0;
+        }
+        !self.closed
+    }
+
+    /// Reads once, then hands every whole frame to `each`. A frame Redis should never send
+    /// (see [`resp::ParseError`]) closes the connection: the stream cannot be resynchronised.
+    pub fn read(&mut self, mut each: impl FnMut(Frame<'_>)) -> Got {
+        if self.closed {
+            return Got::Closed;
+        }
+        if self.start > 0 {
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let n = loop {
+            match self.stream.read(&mut self.input[self.end..]) {
+                Ok(0) => {
+                    self.closed = true;
+                    return Got::Closed;
+                }
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::Drained,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed = true;
+                    return Got::Closed;
+                }
+            }
+        };
+        self.end += n;
+        loop {
+            match resp::parse(&self.input[self.start..self.end]) {
+                Ok(Some((frame, used))) => {
+                    each(frame);
+                    self.start += used;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.closed = true;
+                    return Got::Closed;
+                }
+            }
+        }
+        Got::Bytes(n)
+    }
+
+    /// The stream, to register with a poll.
+    pub fn stream(&mut self) -> &mut mio::net::TcpStream {
+        &mut self.stream
+    }
+}
+
+/// Connects `users` connections to Redis at `server`, each says `HELLO 3` and subscribes
+/// to `channels[u]`; returns them subscribed, non-blocking, in the order given. Fails
+/// with a reason a person can act on, by `deadline` at the latest.
+pub fn open_all(
+    server: SocketAddr,
+    channels: &[Vec<u8>],
+    deadline: Instant,
+) -> Result<Vec<Link>, String> {
+    // Every connection's commands are written before any answer is read, so Redis
+    // answers them all in one pass rather than one round trip each.
+    let mut streams = Vec::with_capacity(channels.len());
+    for (u, ch) in channels.iter().enumerate() {
+        let fail = |e: &dyn std::fmt::Display| {
+            format!("user {u}: cannot connect to Redis at {server}: {e}")
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(fail(&"--bind-timeout passed"));
+        }
+        let mut s = TcpStream::connect_timeout(&server, left).map_err(|e| fail(&e))?;
+        s.set_nodelay(true).map_err(|e| fail(&e))?;
+        let mut hello = Vec::new();
+        resp::command(&mut hello, &[b"HELLO", b"3"]);
+        resp::command(&mut hello, &[b"SUBSCRIBE", ch]);
+        s.write_all(&hello).map_err(|e| fail(&e))?;
+        streams.push(s);
+    }
+    streams
+        .into_iter()
+        .zip(channels)
+        .enumerate()
+        .map(|(u, (s, ch))| {
+            subscribed(s, ch, deadline).map_err(|e| format!("user {u} on Redis at {server}: {e}"))
+        })
+        .collect()
+}
+
+/// Reads `HELLO`'s answer and the confirmation of the subscription to `channel`; then
+/// the link, non-blocking, with whatever came after them.
+fn subscribed(mut s: TcpStream, channel: &[u8], deadline: Instant) -> Result<Link, String> {
+    let mut input = vec![0u8; IN_CAP].into_boxed_slice();
+    let (mut start, mut end) = (0, 0);
+    let mut hello = false;
+    loop {
+        // Whole frames first; then read more.
+        loop {
+            let frame = resp::parse(&input[start..end]).map_err(|e| e.to_string())?;
+            let Some((frame, used)) = frame else { break };
+            start += used;
+            match frame {
+                Frame::Error(text) if !hello => {
+                    return Err(format!(
+                        "HELLO 3 refused ({}): the bench speaks RESP3, which needs Redis 6 or later",
+                        String::from_utf8_lossy(text)
+                    ));
+                }
+                Frame::Error(text) => {
+                    return Err(format!(
+                        "SUBSCRIBE refused: {}",
+                        String::from_utf8_lossy(text)
+                    ));
+                }
+                Frame::Map(_) if !hello => hello = true,
+                Frame::Push(p) if hello => {
+                    let mut it = p.iter();
+                    if let (Some(Frame::Blob(b"subscribe")), Some(Frame::Blob(ch))) =
+                        (it.next(), it.next())
+                        && ch == channel
+                    {
+                        return link(s, input, start, end);
+                    }
+                }
+                // Attributes, and anything else before the answers, are skipped.
+                _ => {}
+            }
+        }
+        if start > 0 {
+            input.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no answer to HELLO 3 and SUBSCRIBE within --bind-timeout".into());
+        }
+        s.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+        match s.read(&mut input[end..]) {
+            Ok(0) => return Err("Redis closed the connection while subscribing".into()),
+            Ok(n) => end += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("while subscribing: {e}")),
+        }
+    }
+}
+
+fn link(s: TcpStream, input: Box<[u8]>, start: usize, end: usize) -> Result<Link, String> {
+    s.set_read_timeout(None).map_err(|e| e.to_string())?;
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    Ok(Link {
+        stream: mio::net::TcpStream::from_std(s),
+        out: Vec::new(),
+        written: 0,
+        input,
+        start,
+        end,
+        closed: false,
+    })
+}
