@@ -35,8 +35,13 @@ pub struct Link {
 /// What a read found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Got {
-    /// This many bytes, now parsed.
-    Bytes(usize),
+    /// Bytes, now parsed; `drained` when the read took less than it had room for, which
+    /// on a stream socket means the receive queue is empty (epoll(7)): no further read
+    /// is needed to learn it.
+    Bytes {
+        /// The receive queue was emptied.
+        drained: bool,
+    },
     /// Nothing more for now.
     Drained,
     /// Redis closed the connection, or it failed.
@@ -89,6 +94,7 @@ impl Link {
             self.end -= self.start;
             self.start = 0;
         }
+        let room = self.input.len() - self.end;
         let n = loop {
             match self.stream.read(&mut self.input[self.end..]) {
                 Ok(0) => {
@@ -118,7 +124,7 @@ impl Link {
                 }
             }
         }
-        Got::Bytes(n)
+        Got::Bytes { drained: n < room }
     }
 
     /// The stream, to register with a poll.

@@ -322,16 +322,12 @@ impl RedisWorker {
         for _ in 0..MAX_READS_PER_VISIT {
             let now = clock.now_ns();
             let got = link.read(|f| sink.frame(f, *room, channel, trackers, now));
-            match got {
-                Got::Bytes(_) => sink.note_read(now),
-                Got::Drained => {
-                    drained = true;
-                    break;
-                }
-                Got::Closed => {
-                    drained = true;
-                    break;
-                }
+            if let Got::Bytes { .. } = got {
+                sink.note_read(now);
+            }
+            if let Got::Bytes { drained: true } | Got::Drained | Got::Closed = got {
+                drained = true;
+                break;
             }
         }
         if link.closed && !*counted_closed {
