@@ -15,7 +15,8 @@
 #   * server CPU ns per delivery at saturation: at the sweep step that delivered the most,
 #     the server's CPU time (utime + stime from /proc/PID/stat around that bench-client
 #     run, setup included, as scripts/bench.sh does) over the deliveries it made (warmup
-#     included), with how busy its core was.
+#     included), with how busy its core was ("not saturated" below 90%: then something
+#     else, the bench or other load on the machine, set the limit).
 #   * bench-client busy: its CPU over its cores at that step; above 80% the figures are
 #     bench-limited, and the table says so.
 #   * p50 / p99 at 200 k and 1 M deliveries/s: a run at each (marked when not sustained).
@@ -228,7 +229,9 @@ measure() {
         events="$(jfield "$tmp/$best_name.json" events)"
         bench_pct="$(jfield "$tmp/$best_name.json" cpu_pct_one_core)"
         ns="$(awk -v c="$cpu_s" -v e="$events" -v w="$wall_s" -v d="$best_dps" 'BEGIN {
-            if (e > 0) printf "%.0f (core %.0f%% busy, at %s)", c * 1e9 / e, c * 100 / w,
+            busy = c * 100 / w;
+            if (e > 0) printf "%.0f (core %.0f%% busy%s, at %s)", c * 1e9 / e, busy,
+                (busy < 90 ? ": not saturated" : ""),
                 (d >= 1e6 ? sprintf("%.2f M/s", d / 1e6) : sprintf("%.0f k/s", d / 1e3));
             else print "-" }')"
         busy="$(awk -v p="$bench_pct" -v n="$bench_cores" 'BEGIN { printf "%.0f", p / n }')"

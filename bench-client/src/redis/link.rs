@@ -241,3 +241,70 @@ fn link(s: TcpStream, input: Box<[u8]>, start: usize, end: usize) -> Result<Link
         closed: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A link to a loopback peer that never reads, and the peer.
+    fn pair() -> (Link, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        let input = vec![0u8; IN_CAP].into_boxed_slice();
+        (link(s, input, 0, 0).unwrap(), peer)
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_cannot_grow_the_queue_past_its_cap() {
+        let (mut link, _peer) = pair();
+        let body = [b'.'; 64];
+        let mut queued = 0usize;
+        // Bounded: the cap is reached long before this many.
+        for _ in 0..100_000 {
+            if !link.publish(b"ch", &body) {
+                break;
+            }
+            queued += 1;
+        }
+        assert!(queued > 100, "{queued}");
+        assert!(link.out.len() <= OUT_CAP + 100, "{}", link.out.len());
+        assert!(!link.publish(b"ch", &body), "still refused");
+        // What the kernel takes leaves; what it does not stays queued, and is written on
+        // a later flush.
+        assert!(link.flush());
+        assert!(!link.closed);
+    }
+
+    #[test]
+    fn frames_split_across_reads_are_joined_and_a_bad_frame_closes() {
+        let (mut link, mut peer) = pair();
+        let mut got = Vec::new();
+        let read = |link: &mut Link, got: &mut Vec<i64>| {
+            // The peer's bytes are on loopback: a few tries until they are readable.
+            for _ in 0..1000 {
+                let r = link.read(|f| {
+                    if let Frame::Integer(n) = f {
+                        got.push(n)
+                    }
+                });
+                if r != Got::Drained {
+                    return r;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Got::Drained
+        };
+        peer.write_all(b":1\r\n:2").unwrap();
+        assert_eq!(read(&mut link, &mut got), Got::Bytes { drained: true });
+        assert_eq!(got, [1]);
+        peer.write_all(b"5\r\n").unwrap();
+        assert_eq!(read(&mut link, &mut got), Got::Bytes { drained: true });
+        assert_eq!(got, [1, 25]);
+        peer.write_all(b"?\r\n").unwrap();
+        assert_eq!(read(&mut link, &mut got), Got::Closed);
+        assert!(link.closed && !link.publish(b"ch", b"x"));
+        drop(peer);
+    }
+}

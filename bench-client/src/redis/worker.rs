@@ -489,3 +489,147 @@ impl<'a> Sink<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::resp;
+
+    const PLAN: StepPlan = StepPlan {
+        rate: 100.0,
+        start_ns: 1_000,
+        measure_from_ns: 2_000,
+        end_ns: 10_000,
+        grace_ns: 0,
+        give_up_ns: 0,
+        size: 64,
+    };
+
+    /// The push Redis sends a subscriber of `channel` for `body`.
+    fn push(channel: &[u8], body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        resp::command(&mut v, &[b"message", channel, body]);
+        v[0] = b'>';
+        v
+    }
+
+    fn stamped(sender: u32, seq: u32, intended_ns: u64) -> Vec<u8> {
+        let mut b = vec![0u8; 64];
+        Stamp {
+            sender,
+            seq,
+            intended_ns,
+        }
+        .encode(&mut b)
+        .unwrap();
+        b
+    }
+
+    /// Hands `bytes` (one frame) to the sink as member of room 0 on `b"ch"` at `now`.
+    fn feed(sink: &mut Sink<'_>, trackers: &mut [OrderTracker], bytes: &[u8], now: u64) {
+        let (f, used) = resp::parse(bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        sink.frame(f, 0, b"ch", trackers, now);
+    }
+
+    #[test]
+    fn deliveries_are_timed_checked_and_counted_like_the_ocm_workers() {
+        // 4 users in 2 rooms: room 0 holds users 0 and 2 (positions 0 and 1).
+        let topo = Topology::new(4, 2);
+        let mut sink = Sink::new(&topo, &PLAN);
+        let mut trackers = vec![OrderTracker::default(); 2];
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"ch", &stamped(2, 0, 3_000)),
+            5_000,
+        );
+        assert_eq!((sink.c.events, sink.c.received), (1, 1));
+        assert_eq!(sink.latency.len(), 1);
+        assert!(sink.latency.equivalent(sink.latency.max(), 2_000));
+        // The same again: a duplicate; then one after a gap of one, then the late one.
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"ch", &stamped(2, 0, 3_000)),
+            5_000,
+        );
+        assert_eq!(sink.c.duplicates, 1);
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"ch", &stamped(2, 2, 4_000)),
+            5_000,
+        );
+        assert_eq!(sink.missing, 1);
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"ch", &stamped(2, 1, 3_500)),
+            5_000,
+        );
+        assert_eq!((sink.missing, sink.c.out_of_order), (0, 1));
+        assert_eq!(sink.c.received, 3);
+        // Warmup: counted as an event, not measured.
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"ch", &stamped(0, 0, 1_500)),
+            5_000,
+        );
+        assert_eq!((sink.c.events, sink.c.received), (5, 3));
+        // An earlier step's message is stale.
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"ch", &stamped(0, 1, 500)),
+            5_000,
+        );
+        assert_eq!(sink.c.stale, 1);
+    }
+
+    #[test]
+    fn what_is_not_ours_is_counted_not_measured() {
+        let topo = Topology::new(4, 2);
+        let mut sink = Sink::new(&topo, &PLAN);
+        let mut trackers = vec![OrderTracker::default(); 2];
+        // Another channel, a sender of another room, a body without a stamp.
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"other", &stamped(2, 0, 3_000)),
+            5_000,
+        );
+        feed(
+            &mut sink,
+            &mut trackers,
+            &push(b"ch", &stamped(1, 0, 3_000)),
+            5_000,
+        );
+        feed(&mut sink, &mut trackers, &push(b"ch", b"hello"), 5_000);
+        assert_eq!((sink.c.foreign, sink.c.received), (3, 0));
+        // A message push of the wrong shape is malformed.
+        feed(
+            &mut sink,
+            &mut trackers,
+            b">2\r\n$7\r\nmessage\r\n$2\r\nch\r\n",
+            5_000,
+        );
+        assert_eq!(sink.c.malformed, 1);
+        // PUBLISH's answer and a subscription notice are neither; an error is a refused send.
+        feed(&mut sink, &mut trackers, b":25\r\n", 5_000);
+        feed(
+            &mut sink,
+            &mut trackers,
+            b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n",
+            5_000,
+        );
+        assert_eq!(
+            (sink.c.events, sink.c.malformed, sink.c.send_failed),
+            (3, 1, 0)
+        );
+        feed(&mut sink, &mut trackers, b"-OOM no\r\n", 5_000);
+        assert_eq!(sink.c.send_failed, 1);
+        assert!(sink.latency.is_empty());
+    }
+}
