@@ -122,8 +122,21 @@ fanout="$(awk -v u="$USERS" -v r="$ROOMS" 'BEGIN {
     printf "%.6f", (x * (b + 1) * (b + 1) + (r - x) * b * b) / u }')"
 
 # One bench-client run at RATE messages/s for SECONDS against the running server; writes
-# NAME.json, NAME.log and NAME.cpu (server CPU seconds, bench-client wall seconds).
+# NAME.json, NAME.log and NAME.cpu (server CPU seconds, bench-client wall seconds). A run
+# that fails before measuring (no JSON: e.g. no free port for a socket while other work
+# holds them) is tried again, up to 3 times in all, so a step is not failed for it.
 run_bench() {
+    local attempt
+    for attempt in 1 2 3; do
+        run_once "$@"
+        if [ -s "$tmp/$1.json" ] || [ "$attempt" -eq 3 ]; then
+            return 0
+        fi
+        echo "compare.sh: trying that run again" >&2
+    done
+}
+
+run_once() {
     local name="$1" rate="$2" seconds="$3"
     shift 3
     local t0 t1 w0 w1 rc=0
