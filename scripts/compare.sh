@@ -18,7 +18,9 @@
 #     included), with how busy its core was ("not saturated" below 90%: then something
 #     else, the bench or other load on the machine, set the limit).
 #   * bench-client busy: its CPU over its cores at that step; above 80% the figures are
-#     bench-limited, and the table says so.
+#     bench-limited, and the table says so. Next to each process's own share, how busy its
+#     cores were in all (/proc/stat, every process): on a machine shared with other work a
+#     process may wait for its core rather than use it, and the table says so ("starved").
 #   * p50 / p99 at 200 k and 1 M deliveries/s: a run at each (marked when not sustained).
 #
 #   bench-client runs one worker thread per core it has (--threads), so that no two of its
@@ -68,11 +70,15 @@ if [ "$cores" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
     server_pin=(taskset -c 0)
     bench_pin=(taskset -c "1-$((cores - 1))")
     bench_cores=$((cores - 1))
+    server_cpus=(0 0)
+    bench_cpus=(1 $((cores - 1)))
     pinning="server pinned to core 0 (taskset -c 0), bench-client to cores 1-$((cores - 1)) (taskset -c 1-$((cores - 1)))"
 else
     server_pin=()
     bench_pin=()
     bench_cores="$cores"
+    server_cpus=(0 $((cores - 1)))
+    bench_cpus=(0 $((cores - 1)))
     if [ "$cores" -lt 2 ]; then
         pinning="1 core: server and bench-client run unpinned, sharing it"
     else
@@ -110,6 +116,25 @@ cpu_ticks() {
 }
 hz="$(getconf CLK_TCK)"
 
+# Busy and total time of each CPU so far, one "cpuN busy total" line each (fields user to
+# steal of /proc/stat; busy is all but idle and iowait, so it counts every process, ours or
+# not, and the time the hypervisor took).
+cpu_jiffies() {
+    awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= 9; i++) t += $i; print $1, t - $5 - $6, t }' /proc/stat
+}
+
+# How busy (%) CPUs FIRST to LAST were between two cpu_jiffies snapshots, whoever used them.
+busy_pct() {
+    awk -v a="$3" -v b="$4" 'FNR == NR { b0[$1] = $2; t0[$1] = $3; next }
+        { n = substr($1, 4) + 0; if (n >= a && n <= b) { busy += $2 - b0[$1]; tot += $3 - t0[$1] } }
+        END { printf "%.0f", (tot > 0 ? busy * 100 / tot : 0) }' "$1" "$2"
+}
+
+# "core N" or "cores N-M".
+cpu_names() {
+    if [ "$1" = "$2" ]; then echo "core $1"; else echo "cores $1-$2"; fi
+}
+
 # A field of bench-client's flat --json output ("" when absent).
 jfield() {
     sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$1"
@@ -140,6 +165,7 @@ run_once() {
     local name="$1" rate="$2" seconds="$3"
     shift 3
     local t0 t1 w0 w1 rc=0
+    cpu_jiffies >"$tmp/$name.stat0"
     t0="$(cpu_ticks "$server_pid")"
     w0="$(date +%s%N)"
     "${bench_pin[@]}" "$bench_bin" "$@" --users "$USERS" --rooms "$ROOMS" --size "$SIZE" \
@@ -155,6 +181,7 @@ run_once() {
     fi
     t1="$(cpu_ticks "$server_pid")"
     w1="$(date +%s%N)"
+    cpu_jiffies >"$tmp/$name.stat1"
     awk -v t="$((t1 - t0))" -v hz="$hz" -v w="$(((w1 - w0) / 1000000))" \
         'BEGIN { printf "%.3f %.3f\n", t / hz, w / 1000 }' >"$tmp/$name.cpu"
     if [ "$rc" -ne 0 ] || [ ! -s "$tmp/$name.json" ]; then
@@ -241,17 +268,26 @@ measure() {
         local events bench_pct
         events="$(jfield "$tmp/$best_name.json" events)"
         bench_pct="$(jfield "$tmp/$best_name.json" cpu_pct_one_core)"
-        ns="$(awk -v c="$cpu_s" -v e="$events" -v w="$wall_s" -v d="$best_dps" 'BEGIN {
-            busy = c * 100 / w;
-            if (e > 0) printf "%.0f (core %.0f%% busy%s, at %s)", c * 1e9 / e, busy,
-                (busy < 90 ? ": not saturated" : ""),
+        local server_all bench_all stats=("$tmp/$best_name.stat0" "$tmp/$best_name.stat1")
+        server_all="$(busy_pct "${stats[@]}" "${server_cpus[@]}")"
+        bench_all="$(busy_pct "${stats[@]}" "${bench_cpus[@]}")"
+        # Below 90% of a core the server was not the limit: either its core had room left
+        # (not saturated), or other work held the core (starved).
+        ns="$(awk -v c="$cpu_s" -v e="$events" -v w="$wall_s" -v d="$best_dps" \
+            -v all="$server_all" -v cores="$(cpu_names "${server_cpus[@]}")" 'BEGIN {
+            own = c * 100 / w;
+            note = (own >= 90 ? "" : (all >= 90 ? ": starved by other load" : ": not saturated"));
+            if (e > 0) printf "%.0f (server %.0f%% of a core, %s %.0f%% busy in all%s; at %s)",
+                c * 1e9 / e, own, cores, all, note,
                 (d >= 1e6 ? sprintf("%.2f M/s", d / 1e6) : sprintf("%.0f k/s", d / 1e3));
             else print "-" }')"
         busy="$(awk -v p="$bench_pct" -v n="$bench_cores" 'BEGIN { printf "%.0f", p / n }')"
         if [ "$busy" -gt "$BENCH_BUSY_LIMIT" ]; then
-            sat_note=" **bench-limited**"
+            sat_note=": **bench-limited**"
+        elif [ "$bench_all" -ge 90 ]; then
+            sat_note=": **starved by other load**"
         fi
-        busy="$busy% of $bench_cores core(s)$sat_note"
+        busy="$busy% of $bench_cores core(s), $(cpu_names "${bench_cpus[@]}") $bench_all% busy in all$sat_note"
     fi
 
     local point dps_at r lat=()
