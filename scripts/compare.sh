@@ -223,7 +223,7 @@ fmt_us() {
 measure() {
     local slug="$1" sys="$2"
     shift 2
-    local rate pass="" fail="" step=0 best_name="" best_dps=-1 name v dps
+    local rate pass="" fail="" step=0 best_name="" best_dps=-1 name v dps broken=""
     rate="$(awk -v d="$START_DPS" -v f="$fanout" 'BEGIN { printf "%.0f", d / f }')"
     echo "== $sys: sweep, $STEP_S s per step (pass: loss < $MAX_LOSS_PCT%, p50 < 10 ms)" >&2
     while [ "$step" -lt "$SWEEP_STEPS" ]; do
@@ -231,6 +231,12 @@ measure() {
         name="$slug-sweep-$step"
         run_bench "$name" "$rate" "$STEP_S" "$@"
         v="$(verdict "$name" "$rate")"
+        if [ "$v" = "bench-client failed" ]; then
+            # Not a verdict on the server: the sweep stops, and the row says why.
+            broken="$(grep -m1 '^bench-client: ' "$tmp/$name.log" || echo "bench-client failed")"
+            echo "   $rate msg/s: $broken; the sweep stops here" >&2
+            break
+        fi
         dps="$(jfield "$tmp/$name.json" deliveries_per_s 2>/dev/null || true)"
         dps="${dps:-0}"
         printf '   %8s msg/s = %10s deliveries/s asked: %10s delivered, p50 %s, p99 %s, server CPU %s s: %s\n' \
@@ -257,7 +263,9 @@ measure() {
         [ "$rate" -ge 1 ] || break
     done
     local sustained="-"
-    if [ -n "$pass" ]; then
+    if [ -n "$broken" ]; then
+        sustained="- (${broken#bench-client: })"
+    elif [ -n "$pass" ]; then
         sustained="$(fmt_rate "$(awk -v r="$pass" -v f="$fanout" 'BEGIN { print r * f }')")"
     fi
 
@@ -301,7 +309,7 @@ measure() {
             dps_at="$(fmt_us "$(jfield "$tmp/$name.json" latency_p50_us)") / $(fmt_us "$(jfield "$tmp/$name.json" latency_p99_us)")"
             [ "$v" = "ok" ] || dps_at="$dps_at (not sustained: $v)"
         else
-            dps_at="- (bench-client failed)"
+            dps_at="- ($(grep -m1 '^bench-client: ' "$tmp/$name.log" | sed 's/^bench-client: //' || true))"
         fi
         lat+=("$dps_at")
     done
