@@ -31,9 +31,10 @@
 # Usage: scripts/compare.sh
 # Environment: USERS (500), ROOMS (20), SIZE (64 bytes), STEP_S (2 s per sweep step),
 # LATENCY_S (5 s per latency run), SWEEP_STEPS (10).
-# Time: about 3 minutes per system after the build (at most SWEEP_STEPS sweep runs of
-# STEP_S + 1 s warmup + at most 1 s drain + setup, and two runs of LATENCY_S), so about
-# 6 minutes for both.
+# Time: at most about 90 s per system after the build with the defaults (at most
+# SWEEP_STEPS sweep runs of about STEP_S + 4 s each: setup, 1 s warmup, at most 1 s drain,
+# 1 s pause; and two runs of about LATENCY_S + 4 s), so at most about 3 minutes for both;
+# 2 to 2.5 minutes in the runs made on the project's 2-core VM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
