@@ -66,7 +66,8 @@ pub struct Args {
     #[argh(option, default = "1.0")]
     pub grace: f64,
 
-    /// seconds to wait for every member to bind before giving up (default: 10)
+    /// seconds to wait for every member to bind (with a redis:// --target: to connect and
+    /// subscribe) before giving up (default: 10)
     #[argh(option, default = "10.0")]
     pub bind_timeout: f64,
 
@@ -117,8 +118,9 @@ pub struct Args {
     #[argh(option)]
     pub web_server: Option<String>,
 
-    /// what to measure: the OCM server of --server (default), or redis://HOST:PORT for the
-    /// same workload over Redis pub/sub (RESP3, Redis 6 or later; one connection per user)
+    /// what to measure: ocm, the OCM server of --server (default), or redis://HOST:PORT for
+    /// the same workload over Redis pub/sub (RESP3, Redis 6 or later; one connection per
+    /// user)
     #[argh(option)]
     pub target: Option<String>,
 
