@@ -32,6 +32,12 @@ if [ "${CI:-}" = "true" ]; then
     export OCM_NETNS_REQUIRED=1
 fi
 
+# bench-client/tests/redis.rs runs bench-client --target redis:// against a real redis-server:
+# elsewhere it skips with a line saying so; under CI it is installed, and missing fails it.
+if [ "${CI:-}" = "true" ]; then
+    need redis-server redis-server || true
+fi
+
 echo "== cargo test --workspace"
 cargo test --workspace
 

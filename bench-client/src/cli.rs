@@ -66,7 +66,8 @@ pub struct Args {
     #[argh(option, default = "1.0")]
     pub grace: f64,
 
-    /// seconds to wait for every member to bind before giving up (default: 10)
+    /// seconds to wait for every member to bind (with a redis:// --target: to connect and
+    /// subscribe) before giving up (default: 10)
     #[argh(option, default = "10.0")]
     pub bind_timeout: f64,
 
@@ -116,6 +117,17 @@ pub struct Args {
     /// the server's web listener, host:port (default: the host of --server, port 9080)
     #[argh(option)]
     pub web_server: Option<String>,
+
+    /// what to measure: ocm, the OCM server of --server (default), or redis://HOST:PORT for
+    /// the same workload over Redis pub/sub (RESP3, Redis 6 or later; one connection per
+    /// user)
+    #[argh(option)]
+    pub target: Option<String>,
+
+    /// with --sweep, a step also fails when its p50 latency passes this many ms (default:
+    /// p50 not checked)
+    #[argh(option)]
+    pub p50_bound_ms: Option<f64>,
 }
 
 /// Highest `--loss`: past it a run measures little but retries.
@@ -187,7 +199,35 @@ impl Args {
         if self.sweep && self.sweep_steps == 0 {
             return Err("--sweep-steps must be at least 1".into());
         }
+        if let Some(b) = self.p50_bound_ms
+            && !(b.is_finite() && b > 0.0)
+        {
+            return Err("--p50-bound-ms must be positive".into());
+        }
+        if self.redis_target()?.is_some() {
+            for (set, flag) in [
+                (self.web > 0, "--web"),
+                (self.tls || self.ca.is_some(), "--tls and --ca"),
+                (self.loss > 0.0, "--loss"),
+                (self.v1, "--v1"),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{flag} is OCM's: not supported with a redis:// --target"
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// `--target`: the Redis server's `HOST:PORT`, or None for the OCM server of
+    /// `--server`.
+    pub fn redis_target(&self) -> Result<Option<String>, String> {
+        match self.target.as_deref() {
+            None | Some("ocm") => Ok(None),
+            Some(t) => crate::redis::address(t).map(Some),
+        }
     }
 
     /// Worker threads to use: as asked, else the number of cores (at least 2); never more
@@ -281,6 +321,25 @@ mod tests {
         let a = parse(&["--loss", "0.05", "--seed", "7", "--v1"]).unwrap();
         assert_eq!((a.loss, a.seed, a.v1), (0.05, 7, true));
         assert_eq!(a.check(), Ok(()));
+    }
+
+    #[test]
+    fn redis_target_and_p50_bound() {
+        let a = parse(&["--target", "redis://127.0.0.1:6379", "--p50-bound-ms", "10"]).unwrap();
+        assert_eq!(a.check(), Ok(()));
+        assert_eq!(a.redis_target(), Ok(Some("127.0.0.1:6379".into())));
+        assert_eq!(a.p50_bound_ms, Some(10.0));
+        assert_eq!(
+            parse(&["--target", "ocm"]).unwrap().redis_target(),
+            Ok(None)
+        );
+        assert_eq!(parse(&[]).unwrap().redis_target(), Ok(None));
+        let check = |args: &[&str]| parse(args).unwrap().check().unwrap_err();
+        assert!(check(&["--target", "http://x:1"]).contains("redis://"));
+        assert!(check(&["--target", "redis://h:1", "--loss", "0.1"]).contains("--loss"));
+        assert!(check(&["--target", "redis://h:1", "--tls"]).contains("--tls"));
+        assert!(check(&["--target", "redis://h:1", "--v1"]).contains("--v1"));
+        assert!(check(&["--p50-bound-ms", "0"]).contains("--p50-bound-ms"));
     }
 
     #[test]

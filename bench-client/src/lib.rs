@@ -33,6 +33,8 @@
 //! * [`sweep`]: which rate to try next.
 //! * [`topology`]: who is in which room, and the run's clock.
 //! * [`web`]: `--web N`: users over WebSocket instead of UDP (their link, setup, figures).
+//! * [`redis`]: `--target redis://HOST:PORT`: the same workload over Redis pub/sub, to
+//!   compare with (its RESP3 codec, connections and worker).
 //! * [`sys`]: the system calls std lacks (timerfd, rusage, drops); the ones the server
 //!   shares (rlimit, buffers, `recvmmsg`) come from `ocm::sys`.
 //!
@@ -45,6 +47,7 @@ pub mod cli;
 pub mod gaps;
 pub mod loss;
 pub mod order;
+pub mod redis;
 pub mod report;
 pub mod run;
 pub mod schedule;

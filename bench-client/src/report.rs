@@ -46,6 +46,8 @@ pub struct Setup {
     pub seed: u64,
     /// `--nack-retry-ms`: first repeat of an unanswered NACK (v1.1).
     pub nack_retry_ms: u64,
+    /// `--target redis://…`: the Redis server (`HOST:PORT`) measured instead of OCM.
+    pub redis: Option<String>,
 }
 
 /// Percentiles of a histogram in µs.
@@ -200,6 +202,16 @@ impl StepReport {
         Ok(())
     }
 
+    /// `--p50-bound-ms` of a sweep: `Ok` when there is no bound or p50 is within it.
+    pub fn p50_verdict(&self, p50_bound_ms: Option<f64>) -> Result<(), String> {
+        match p50_bound_ms {
+            Some(b) if self.latency.at[0] > b * 1e3 => {
+                Err(format!("p50 {} > {b} ms", fmt_us(self.latency.at[0])))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The wrk2-like table.
     pub fn table(&self) -> String {
         let mut t = String::new();
@@ -266,6 +278,13 @@ impl StepReport {
     fn table_protocol(&self, t: &mut String) {
         let s = &self.setup;
         let c = &self.counters;
+        if let Some(addr) = &s.redis {
+            let _ = writeln!(
+                t,
+                "  Protocol      Redis pub/sub at {addr} (RESP3): one TCP connection per user, SUBSCRIBE to its room's channel, PUBLISH pipelined; order and loss from the message stamps; \"datagrams\" are TCP reads"
+            );
+            return;
+        }
         let _ = match s.path {
             Path::V11 => writeln!(
                 t,
@@ -384,7 +403,12 @@ impl StepReport {
                 c.rate_limited
             ));
         }
-        if c.timed_out + c.room_closed + c.left > 0 {
+        if self.setup.redis.is_some() && c.timed_out > 0 {
+            w.push(format!(
+                "Redis closed {} connections (a subscriber past its client-output-buffer-limit, or maxclients)",
+                c.timed_out
+            ));
+        } else if c.timed_out + c.room_closed + c.left > 0 {
             w.push(format!(
                 "members left the rooms during the run ({} TIMED_OUT, {} LEFT, {} ROOM_CLOSED)",
                 c.timed_out, c.left, c.room_closed
@@ -434,7 +458,16 @@ impl StepReport {
         j.int("threads", s.threads as u64);
         j.num("duration_s", s.duration_s);
         j.num("warmup_s", s.warmup_s);
-        j.str("protocol", s.path.name());
+        match &s.redis {
+            Some(addr) => {
+                j.str("target", &format!("redis://{addr}"));
+                j.str("protocol", "redis-resp3");
+            }
+            None => {
+                j.str("target", "ocm");
+                j.str("protocol", s.path.name());
+            }
+        }
         j.num("loss", s.loss);
         j.int("seed", s.seed);
         j.int("nack_retry_ms", s.nack_retry_ms);

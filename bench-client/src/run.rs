@@ -28,6 +28,9 @@ const GIVE_UP_NS: u64 = 2_000_000_000;
 /// Runs the benchmark the arguments describe; prints the table(s) on stdout.
 pub fn run(args: &Args) -> Result<(), String> {
     args.check()?;
+    if let Some(addr) = args.redis_target()? {
+        return crate::redis::run(args, &addr);
+    }
     if args.tls || args.ca.is_some() {
         // Every ControlClient::connect of this process speaks TLS from here on.
         let tls = control::Tls::new(args.ca.as_deref())
@@ -212,10 +215,46 @@ fn run_with_rooms(
         quiet: args.quiet,
         web_users: plan.count(),
     };
+    measure(&mut workers, &ctx, args)
+}
+
+/// A worker that runs load steps: OCM's ([`Worker`]) or Redis's
+/// ([`crate::redis::worker::RedisWorker`]); [`step`] and [`sweep`] drive either.
+pub(crate) trait Load: Send {
+    /// One load step (see [`Worker::load`]).
+    fn load_step(
+        &mut self,
+        clock: &Clock,
+        topo: &Topology,
+        shared: &Shared,
+        plan: &StepPlan,
+        heartbeat_ns: u64,
+    ) -> std::io::Result<LoadOutcome>;
+}
+
+impl Load for Worker {
+    fn load_step(
+        &mut self,
+        clock: &Clock,
+        topo: &Topology,
+        shared: &Shared,
+        plan: &StepPlan,
+        heartbeat_ns: u64,
+    ) -> std::io::Result<LoadOutcome> {
+        self.load(clock, topo, shared, plan, heartbeat_ns)
+    }
+}
+
+/// One step at `--rate`, or `--sweep`; prints the table(s) and writes `--json`.
+pub(crate) fn measure<W: Load>(
+    workers: &mut [W],
+    ctx: &StepCtx<'_>,
+    args: &Args,
+) -> Result<(), String> {
     if args.sweep {
-        sweep(&mut workers, &ctx, args)
+        sweep(workers, ctx, args)
     } else {
-        let report = step(&mut workers, &ctx, args, args.rate)?;
+        let report = step(workers, ctx, args, args.rate)?;
         print!("{}", report.table());
         if let Some(path) = &args.json {
             write_file(path, &report.json())?;
@@ -255,7 +294,7 @@ fn open_users(
 }
 
 /// How the run is set up, as the report states it.
-fn setup(args: &Args, topo: &Topology, threads: usize, path: Path) -> Setup {
+pub(crate) fn setup(args: &Args, topo: &Topology, threads: usize, path: Path) -> Setup {
     let (min, max) = topo.room_size_range();
     Setup {
         users: topo.users(),
@@ -270,6 +309,7 @@ fn setup(args: &Args, topo: &Topology, threads: usize, path: Path) -> Setup {
         loss: args.loss,
         seed: args.seed,
         nack_retry_ms: args.nack_retry_ms,
+        redis: None,
     }
 }
 
@@ -338,22 +378,22 @@ fn bind_all(
 }
 
 /// What every step of a run shares.
-struct StepCtx<'a> {
-    clock: Clock,
-    topo: &'a Topology,
-    shared: &'a Shared,
-    heartbeat_ns: u64,
-    ports: &'a HashSet<u16>,
-    server_port: u16,
-    setup: Setup,
-    quiet: bool,
+pub(crate) struct StepCtx<'a> {
+    pub(crate) clock: Clock,
+    pub(crate) topo: &'a Topology,
+    pub(crate) shared: &'a Shared,
+    pub(crate) heartbeat_ns: u64,
+    pub(crate) ports: &'a HashSet<u16>,
+    pub(crate) server_port: u16,
+    pub(crate) setup: Setup,
+    pub(crate) quiet: bool,
     /// `--web`: how many users are web users.
-    web_users: usize,
+    pub(crate) web_users: usize,
 }
 
 /// One load step at `rate`: warmup, measured window, drain; returns its report.
-fn step(
-    workers: &mut [Worker],
+fn step<W: Load>(
+    workers: &mut [W],
     ctx: &StepCtx<'_>,
     args: &Args,
     rate: f64,
@@ -374,7 +414,13 @@ fn step(
         give_up_ns: GIVE_UP_NS,
         size: args.size,
     };
-    let drops0 = UdpDrops::read(ctx.ports, ctx.server_port);
+    // A Redis run has no UDP sockets: no kernel drop counters to read.
+    let udp = ctx.setup.redis.is_none();
+    let read_drops = || {
+        udp.then(|| UdpDrops::read(ctx.ports, ctx.server_port))
+            .flatten()
+    };
+    let drops0 = read_drops();
     let cpu0 = CpuTime::now();
     let (clock, topo, hb) = (&ctx.clock, ctx.topo, ctx.heartbeat_ns);
     let outcomes: Vec<std::io::Result<LoadOutcome>> = std::thread::scope(|s| {
@@ -383,7 +429,7 @@ fn step(
             .map(|w| {
                 s.spawn(move || {
                     sys::tight_timer_slack();
-                    w.load(clock, topo, shared, &plan, hb)
+                    w.load_step(clock, topo, shared, &plan, hb)
                 })
             })
             .collect();
@@ -392,7 +438,7 @@ fn step(
     });
     let wall_s = wall0.elapsed().as_secs_f64();
     let cpu = CpuTime::now().since(cpu0);
-    let drops = match (drops0, UdpDrops::read(ctx.ports, ctx.server_port)) {
+    let drops = match (drops0, read_drops()) {
         (Some(a), Some(b)) => Some(b.since(a)),
         _ => None,
     };
@@ -496,14 +542,16 @@ fn progress<T>(
 }
 
 /// `--sweep`: steps until the rate is no longer sustainable; prints each step and the best.
-fn sweep(workers: &mut [Worker], ctx: &StepCtx<'_>, args: &Args) -> Result<(), String> {
+fn sweep<W: Load>(workers: &mut [W], ctx: &StepCtx<'_>, args: &Args) -> Result<(), String> {
     let mut sw = Sweep::new(args.rate, args.sweep_steps);
     let mut steps: Vec<SweepStep> = Vec::new();
     print_sweep_header(args);
     loop {
         let rate = sw.current();
         let r = step(workers, ctx, args, rate)?;
-        let v = r.verdict(args.p99_bound_ms);
+        let v = r
+            .verdict(args.p99_bound_ms)
+            .and_then(|()| r.p50_verdict(args.p50_bound_ms));
         print_sweep_row(rate, &r, &v);
         let passed = v.is_ok();
         steps.push((r, v));
@@ -539,8 +587,11 @@ type SweepStep = (StepReport, Result<(), String>);
 
 /// The sweep's title and the header of its one-line-per-step table.
 fn print_sweep_header(args: &Args) {
+    let p50 = args
+        .p50_bound_ms
+        .map_or_else(String::new, |b| format!(" and p50 <= {b} ms"));
     println!(
-        "Sweep: {} s steps (after {} s warmup), pass = loss <= 0.1% and p99 <= {} ms",
+        "Sweep: {} s steps (after {} s warmup), pass = loss <= 0.1% and p99 <= {} ms{p50}",
         args.duration, args.warmup, args.p99_bound_ms
     );
     println!(
@@ -574,6 +625,10 @@ fn sweep_json(args: &Args, best: Option<&SweepStep>, steps: &[SweepStep]) -> Str
     let mut j = Json::default();
     j.raw("sweep", "true");
     j.num("p99_bound_ms", args.p99_bound_ms);
+    match args.p50_bound_ms {
+        Some(b) => j.num("p50_bound_ms", b),
+        None => j.raw("p50_bound_ms", "null"),
+    }
     match best {
         Some((r, _)) => {
             j.num("best_rate", r.rate_asked);

@@ -22,6 +22,7 @@ fn sample() -> StepReport {
             loss: 0.0,
             seed: 1,
             nack_retry_ms: 50,
+            redis: None,
         },
         rate_asked: 200.0,
         rate_achieved: 200.0,
@@ -173,4 +174,35 @@ fn units() {
     assert_eq!(fmt_us(85.25), "85.2us");
     assert_eq!(fmt_us(1_234.0), "1.23ms");
     assert_eq!(fmt_us(2_100_000.0), "2.10s");
+}
+
+#[test]
+fn p50_bound_of_a_sweep() {
+    let r = sample();
+    // p50 of 1..=10 000 µs is 5 ms.
+    assert_eq!(r.p50_verdict(None), Ok(()));
+    assert_eq!(r.p50_verdict(Some(10.0)), Ok(()));
+    let why = r.p50_verdict(Some(1.0)).unwrap_err();
+    assert!(why.starts_with("p50 5.00ms > 1 ms"), "{why}");
+}
+
+#[test]
+fn a_redis_run_says_so_in_the_table_and_the_json() {
+    let mut r = sample();
+    assert!(r.json().contains(r#""target":"ocm","protocol":"v1.1""#));
+    // As bench-client sets it up: the stamps' order checks, the v1 path's, and no recovery.
+    r.setup.redis = Some("127.0.0.1:6379".into());
+    r.setup.path = Path::V1;
+    r.counters.timed_out = 2;
+    let t = r.table();
+    assert!(
+        t.contains("Protocol      Redis pub/sub at 127.0.0.1:6379 (RESP3)"),
+        "{t}"
+    );
+    assert!(!t.contains("Recovery"), "{t}");
+    assert!(t.contains("WARNING: Redis closed 2 connections"), "{t}");
+    assert!(
+        r.json()
+            .contains(r#""target":"redis://127.0.0.1:6379","protocol":"redis-resp3""#)
+    );
 }
