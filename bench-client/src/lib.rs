@@ -32,6 +32,7 @@
 //! * [`report`]: the derived figures, the table and the JSON.
 //! * [`sweep`]: which rate to try next.
 //! * [`topology`]: who is in which room, and the run's clock.
+//! * [`shape`]: `--shape`/`--room-size`: rooms of several sizes, figures per size.
 //! * [`web`]: `--web N`: users over WebSocket instead of UDP (their link, setup, figures).
 //! * [`sys`]: the system calls std lacks (timerfd, rusage, drops); the ones the server
 //!   shares (rlimit, buffers, `recvmmsg`) come from `ocm::sys`.
@@ -48,6 +49,7 @@ pub mod order;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod shape;
 pub mod stats;
 pub mod sweep;
 pub mod sys;
