@@ -33,6 +33,7 @@
 //! * [`sweep`]: which rate to try next.
 //! * [`topology`]: who is in which room, and the run's clock.
 //! * [`shape`]: `--shape`/`--room-size`: rooms of several sizes, figures per size.
+//! * [`scale`]: `bench-client scale`: many members on one server, its memory and CPU.
 //! * [`web`]: `--web N`: users over WebSocket instead of UDP (their link, setup, figures).
 //! * [`sys`]: the system calls std lacks (timerfd, rusage, drops); the ones the server
 //!   shares (rlimit, buffers, `recvmmsg`) come from `ocm::sys`.
@@ -48,6 +49,7 @@ pub mod loss;
 pub mod order;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod schedule;
 pub mod shape;
 pub mod stats;

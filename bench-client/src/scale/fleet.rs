@@ -1,0 +1,465 @@
+//! The members of `bench-client scale` on the data plane: one UDP socket each, bound to
+//! its member's source IP, all in one mio loop on one thread (the load is light: the point
+//! is how many, not how fast).
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use ocm::client::Membership;
+use ocm::protocol::MAX_DATAGRAM;
+use ocm::protocol::control::{ControlBody, ControlDatagram};
+use ocm::protocol::event::{EventKind, RawEvents};
+
+use super::Plan;
+use crate::body::Stamp;
+use crate::schedule::Schedule;
+use crate::stats;
+use crate::sys::{MAX_POLL_WAIT, Timer};
+use crate::topology::Clock;
+
+const TIMER: Token = Token(usize::MAX - 1);
+/// First SYNCs sent per second while binding: the server's socket buffer absorbs bursts,
+/// not 100 000 datagrams at once (the lost ones are retried, but each retry is a second).
+const BIND_RATE: f64 = 50_000.0;
+/// A member not bound yet sends its SYNC again this often.
+const BIND_RETRY_NS: u64 = 1_000_000_000;
+/// Datagrams read from one socket per readiness before moving on (it is revisited).
+const MAX_READS_PER_VISIT: usize = 64;
+/// After the traffic phase's last send, how long deliveries still in flight are awaited.
+const DRAIN_NS: u64 = 1_000_000_000;
+/// Progress lines this often.
+const PROGRESS_NS: u64 = 5_000_000_000;
+
+/// What one phase did; the CPU times are filled by the caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseFigures {
+    /// Wall-clock seconds of the phase (the traffic phase's drain not included).
+    pub seconds: f64,
+    /// Heartbeats (SYNC) sent.
+    pub heartbeats: u64,
+    /// Messages (SEND) sent.
+    pub messages: u64,
+    /// Datagrams received.
+    pub datagrams: u64,
+    /// Deliveries the messages should make (room size each, echo included).
+    pub expected: u64,
+    /// Deliveries of them received.
+    pub received: u64,
+    /// The server's CPU over the phase (user, system seconds), where known.
+    pub server_cpu_s: Option<(f64, f64)>,
+    /// The bench's own CPU over the phase, seconds.
+    pub bench_cpu_s: f64,
+}
+
+impl PhaseFigures {
+    /// Deliveries lost, percent of expected.
+    pub fn loss_pct(&self) -> f64 {
+        if self.expected == 0 {
+            return 0.0;
+        }
+        self.expected.saturating_sub(self.received) as f64 * 100.0 / self.expected as f64
+    }
+}
+
+/// One member on the data plane.
+struct Member {
+    sock: UdpSocket,
+    room: u32,
+    token: Vec<u8>,
+    last_send_ns: u64,
+    bound: bool,
+    client_seq: u32,
+    seq: u32,
+}
+
+/// Every member's socket, and the loop around them.
+pub struct Fleet {
+    plan: Plan,
+    members: Vec<Member>,
+    /// Room names, by room index.
+    names: Vec<String>,
+    poll: Poll,
+    events: Events,
+    timer: Option<Timer>,
+    clock: Clock,
+    heartbeat_ns: u64,
+    /// Heartbeats sent so far over every phase: the next goes to member `cursor % n`.
+    cursor: u64,
+    bound: usize,
+    pending: Vec<usize>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+    body: Vec<u8>,
+}
+
+/// What the reading half counts in a phase.
+#[derive(Default)]
+struct Reading {
+    datagrams: u64,
+    received: u64,
+    /// Messages stamped before this were not sent in the phase: not counted.
+    from_ns: u64,
+}
+
+impl Fleet {
+    /// Opens and registers a socket per member, bound to its source IP and connected to
+    /// the server's data plane.
+    pub fn open(plan: &Plan, members: &[Option<Membership>]) -> Result<Fleet, String> {
+        let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+        let mut out = Vec::with_capacity(members.len());
+        let mut names = vec![String::new(); plan.rooms];
+        let mut idle_timeout = Duration::from_secs(60);
+        for (m, ms) in members.iter().enumerate() {
+            let ms = ms
+                .as_ref()
+                .ok_or_else(|| format!("member {m} has no membership"))?;
+            let from = SocketAddr::V4(SocketAddrV4::new(plan.address_of(m), 0));
+            let open = || -> io::Result<UdpSocket> {
+                let s = std::net::UdpSocket::bind(from)?;
+                s.connect(ms.udp_addr)?;
+                s.set_nonblocking(true)?;
+                Ok(UdpSocket::from_std(s))
+            };
+            let mut sock = open()
+                .map_err(|e| format!("cannot open member {m}'s UDP socket on {from}: {e}"))?;
+            poll.registry()
+                .register(&mut sock, Token(m), Interest::READABLE)
+                .map_err(|e| format!("cannot register member {m}'s socket: {e}"))?;
+            let room = plan.room_of(m);
+            if names[room].is_empty() {
+                names[room] = ms.room.clone();
+            }
+            idle_timeout = ms.idle_timeout;
+            out.push(Member {
+                sock,
+                room: room as u32,
+                token: ms.token.clone(),
+                last_send_ns: 0,
+                bound: false,
+                client_seq: 1,
+                seq: 0,
+            });
+        }
+        let timer = Timer::new().ok();
+        if let Some(t) = &timer {
+            poll.registry()
+                .register(
+                    &mut mio::unix::SourceFd(&t.raw_fd()),
+                    TIMER,
+                    Interest::READABLE,
+                )
+                .map_err(|e| format!("cannot register the timer: {e}"))?;
+        }
+        Ok(Fleet {
+            plan: plan.clone(),
+            members: out,
+            names,
+            poll,
+            events: Events::with_capacity(1024),
+            timer,
+            clock: Clock::start(),
+            // A quarter of the idle timeout, as PROTOCOL.md suggests for heartbeats.
+            heartbeat_ns: (idle_timeout / 4).as_nanos().max(1) as u64,
+            cursor: 0,
+            bound: 0,
+            pending: Vec::new(),
+            out: vec![0; MAX_DATAGRAM],
+            buf: vec![0; MAX_DATAGRAM + 1],
+            body: Vec::new(),
+        })
+    }
+
+    /// How often a member heartbeats.
+    pub fn heartbeat_period(&self) -> Duration {
+        Duration::from_nanos(self.heartbeat_ns)
+    }
+
+    /// Sends a control datagram for member `m`; false when it could not leave.
+    fn send(&mut self, m: usize, body: ControlBody<'_>, now: u64) -> bool {
+        let Some(mem) = self.members.get_mut(m) else {
+            return false;
+        };
+        let room = self.names[mem.room as usize].as_bytes();
+        let d = ControlDatagram {
+            room,
+            token: &mem.token,
+            body,
+        };
+        let Ok(n) = d.encode(&mut self.out) else {
+            return false;
+        };
+        let ok = mem.sock.send(&self.out[..n]).is_ok();
+        if ok {
+            mem.last_send_ns = now;
+        }
+        ok
+    }
+
+    /// Every member sends SYNC (paced at [`BIND_RATE`], again each second until it is
+    /// answered): a member is bound once its socket receives anything. Returns how many
+    /// are bound at the end, all of them or at `timeout`.
+    pub fn bind(&mut self, timeout: Duration, quiet: bool) -> usize {
+        let start = self.clock.now_ns();
+        let deadline = start + timeout.as_nanos() as u64;
+        let n = self.members.len();
+        let mut first_pass = 0usize;
+        let mut retry_at = u64::MAX;
+        let mut reading = Reading::default();
+        let mut next_progress = start + PROGRESS_NS;
+        loop {
+            let now = self.clock.now_ns();
+            let allowed = ((now - start) as f64 / 1e9 * BIND_RATE) as usize + 1;
+            while first_pass < n.min(allowed) {
+                self.send(first_pass, ControlBody::Sync, now);
+                first_pass += 1;
+            }
+            if first_pass == n && retry_at == u64::MAX {
+                retry_at = now + BIND_RETRY_NS;
+            }
+            if now >= retry_at {
+                for m in 0..n {
+                    if !self.members[m].bound {
+                        self.send(m, ControlBody::Sync, now);
+                    }
+                }
+                retry_at = now + BIND_RETRY_NS;
+            }
+            if !quiet && now >= next_progress {
+                eprintln!("bench-client scale: bind: {} of {n} bound", self.bound);
+                next_progress += PROGRESS_NS;
+            }
+            if self.bound >= n || now >= deadline {
+                return self.bound;
+            }
+            let wake = if first_pass < n {
+                now + 1_000_000
+            } else {
+                retry_at.min(deadline)
+            };
+            self.turn(wake, &mut reading, None);
+        }
+    }
+
+    /// Heartbeats only, for `length`: one SYNC per member per heartbeat period, spread
+    /// evenly (heartbeat `j` from member `j % members`).
+    pub fn idle(&mut self, length: Duration, quiet: bool) -> PhaseFigures {
+        self.phase(length, None, quiet)
+    }
+
+    /// `room_rate` messages per second in every room for `length` (message `k` from room
+    /// `k % rooms`, each member of a room in turn), heartbeats from the members that sent
+    /// nothing for a period; then a drain. Latency goes to `latency`.
+    pub fn traffic(
+        &mut self,
+        length: Duration,
+        room_rate: f64,
+        size: usize,
+        latency: &mut Histogram<u64>,
+        quiet: bool,
+    ) -> PhaseFigures {
+        self.body = vec![b'.'; size];
+        self.phase(length, Some((room_rate, latency)), quiet)
+    }
+
+    fn phase(
+        &mut self,
+        length: Duration,
+        mut traffic: Option<(f64, &mut Histogram<u64>)>,
+        quiet: bool,
+    ) -> PhaseFigures {
+        let n = self.members.len() as u64;
+        let start = self.clock.now_ns();
+        let end = start + length.as_nanos() as u64;
+        let hb_rate = n as f64 * 1e9 / self.heartbeat_ns as f64;
+        let hb = Schedule::new(start, hb_rate, end);
+        let msg_rate = traffic
+            .as_ref()
+            .map_or(0.0, |t| t.0 * self.plan.rooms as f64);
+        let msgs = Schedule::new(start, msg_rate, end);
+        let (mut next_hb, mut next_msg) = (0u64, 0u64);
+        let mut f = PhaseFigures::default();
+        let mut reading = Reading {
+            from_ns: start,
+            ..Reading::default()
+        };
+        let mut next_progress = start + PROGRESS_NS;
+        loop {
+            let now = self.clock.now_ns();
+            while next_hb < hb.len() && hb.due(next_hb) <= now {
+                let m = (self.cursor % n) as usize;
+                self.cursor += 1;
+                next_hb += 1;
+                // A member that sent a message within the period needs no heartbeat.
+                let quiet_for = now.saturating_sub(self.members[m].last_send_ns);
+                if traffic.is_some() && quiet_for < self.heartbeat_ns {
+                    continue;
+                }
+                if self.send(m, ControlBody::Sync, now) {
+                    f.heartbeats += 1;
+                }
+            }
+            while next_msg < msgs.len() && msgs.due(next_msg) <= now {
+                let due = msgs.due(next_msg);
+                if let Some(size) = self.send_message(next_msg, due, now) {
+                    f.messages += 1;
+                    f.expected += size;
+                }
+                next_msg += 1;
+            }
+            if !quiet && now >= next_progress {
+                eprintln!(
+                    "bench-client scale: {}: {:.0} s, {} heartbeats, {} messages, {} of {} deliveries",
+                    if traffic.is_some() { "traffic" } else { "idle" },
+                    (now - start) as f64 / 1e9,
+                    f.heartbeats,
+                    f.messages,
+                    reading.received,
+                    f.expected
+                );
+                next_progress += PROGRESS_NS;
+            }
+            if now >= end {
+                break;
+            }
+            let wake = [hb.due(next_hb), msgs.due(next_msg), end]
+                .into_iter()
+                .min()
+                .unwrap_or(end);
+            self.turn(wake, &mut reading, traffic.as_mut().map(|t| &mut *t.1));
+        }
+        f.seconds = (self.clock.now_ns() - start) as f64 / 1e9;
+        let drain_end = self.clock.now_ns() + DRAIN_NS;
+        while traffic.is_some() && reading.received < f.expected {
+            let now = self.clock.now_ns();
+            if now >= drain_end {
+                break;
+            }
+            self.turn(drain_end, &mut reading, traffic.as_mut().map(|t| &mut *t.1));
+        }
+        f.datagrams = reading.datagrams;
+        f.received = reading.received;
+        f
+    }
+
+    /// Sends message `k` of the traffic schedule, stamped with its intended time `due`;
+    /// returns the deliveries it should make.
+    fn send_message(&mut self, k: u64, due: u64, now: u64) -> Option<u64> {
+        let rooms = self.plan.rooms as u64;
+        let room = (k % rooms) as usize;
+        let size = self.plan.room_size(room);
+        let pos = ((k / rooms) % size.max(1) as u64) as usize;
+        let m = self.plan.member_at(room, pos)?;
+        let (seq, client_seq) = self.members.get(m).map(|x| (x.seq, x.client_seq))?;
+        let stamp = Stamp {
+            sender: m as u32,
+            seq,
+            intended_ns: due,
+        };
+        let mut body = std::mem::take(&mut self.body);
+        let sent = stamp.encode(&mut body).is_some_and(|message| {
+            let ok = self.send(
+                m,
+                ControlBody::Send {
+                    client_seq,
+                    message,
+                },
+                now,
+            );
+            if ok {
+                let mem = &mut self.members[m];
+                mem.client_seq = mem.client_seq.wrapping_add(1).max(1);
+                mem.seq = mem.seq.wrapping_add(1);
+            }
+            ok
+        });
+        self.body = body;
+        sent.then_some(size as u64)
+    }
+
+    /// Waits for readiness until `wake_ns` at most (not at all if sockets are left to
+    /// read), then reads every ready socket.
+    fn turn(&mut self, wake_ns: u64, r: &mut Reading, mut latency: Option<&mut Histogram<u64>>) {
+        let now = self.clock.now_ns();
+        let left = Duration::from_nanos(wake_ns.saturating_sub(now));
+        let mut wait = left.min(MAX_POLL_WAIT);
+        if let Some(t) = &self.timer
+            && !left.is_zero()
+            && left < MAX_POLL_WAIT
+            && t.arm(left).is_ok()
+        {
+            wait = MAX_POLL_WAIT;
+        }
+        if !self.pending.is_empty() {
+            wait = Duration::ZERO;
+        }
+        if self.poll.poll(&mut self.events, Some(wait)).is_err() {
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.pending);
+        for ev in self.events.iter() {
+            match ev.token() {
+                TIMER => {
+                    if let Some(t) = &self.timer {
+                        t.ack();
+                    }
+                }
+                Token(i) if i < self.members.len() => ready.push(i),
+                _ => {}
+            }
+        }
+        ready.sort_unstable();
+        ready.dedup();
+        for &i in &ready {
+            if !self.read(i, r, latency.as_deref_mut()) {
+                self.pending.push(i);
+            }
+        }
+    }
+
+    /// Reads member `i`'s socket until it would block (true) or for a bounded number of
+    /// datagrams (false: read it again soon).
+    fn read(
+        &mut self,
+        i: usize,
+        r: &mut Reading,
+        mut latency: Option<&mut Histogram<u64>>,
+    ) -> bool {
+        for _ in 0..MAX_READS_PER_VISIT {
+            let Some(mem) = self.members.get_mut(i) else {
+                return true;
+            };
+            let n = match mem.sock.recv(&mut self.buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock, or an error such as the server's port closed: done here.
+                Err(_) => return true,
+            };
+            if !mem.bound {
+                mem.bound = true;
+                self.bound += 1;
+            }
+            r.datagrams += 1;
+            let now = self.clock.now_ns();
+            for ev in RawEvents::new(&self.buf[..n.min(MAX_DATAGRAM)]) {
+                let Ok(ev) = ev else { break };
+                if ev.known_kind() != Some(EventKind::Message) {
+                    continue;
+                }
+                let Some(st) = Stamp::decode(ev.body) else {
+                    continue;
+                };
+                if st.intended_ns >= r.from_ns {
+                    r.received += 1;
+                    if let Some(h) = latency.as_deref_mut() {
+                        stats::record(h, now.saturating_sub(st.intended_ns));
+                    }
+                }
+            }
+        }
+        false
+    }
+}
