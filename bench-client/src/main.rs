@@ -10,6 +10,20 @@ use argh::FromArgs;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("scale-child") {
+        // One process of `bench-client scale`'s members, started by it.
+        let rest: Vec<&str> = argv[2..].iter().map(String::as_str).collect();
+        let result = bench_client::scale::procs::ChildArgs::from_args(&["scale-child"], &rest)
+            .map_err(|e| e.output)
+            .and_then(|a| bench_client::scale::procs::child_main(&a));
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = if argv.get(1).map(String::as_str) == Some("scale") {
         let rest: Vec<&str> = argv[2..].iter().map(String::as_str).collect();
         match bench_client::scale::ScaleArgs::from_args(&["bench-client scale"], &rest) {

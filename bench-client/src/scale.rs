@@ -19,14 +19,16 @@
 //! (IP, port) of its first datagram; one loopback IP has about 28 000 ephemeral ports, so
 //! members are spread over `--per-address` per IP from `--first-address` on (127.0.0.2,
 //! 127.0.0.3...), and each one's CREATE or JOIN goes over a connection from its own IP.
-//! One socket per member means one descriptor per member: the open-file limit is raised
-//! to fit (as root, past the hard limit, up to `/proc/sys/fs/nr_open`).
+//! One socket per member means one descriptor per member, and a process holds at most its
+//! open-file limit (whose hard value only a privileged process may raise): the members are
+//! split over child processes of at most `--per-process` each (see [`procs`]).
 //!
 //! Every phase is bounded in time; the run stops by itself.
 
 pub mod fleet;
 pub mod net;
 pub mod probe;
+pub mod procs;
 
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -40,12 +42,10 @@ use ocm::sys::rlimit::raise_nofile_limit_to;
 use crate::body::{MAX_SENDER, MIN_BODY};
 use crate::cli::MAX_SECONDS;
 use crate::report::{Json, Percentiles, fmt_us};
-use crate::sys::CpuTime;
-use fleet::{Fleet, PhaseFigures};
+use fleet::{MonoClock, PhaseFigures};
 use probe::{Probe, Sample};
+use procs::{CHILD_FD_MARGIN, Procs, SpawnSpec};
 
-/// Descriptors besides the members' sockets: TCRP connections, poll, stdio, files.
-const FD_MARGIN: u64 = 256;
 /// Most ephemeral ports one source IP is given (Linux's default range holds 28 232).
 pub const MAX_PER_ADDRESS: usize = 28_000;
 /// Most TCRP connections at once during setup.
@@ -114,6 +114,11 @@ pub struct ScaleArgs {
     #[argh(option, default = "64")]
     pub size: usize,
 
+    /// members per process (one UDP socket each: a process holds at most its open-file
+    /// limit; default: as many as that limit allows, raised where the process may)
+    #[argh(option)]
+    pub per_process: Option<usize>,
+
     /// seconds to wait for every member to bind before giving up (default: 30)
     #[argh(option, default = "30.0")]
     pub bind_timeout: f64,
@@ -174,6 +179,9 @@ impl ScaleArgs {
             return Err(format!(
                 "--room-rate must be positive, and --room-rate x --rooms at most {MAX_TRAFFIC_RATE} msg/s"
             ));
+        }
+        if self.per_process == Some(0) {
+            return Err("--per-process must be at least 1".into());
         }
         if !(MIN_BODY..=MAX_MESSAGE).contains(&self.size) {
             return Err(format!("--size must be {MIN_BODY} to {MAX_MESSAGE} bytes"));
@@ -248,6 +256,8 @@ pub struct ScaleReport {
     pub rooms: usize,
     /// Source IPs used.
     pub addresses: usize,
+    /// Processes holding the members.
+    pub processes: usize,
     /// TCRP connections at once.
     pub connections: usize,
     /// The server before anything.
@@ -285,14 +295,7 @@ pub struct ScaleReport {
 /// Runs the scale mode; prints its figures on stdout.
 pub fn run(a: &ScaleArgs) -> Result<(), String> {
     a.check()?;
-    let want = a.members as u64 + FD_MARGIN;
-    let fds = raise_nofile_limit_to(want).map_err(|e| format!("open-file limit: {e}"))?;
-    if fds < want {
-        return Err(format!(
-            "the open-file limit is {fds}, and {} members need {want} (one UDP socket each: the server binds a member to its socket's address); run as root, raise the hard limit (ulimit -Hn), or use fewer --members",
-            a.members
-        ));
-    }
+    let per_process = per_process(a)?;
     let server = resolve(&a.server)?;
     let plan = Plan::of(a);
     let probe = Probe {
@@ -303,13 +306,14 @@ pub fn run(a: &ScaleArgs) -> Result<(), String> {
         members: a.members,
         rooms: a.rooms,
         addresses: plan.addresses(),
+        processes: a.members.div_ceil(per_process),
         connections: a.connections,
         history_memory: a.history_memory,
         ..ScaleReport::default()
     };
     rep.before = probe.sample();
     let run_id = format!("scale-{}", std::process::id());
-    let names: Vec<String> = (0..a.rooms).map(|r| format!("{run_id}-{r}")).collect();
+    let names: Vec<String> = (0..a.rooms).map(|r| procs::room_name(&run_id, r)).collect();
     let say = |s: &str| {
         if !a.quiet {
             eprintln!("bench-client scale: {s}");
@@ -343,7 +347,16 @@ pub fn run(a: &ScaleArgs) -> Result<(), String> {
             a.members - a.rooms,
             rep.join_s
         ));
-        udp_phases(a, &plan, &members, &probe, &mut rep)
+        let spec = SpawnSpec {
+            plan: &plan,
+            members: &members,
+            per_process,
+            run_id: &run_id,
+            clock_base: MonoClock::raw_ns(),
+            heartbeat_ns: 0,
+            quiet: a.quiet,
+        };
+        udp_phases(a, spec, &probe, &mut rep)
     });
     leave(server, &plan, &members, &say);
     result?;
@@ -355,18 +368,45 @@ pub fn run(a: &ScaleArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// The bind, idle and traffic phases over every member's own socket.
+/// Members per process: `--per-process`, or as many as the open-file limit allows.
+fn per_process(a: &ScaleArgs) -> Result<usize, String> {
+    let want = a.per_process.unwrap_or(a.members) as u64 + CHILD_FD_MARGIN;
+    // Raised here, the limit is inherited by the children.
+    let fds = raise_nofile_limit_to(want).map_err(|e| format!("open-file limit: {e}"))?;
+    let fits = fds.saturating_sub(CHILD_FD_MARGIN) as usize;
+    match a.per_process {
+        Some(n) if n > fits => Err(format!(
+            "--per-process {n} does not fit the open-file limit {fds} (one UDP socket per member)"
+        )),
+        Some(n) => Ok(n),
+        None if fits == 0 => Err(format!(
+            "the open-file limit {fds} leaves no room for sockets"
+        )),
+        None => Ok(fits.min(a.members)),
+    }
+}
+
+/// The bind, idle and traffic phases, in the member processes.
 fn udp_phases(
     a: &ScaleArgs,
-    plan: &Plan,
-    members: &[Option<Membership>],
+    mut spec: SpawnSpec<'_>,
     probe: &Probe,
     rep: &mut ScaleReport,
 ) -> Result<(), String> {
-    let mut fleet = Fleet::open(plan, members)?;
-    rep.heartbeat_s = fleet.heartbeat_period().as_secs_f64();
+    let idle_timeout = spec
+        .members
+        .iter()
+        .flatten()
+        .map(|m| m.idle_timeout)
+        .next()
+        .ok_or("no members")?;
+    // A quarter of the idle timeout, as PROTOCOL.md suggests for heartbeats.
+    let heartbeat = idle_timeout / 4;
+    spec.heartbeat_ns = heartbeat.as_nanos().max(1) as u64;
+    rep.heartbeat_s = heartbeat.as_secs_f64();
+    let mut procs = Procs::spawn(&spec)?;
     let t = Instant::now();
-    rep.bound = fleet.bind(Duration::from_secs_f64(a.bind_timeout), a.quiet);
+    rep.bound = procs.bind(Duration::from_secs_f64(a.bind_timeout))?;
     rep.bind_s = t.elapsed().as_secs_f64();
     rep.after_bind = probe.sample();
     if rep.bound < a.members {
@@ -376,31 +416,14 @@ fn udp_phases(
         ));
     }
     let idle = a.idle_seconds.unwrap_or(rep.heartbeat_s);
-    rep.idle = measured(probe, || fleet.idle(Duration::from_secs_f64(idle), a.quiet));
+    rep.idle = procs.phase("idle", &idle.to_string(), probe, None)?;
     rep.after_idle = probe.sample();
-    let traffic = Duration::from_secs_f64(a.traffic_seconds);
     let mut latency = crate::stats::latency_histogram();
-    rep.traffic = measured(probe, || {
-        fleet.traffic(traffic, a.room_rate, a.size, &mut latency, a.quiet)
-    });
+    let args = format!("{} {} {}", a.traffic_seconds, a.room_rate, a.size);
+    rep.traffic = procs.phase("traffic", &args, probe, Some(&mut latency))?;
     rep.latency = Percentiles::of(&latency);
     rep.after_traffic = probe.sample();
     Ok(())
-}
-
-/// Runs a phase, adding the server's and the bench's CPU time over it to its figures.
-fn measured(probe: &Probe, phase: impl FnOnce() -> PhaseFigures) -> PhaseFigures {
-    let server0 = probe.sample().cpu_s;
-    let bench0 = CpuTime::now();
-    let mut f = phase();
-    f.bench_cpu_s = {
-        let d = CpuTime::now().since(bench0);
-        d.user_s + d.sys_s
-    };
-    if let (Some(a), Some(b)) = (server0, probe.sample().cpu_s) {
-        f.server_cpu_s = Some((b.0 - a.0, b.1 - a.1));
-    }
-    f
 }
 
 /// The server's address (IPv4: the members' source addresses are).
@@ -593,12 +616,13 @@ pub fn table(r: &ScaleReport) -> String {
     let per = |v: Option<f64>| v.map_or("-".to_string(), fmt_bytes);
     let _ = writeln!(
         t,
-        "Scale: {} members in {} rooms ({}-{} per room), {} source addresses, SYNC heartbeat every {:.1} s",
+        "Scale: {} members in {} rooms ({}-{} per room), {} source addresses, {} member processes, SYNC heartbeat every {:.1} s",
         r.members,
         r.rooms,
         r.members / r.rooms.max(1),
         r.members.div_ceil(r.rooms.max(1)),
         r.addresses,
+        r.processes,
         r.heartbeat_s
     );
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { 0.0 };
@@ -661,18 +685,19 @@ fn phase_line(t: &mut String, name: &str, f: &PhaseFigures) {
     let server = match f.server_cpu_s {
         Some((u, s)) => format!(
             "server CPU {:.2}% of one core (user {u:.2} s, sys {s:.2} s)",
-            (u + s) * 100.0 / f.seconds.max(1e-9)
+            (u + s) * 100.0 / f.window_s.max(1e-9)
         ),
         None => "server CPU - (give --server-pid)".to_string(),
     };
     let _ = writeln!(
         t,
-        "  {name:<13} {:.1} s: {:.0} heartbeats/s, {:.0} messages/s, {:.0} datagrams/s received; {server}; bench CPU {:.0}%",
+        "  {name:<13} {:.1} s: {:.0} heartbeats/s, {:.0} messages/s, {:.0} datagrams/s received; {server} over {:.1} s; bench CPU {:.0}%",
         f.seconds,
         f.heartbeats as f64 / f.seconds.max(1e-9),
         f.messages as f64 / f.seconds.max(1e-9),
         f.datagrams as f64 / f.seconds.max(1e-9),
-        f.bench_cpu_s * 100.0 / f.seconds.max(1e-9)
+        f.window_s,
+        f.bench_cpu_s * 100.0 / f.window_s.max(1e-9)
     );
 }
 
@@ -697,6 +722,7 @@ pub fn json(r: &ScaleReport) -> String {
     j.int("members", r.members as u64);
     j.int("rooms", r.rooms as u64);
     j.int("source_addresses", r.addresses as u64);
+    j.int("processes", r.processes as u64);
     j.int("connections", r.connections as u64);
     j.num("heartbeat_s", r.heartbeat_s);
     j.num("create_s", r.create_s);
@@ -738,8 +764,9 @@ pub fn json(r: &ScaleReport) -> String {
             &mut j,
             &format!("{k}_server_cpu_pct"),
             f.server_cpu_s
-                .map(|(u, s)| (u + s) * 100.0 / f.seconds.max(1e-9)),
+                .map(|(u, s)| (u + s) * 100.0 / f.window_s.max(1e-9)),
         );
+        j.num(&format!("{k}_window_s"), f.window_s);
         j.num(&format!("{k}_bench_cpu_s"), f.bench_cpu_s);
     }
     j.int("traffic_expected", r.traffic.expected);

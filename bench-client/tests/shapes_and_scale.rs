@@ -131,7 +131,8 @@ fn a_bad_mix_is_refused_with_its_reason() {
     assert!(stderr.contains("rooms of 2 twice"), "{stderr}");
 }
 
-/// A small scale run: every member created or joined from its own loopback IP, bound,
+/// A small scale run over several member processes: every member created or joined from
+/// its own loopback IP, bound,
 /// heartbeats and traffic measured, the server's memory and CPU read, the history gauge
 /// held at the budget the server was given.
 #[test]
@@ -165,6 +166,8 @@ fn a_small_scale_run_reports_memory_cpu_and_history() {
         "30",
         "--per-address",
         "120",
+        "--per-process",
+        "110",
         "--server-pid",
         &pid,
         "--metrics",
@@ -184,6 +187,9 @@ fn a_small_scale_run_reports_memory_cpu_and_history() {
     let v = read_json(&path);
     assert_eq!((u(&v, "members"), u(&v, "rooms")), (300, 30));
     assert_eq!(u(&v, "source_addresses"), 3);
+    // 300 members at most 110 a process: three processes, whose members share rooms (a
+    // message sent in one is received and timed in the others).
+    assert_eq!(u(&v, "processes"), 3);
     assert_eq!(u(&v, "bound"), 300);
     assert!(
         f(&v, "creates_per_s") > 0.0 && f(&v, "joins_per_s") > 0.0,

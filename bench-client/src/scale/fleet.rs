@@ -1,6 +1,8 @@
-//! The members of `bench-client scale` on the data plane: one UDP socket each, bound to
-//! its member's source IP, all in one mio loop on one thread (the load is light: the point
-//! is how many, not how fast).
+//! The members of one `bench-client scale` process on the data plane: one UDP socket
+//! each, bound to its member's source IP, all in one mio loop on one thread (the load is
+//! light: the point is how many, not how fast). A process holds a contiguous range of the
+//! members; the processes share one clock ([`MonoClock`]) so that a message stamped in
+//! one is timed in another.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -9,7 +11,6 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use ocm::client::Membership;
 use ocm::protocol::MAX_DATAGRAM;
 use ocm::protocol::control::{ControlBody, ControlDatagram};
 use ocm::protocol::event::{EventKind, RawEvents};
@@ -19,7 +20,6 @@ use crate::body::Stamp;
 use crate::schedule::Schedule;
 use crate::stats;
 use crate::sys::{MAX_POLL_WAIT, Timer};
-use crate::topology::Clock;
 
 const TIMER: Token = Token(usize::MAX - 1);
 /// First SYNCs sent per second while binding: the server's socket buffer absorbs bursts,
@@ -31,6 +31,8 @@ const BIND_RETRY_NS: u64 = 1_000_000_000;
 const MAX_READS_PER_VISIT: usize = 64;
 /// After the traffic phase's last send, how long deliveries still in flight are awaited.
 const DRAIN_NS: u64 = 1_000_000_000;
+/// The drain ends early once no datagram arrived for this long.
+const DRAIN_QUIET_NS: u64 = 200_000_000;
 /// Progress lines this often.
 const PROGRESS_NS: u64 = 5_000_000_000;
 
@@ -53,6 +55,9 @@ pub struct PhaseFigures {
     pub server_cpu_s: Option<(f64, f64)>,
     /// The bench's own CPU over the phase, seconds.
     pub bench_cpu_s: f64,
+    /// Wall-clock seconds from the phase's start to its last figures (drain included):
+    /// the span of the server's CPU figures.
+    pub window_s: f64,
 }
 
 impl PhaseFigures {
@@ -63,6 +68,58 @@ impl PhaseFigures {
         }
         self.expected.saturating_sub(self.received) as f64 * 100.0 / self.expected as f64
     }
+}
+
+/// The system's monotonic clock less a base instant that every process of a run is given,
+/// in ns: stamps and receive times of different processes compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonoClock {
+    base_ns: u64,
+}
+
+impl MonoClock {
+    /// A clock whose zero is `base_ns` of [`MonoClock::raw_ns`].
+    pub fn with_base(base_ns: u64) -> MonoClock {
+        MonoClock { base_ns }
+    }
+
+    /// CLOCK_MONOTONIC now, ns: the same clock in every process of the machine.
+    pub fn raw_ns() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the struct we pass, which lives for the call;
+        // CLOCK_MONOTONIC always exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64)
+    }
+
+    /// ns since the base.
+    pub fn now_ns(&self) -> u64 {
+        Self::raw_ns().saturating_sub(self.base_ns)
+    }
+}
+
+/// Where a process's members are and what they need to speak.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    /// The whole run's plan.
+    pub plan: Plan,
+    /// The first member of this process; it holds `tokens.len()` from there.
+    pub first: usize,
+    /// The token of each of its members, in order.
+    pub tokens: Vec<Vec<u8>>,
+    /// The room names, by room index (every room's, for the traffic schedule's sake).
+    pub names: Vec<String>,
+    /// The server's data plane.
+    pub udp: SocketAddr,
+    /// How often a member heartbeats, ns.
+    pub heartbeat_ns: u64,
+    /// The run's clock.
+    pub clock: MonoClock,
 }
 
 /// One member on the data plane.
@@ -79,13 +136,15 @@ struct Member {
 /// Every member's socket, and the loop around them.
 pub struct Fleet {
     plan: Plan,
+    /// The first member of this process (global index).
+    first: usize,
     members: Vec<Member>,
     /// Room names, by room index.
     names: Vec<String>,
     poll: Poll,
     events: Events,
     timer: Option<Timer>,
-    clock: Clock,
+    clock: MonoClock,
     heartbeat_ns: u64,
     /// Heartbeats sent so far over every phase: the next goes to member `cursor % n`.
     cursor: u64,
@@ -106,38 +165,30 @@ struct Reading {
 }
 
 impl Fleet {
-    /// Opens and registers a socket per member, bound to its source IP and connected to
-    /// the server's data plane.
-    pub fn open(plan: &Plan, members: &[Option<Membership>]) -> Result<Fleet, String> {
+    /// Opens and registers a socket per member of `spec`, bound to its source IP and
+    /// connected to the server's data plane.
+    pub fn open(spec: FleetSpec) -> Result<Fleet, String> {
         let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
-        let mut out = Vec::with_capacity(members.len());
-        let mut names = vec![String::new(); plan.rooms];
-        let mut idle_timeout = Duration::from_secs(60);
-        for (m, ms) in members.iter().enumerate() {
-            let ms = ms
-                .as_ref()
-                .ok_or_else(|| format!("member {m} has no membership"))?;
+        let plan = &spec.plan;
+        let mut out = Vec::with_capacity(spec.tokens.len());
+        for (i, token) in spec.tokens.into_iter().enumerate() {
+            let m = spec.first + i;
             let from = SocketAddr::V4(SocketAddrV4::new(plan.address_of(m), 0));
             let open = || -> io::Result<UdpSocket> {
                 let s = std::net::UdpSocket::bind(from)?;
-                s.connect(ms.udp_addr)?;
+                s.connect(spec.udp)?;
                 s.set_nonblocking(true)?;
                 Ok(UdpSocket::from_std(s))
             };
             let mut sock = open()
                 .map_err(|e| format!("cannot open member {m}'s UDP socket on {from}: {e}"))?;
             poll.registry()
-                .register(&mut sock, Token(m), Interest::READABLE)
+                .register(&mut sock, Token(i), Interest::READABLE)
                 .map_err(|e| format!("cannot register member {m}'s socket: {e}"))?;
-            let room = plan.room_of(m);
-            if names[room].is_empty() {
-                names[room] = ms.room.clone();
-            }
-            idle_timeout = ms.idle_timeout;
             out.push(Member {
                 sock,
-                room: room as u32,
-                token: ms.token.clone(),
+                room: plan.room_of(m) as u32,
+                token,
                 last_send_ns: 0,
                 bound: false,
                 client_seq: 1,
@@ -155,15 +206,15 @@ impl Fleet {
                 .map_err(|e| format!("cannot register the timer: {e}"))?;
         }
         Ok(Fleet {
-            plan: plan.clone(),
+            plan: spec.plan.clone(),
+            first: spec.first,
             members: out,
-            names,
+            names: spec.names,
             poll,
             events: Events::with_capacity(1024),
             timer,
-            clock: Clock::start(),
-            // A quarter of the idle timeout, as PROTOCOL.md suggests for heartbeats.
-            heartbeat_ns: (idle_timeout / 4).as_nanos().max(1) as u64,
+            clock: spec.clock,
+            heartbeat_ns: spec.heartbeat_ns.max(1),
             cursor: 0,
             bound: 0,
             pending: Vec::new(),
@@ -173,9 +224,14 @@ impl Fleet {
         })
     }
 
-    /// How often a member heartbeats.
-    pub fn heartbeat_period(&self) -> Duration {
-        Duration::from_nanos(self.heartbeat_ns)
+    /// Members of this process.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
     }
 
     /// Sends a control datagram for member `m`; false when it could not leave.
@@ -245,16 +301,18 @@ impl Fleet {
     }
 
     /// Heartbeats only, for `length`: one SYNC per member per heartbeat period, spread
-    /// evenly (heartbeat `j` from member `j % members`).
-    pub fn idle(&mut self, length: Duration, quiet: bool) -> PhaseFigures {
-        self.phase(length, None, quiet)
+    /// evenly (heartbeat `j` from this process's member `j % members`).
+    pub fn idle(&mut self, start: u64, length: Duration, quiet: bool) -> PhaseFigures {
+        self.phase(start, length, None, quiet)
     }
 
     /// `room_rate` messages per second in every room for `length` (message `k` from room
-    /// `k % rooms`, each member of a room in turn), heartbeats from the members that sent
-    /// nothing for a period; then a drain. Latency goes to `latency`.
+    /// `k % rooms`, each member of a room in turn; this process sends those of its own
+    /// members), heartbeats from the members that sent nothing for a period; then a
+    /// drain. Latency goes to `latency`.
     pub fn traffic(
         &mut self,
+        start: u64,
         length: Duration,
         room_rate: f64,
         size: usize,
@@ -262,17 +320,19 @@ impl Fleet {
         quiet: bool,
     ) -> PhaseFigures {
         self.body = vec![b'.'; size];
-        self.phase(length, Some((room_rate, latency)), quiet)
+        self.phase(start, length, Some((room_rate, latency)), quiet)
     }
 
+    /// A phase from `start` (ns on the run's clock, the same in every process, so that
+    /// they all count the same messages) for `length`.
     fn phase(
         &mut self,
+        start: u64,
         length: Duration,
         mut traffic: Option<(f64, &mut Histogram<u64>)>,
         quiet: bool,
     ) -> PhaseFigures {
-        let n = self.members.len() as u64;
-        let start = self.clock.now_ns();
+        let n = self.members.len().max(1) as u64;
         let end = start + length.as_nanos() as u64;
         let hb_rate = n as f64 * 1e9 / self.heartbeat_ns as f64;
         let hb = Schedule::new(start, hb_rate, end);
@@ -314,7 +374,7 @@ impl Fleet {
                 eprintln!(
                     "bench-client scale: {}: {:.0} s, {} heartbeats, {} messages, {} of {} deliveries",
                     if traffic.is_some() { "traffic" } else { "idle" },
-                    (now - start) as f64 / 1e9,
+                    now.saturating_sub(start) as f64 / 1e9,
                     f.heartbeats,
                     f.messages,
                     reading.received,
@@ -331,11 +391,17 @@ impl Fleet {
                 .unwrap_or(end);
             self.turn(wake, &mut reading, traffic.as_mut().map(|t| &mut *t.1));
         }
-        f.seconds = (self.clock.now_ns() - start) as f64 / 1e9;
+        f.seconds = self.clock.now_ns().saturating_sub(start) as f64 / 1e9;
+        // Deliveries still in flight, to this process's members from every process's
+        // messages: read until the sockets have been quiet a while, or DRAIN_NS at most.
         let drain_end = self.clock.now_ns() + DRAIN_NS;
-        while traffic.is_some() && reading.received < f.expected {
+        let mut last = (reading.datagrams, self.clock.now_ns());
+        while traffic.is_some() {
             let now = self.clock.now_ns();
-            if now >= drain_end {
+            if reading.datagrams != last.0 {
+                last = (reading.datagrams, now);
+            }
+            if now >= drain_end || now >= last.1 + DRAIN_QUIET_NS {
                 break;
             }
             self.turn(drain_end, &mut reading, traffic.as_mut().map(|t| &mut *t.1));
@@ -352,10 +418,11 @@ impl Fleet {
         let room = (k % rooms) as usize;
         let size = self.plan.room_size(room);
         let pos = ((k / rooms) % size.max(1) as u64) as usize;
-        let m = self.plan.member_at(room, pos)?;
+        // Another process's member sends this one.
+        let m = self.plan.member_at(room, pos)?.checked_sub(self.first)?;
         let (seq, client_seq) = self.members.get(m).map(|x| (x.seq, x.client_seq))?;
         let stamp = Stamp {
-            sender: m as u32,
+            sender: (self.first + m) as u32,
             seq,
             intended_ns: due,
         };

@@ -94,12 +94,14 @@ fn sample_report() -> ScaleReport {
     };
     r.idle = PhaseFigures {
         seconds: 10.0,
+        window_s: 10.0,
         heartbeats: 667,
         server_cpu_s: Some((0.1, 0.2)),
         ..PhaseFigures::default()
     };
     r.traffic = PhaseFigures {
         seconds: 10.0,
+        window_s: 10.5,
         messages: 1000,
         expected: 10_000,
         received: 9_990,
