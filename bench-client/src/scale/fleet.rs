@@ -289,6 +289,9 @@ impl Fleet {
                 next_progress += PROGRESS_NS;
             }
             if self.bound >= n || now >= deadline {
+                // The JOINED events of the last members are still arriving: read them
+                // now, so that the next phase counts its own datagrams only.
+                self.drain(&mut reading);
                 return self.bound;
             }
             let wake = if first_pass < n {
@@ -297,6 +300,22 @@ impl Fleet {
                 retry_at.min(deadline)
             };
             self.turn(wake, &mut reading, None);
+        }
+    }
+
+    /// Reads until no datagram arrived for [`DRAIN_QUIET_NS`], [`DRAIN_NS`] at most.
+    fn drain(&mut self, reading: &mut Reading) {
+        let end = self.clock.now_ns() + DRAIN_NS;
+        let mut last = (reading.datagrams, self.clock.now_ns());
+        loop {
+            let now = self.clock.now_ns();
+            if reading.datagrams != last.0 {
+                last = (reading.datagrams, now);
+            }
+            if now >= end || now >= last.1 + DRAIN_QUIET_NS {
+                return;
+            }
+            self.turn(end.min(last.1 + DRAIN_QUIET_NS), reading, None);
         }
     }
 
@@ -394,17 +413,23 @@ impl Fleet {
         f.seconds = self.clock.now_ns().saturating_sub(start) as f64 / 1e9;
         // Deliveries still in flight, to this process's members from every process's
         // messages: read until the sockets have been quiet a while, or DRAIN_NS at most.
-        let drain_end = self.clock.now_ns() + DRAIN_NS;
-        let mut last = (reading.datagrams, self.clock.now_ns());
-        while traffic.is_some() {
-            let now = self.clock.now_ns();
-            if reading.datagrams != last.0 {
-                last = (reading.datagrams, now);
+        if let Some((_, latency)) = traffic {
+            let end = self.clock.now_ns() + DRAIN_NS;
+            let mut last = (reading.datagrams, self.clock.now_ns());
+            loop {
+                let now = self.clock.now_ns();
+                if reading.datagrams != last.0 {
+                    last = (reading.datagrams, now);
+                }
+                if now >= end || now >= last.1 + DRAIN_QUIET_NS {
+                    break;
+                }
+                self.turn(
+                    end.min(last.1 + DRAIN_QUIET_NS),
+                    &mut reading,
+                    Some(&mut *latency),
+                );
             }
-            if now >= drain_end || now >= last.1 + DRAIN_QUIET_NS {
-                break;
-            }
-            self.turn(drain_end, &mut reading, traffic.as_mut().map(|t| &mut *t.1));
         }
         f.datagrams = reading.datagrams;
         f.received = reading.received;
