@@ -38,33 +38,41 @@ impl Topology {
         }
     }
 
-    /// The rooms of a mix, shape by shape (the rooms of `shapes[0]` first). As in
-    /// [`Topology::new`], room `r` is hosted by user `r`, so every host comes before every
-    /// other member; then positions fill layer by layer (position 1 of every room that has
-    /// one, then position 2...). For rooms all of one size that is `new`'s round-robin.
+    /// The rooms of a mix, shape by shape (the rooms of `shapes[0]` first). Within a
+    /// shape, users are in [`Topology::new`]'s order: the hosts of its rooms, then position
+    /// 1 of each room, and so on, so a host always comes before its members. The shapes'
+    /// users are then interleaved evenly by their numbers (shape `s`'s `j`-th user at
+    /// `(j + 1/2) / users_s` of the whole order): the schedule sends from users in index
+    /// order, and a run too short for every user to send still draws from every shape in
+    /// proportion. For one shape this is `new`'s round-robin.
     pub fn from_shapes(shapes: &[Shape]) -> Topology {
         let mut room_size = Vec::new();
         let mut shape_of_room = Vec::new();
+        // Each shape's users as (room, position), in `new`'s order within the shape.
+        let mut per_shape: Vec<Vec<(u32, u32)>> = Vec::with_capacity(shapes.len());
         for (i, s) in shapes.iter().enumerate() {
+            let first = room_size.len() as u32;
             for _ in 0..s.count {
                 room_size.push(s.size);
                 shape_of_room.push(i as u32);
             }
-        }
-        let users: usize = room_size.iter().map(|&n| n as usize).sum();
-        let mut room_of = Vec::with_capacity(users);
-        let mut pos_in_room = Vec::with_capacity(users);
-        // Rooms that still have a position `pos`: shrinks as the small rooms fill up.
-        let mut open: Vec<u32> = (0..room_size.len() as u32).collect();
-        let mut pos = 0u32;
-        while !open.is_empty() {
-            for &r in &open {
-                room_of.push(r);
-                pos_in_room.push(pos);
+            let mut list = Vec::with_capacity(s.users() as usize);
+            for pos in 0..s.size {
+                list.extend((0..s.count).map(|k| (first + k, pos)));
             }
-            pos += 1;
-            open.retain(|&r| room_size[r as usize] > pos);
+            per_shape.push(list);
         }
+        // (due fraction, shape, index in the shape): sorting by it interleaves the shapes.
+        let mut order: Vec<(f64, u32, u32)> = Vec::new();
+        for (i, list) in per_shape.iter().enumerate() {
+            let n = list.len() as f64;
+            order.extend((0..list.len()).map(|j| ((j as f64 + 0.5) / n, i as u32, j as u32)));
+        }
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let (room_of, pos_in_room) = order
+            .iter()
+            .map(|&(_, i, j)| per_shape[i as usize][j as usize])
+            .unzip();
         Topology {
             room_of,
             pos_in_room,
@@ -174,17 +182,12 @@ mod tests {
             (t.shape_of(3), t.shape_of(5), t.shape_of(6)),
             (Some(1), Some(2), None)
         );
-        // Room r is hosted by user r: every host before any other member.
-        for r in 0..t.rooms() {
-            assert!(t.is_host(r) && t.room_of[r] == r as u32, "room {r}");
-        }
-        assert!((t.rooms()..t.users()).all(|u| !t.is_host(u)));
-        // Each room holds exactly its size, at positions 0..size.
+        // Each room holds exactly its size, at positions 0..size, and its host (position
+        // 0) comes before every other member of it.
         for r in 0..t.rooms() as u32 {
-            let mut pos: Vec<u32> = (0..t.users())
-                .filter(|&u| t.room_of[u] == r)
-                .map(|u| t.pos_in_room[u])
-                .collect();
+            let users: Vec<usize> = (0..t.users()).filter(|&u| t.room_of[u] == r).collect();
+            let mut pos: Vec<u32> = users.iter().map(|&u| t.pos_in_room[u]).collect();
+            assert_eq!(pos[0], 0, "room {r}: the host first");
             pos.sort();
             assert_eq!(
                 pos,
@@ -192,10 +195,42 @@ mod tests {
                 "room {r}"
             );
         }
-        // Layer by layer: the second members of the rooms of 2 and 5, then the room of 5.
-        assert_eq!(&t.room_of[6..], &[0, 1, 2, 3, 3, 3, 3]);
-        assert_eq!(t.size_of_room_of(12), 5);
+        assert_eq!((0..t.users()).filter(|&u| t.is_host(u)).count(), t.rooms());
+        assert_eq!(t.size_of_room_of(0), 2);
         assert_eq!(t.room_size_range(), (1, 5));
+    }
+
+    #[test]
+    fn shapes_are_interleaved_in_proportion() {
+        // 400 users of rooms of 2, 400 in one room of 400, 200 of rooms of 1.
+        let shapes = [
+            Shape {
+                size: 2,
+                count: 200,
+            },
+            Shape {
+                size: 400,
+                count: 1,
+            },
+            Shape {
+                size: 1,
+                count: 200,
+            },
+        ];
+        let t = Topology::from_shapes(&shapes);
+        assert_eq!(t.users(), 1000);
+        // Any 100 consecutive users hold each shape about in proportion: 40, 40, 20.
+        for start in (0..900).step_by(50) {
+            let mut n = [0; 3];
+            for u in start..start + 100 {
+                n[t.shape_of(t.room_of[u]).unwrap()] += 1;
+            }
+            assert!(
+                (39..=41).contains(&n[0]) && (39..=41).contains(&n[1]),
+                "{start}: {n:?}"
+            );
+            assert!((19..=21).contains(&n[2]), "{start}: {n:?}");
+        }
     }
 
     #[test]
