@@ -277,8 +277,12 @@ impl Fleet {
                 retry_at = now + BIND_RETRY_NS;
             }
             if now >= retry_at {
+                // The unbound try again; the bound heartbeat if a long bind made them due,
+                // so that none times out before the run is under way.
                 for m in 0..n {
-                    if !self.members[m].bound {
+                    let mem = &self.members[m];
+                    let due = now.saturating_sub(mem.last_send_ns) >= self.heartbeat_ns;
+                    if !mem.bound || due {
                         self.send(m, ControlBody::Sync, now);
                     }
                 }
