@@ -20,6 +20,7 @@ use crate::body::Stamp;
 use crate::schedule::Schedule;
 use crate::stats;
 use crate::sys::{MAX_POLL_WAIT, Timer};
+use ocm::sys::udp::{RECV_BATCH, Receiver};
 
 const TIMER: Token = Token(usize::MAX - 1);
 /// First SYNCs sent per second while binding: the server's socket buffer absorbs bursts,
@@ -27,8 +28,9 @@ const TIMER: Token = Token(usize::MAX - 1);
 const BIND_RATE: f64 = 50_000.0;
 /// A member not bound yet sends its SYNC again this often.
 const BIND_RETRY_NS: u64 = 1_000_000_000;
-/// Datagrams read from one socket per readiness before moving on (it is revisited).
-const MAX_READS_PER_VISIT: usize = 64;
+/// `recvmmsg` batches read from one socket per readiness before moving on (it is
+/// revisited).
+const MAX_BATCHES_PER_VISIT: usize = 4;
 /// After the traffic phase's last send, how long deliveries still in flight are awaited.
 const DRAIN_NS: u64 = 1_000_000_000;
 /// The drain ends early once no datagram arrived for this long.
@@ -151,7 +153,8 @@ pub struct Fleet {
     bound: usize,
     pending: Vec<usize>,
     out: Vec<u8>,
-    buf: Vec<u8>,
+    /// Where `recvmmsg` puts a batch.
+    batch: Receiver,
     body: Vec<u8>,
 }
 
@@ -219,7 +222,7 @@ impl Fleet {
             bound: 0,
             pending: Vec::new(),
             out: vec![0; MAX_DATAGRAM],
-            buf: vec![0; MAX_DATAGRAM + 1],
+            batch: Receiver::new(false),
             body: Vec::new(),
         })
     }
@@ -516,46 +519,64 @@ impl Fleet {
         }
     }
 
-    /// Reads member `i`'s socket until it would block (true) or for a bounded number of
-    /// datagrams (false: read it again soon).
+    /// Reads member `i`'s socket until it is empty (true) or for a bounded number of
+    /// batches (false: read it again soon). One `recvmmsg` a batch: a batch shorter than
+    /// [`RECV_BATCH`] means the queue is empty, with no call spent to hear `WouldBlock`.
     fn read(
         &mut self,
         i: usize,
         r: &mut Reading,
         mut latency: Option<&mut Histogram<u64>>,
     ) -> bool {
-        for _ in 0..MAX_READS_PER_VISIT {
+        for _ in 0..MAX_BATCHES_PER_VISIT {
             let Some(mem) = self.members.get_mut(i) else {
                 return true;
             };
-            let n = match mem.sock.recv(&mut self.buf) {
+            let n = match self.batch.recv(&mem.sock) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // WouldBlock, or an error such as the server's port closed: done here.
                 Err(_) => return true,
             };
-            if !mem.bound {
+            if n > 0 && !mem.bound {
                 mem.bound = true;
                 self.bound += 1;
             }
-            r.datagrams += 1;
             let now = self.clock.now_ns();
-            for ev in RawEvents::new(&self.buf[..n.min(MAX_DATAGRAM)]) {
-                let Ok(ev) = ev else { break };
-                if ev.known_kind() != Some(EventKind::Message) {
-                    continue;
+            for k in 0..n {
+                if let Some((_, _, data)) = self.batch.get(k) {
+                    r.datagrams += 1;
+                    count_messages(data, now, r, latency.as_deref_mut());
                 }
-                let Some(st) = Stamp::decode(ev.body) else {
-                    continue;
-                };
-                if st.intended_ns >= r.from_ns {
-                    r.received += 1;
-                    if let Some(h) = latency.as_deref_mut() {
-                        stats::record(h, now.saturating_sub(st.intended_ns));
-                    }
-                }
+            }
+            if n < RECV_BATCH {
+                return true;
             }
         }
         false
+    }
+}
+
+/// Counts (and times) the messages of one received datagram that the phase sent.
+fn count_messages(
+    data: &[u8],
+    now: u64,
+    r: &mut Reading,
+    mut latency: Option<&mut Histogram<u64>>,
+) {
+    for ev in RawEvents::new(&data[..data.len().min(MAX_DATAGRAM)]) {
+        let Ok(ev) = ev else { break };
+        if ev.known_kind() != Some(EventKind::Message) {
+            continue;
+        }
+        let Some(st) = Stamp::decode(ev.body) else {
+            continue;
+        };
+        if st.intended_ns >= r.from_ns {
+            r.received += 1;
+            if let Some(h) = latency.as_deref_mut() {
+                stats::record(h, now.saturating_sub(st.intended_ns));
+            }
+        }
     }
 }
