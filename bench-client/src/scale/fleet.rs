@@ -23,9 +23,14 @@ use crate::sys::{MAX_POLL_WAIT, Timer};
 use ocm::sys::udp::{RECV_BATCH, Receiver};
 
 const TIMER: Token = Token(usize::MAX - 1);
-/// First SYNCs sent per second while binding: the server's socket buffer absorbs bursts,
-/// not 100 000 datagrams at once (the lost ones are retried, but each retry is a second).
-const BIND_RATE: f64 = 50_000.0;
+/// First SYNCs sent per second while binding, over all processes: each binds a member and
+/// makes its room's JOINED, and the server's socket buffer absorbs bursts, not 100 000
+/// datagrams at once (the lost ones are retried, but each retry is a second).
+pub const BIND_RATE: f64 = 20_000.0;
+/// After the bind, how long the last JOINED events may take to be read at most: they are
+/// many (a member's JOINED goes to every member of its room), and the next phase must
+/// count its own datagrams only.
+const BIND_DRAIN_NS: u64 = 20_000_000_000;
 /// A member not bound yet sends its SYNC again this often.
 const BIND_RETRY_NS: u64 = 1_000_000_000;
 /// `recvmmsg` batches read from one socket per readiness before moving on (it is
@@ -258,10 +263,10 @@ impl Fleet {
         ok
     }
 
-    /// Every member sends SYNC (paced at [`BIND_RATE`], again each second until it is
+    /// Every member sends SYNC (paced at `rate` a second, again each second until it is
     /// answered): a member is bound once its socket receives anything. Returns how many
     /// are bound at the end, all of them or at `timeout`.
-    pub fn bind(&mut self, timeout: Duration, quiet: bool) -> usize {
+    pub fn bind(&mut self, timeout: Duration, rate: f64, quiet: bool) -> usize {
         let start = self.clock.now_ns();
         let deadline = start + timeout.as_nanos() as u64;
         let n = self.members.len();
@@ -271,7 +276,7 @@ impl Fleet {
         let mut next_progress = start + PROGRESS_NS;
         loop {
             let now = self.clock.now_ns();
-            let allowed = ((now - start) as f64 / 1e9 * BIND_RATE) as usize + 1;
+            let allowed = ((now - start) as f64 / 1e9 * rate.max(1.0)) as usize + 1;
             while first_pass < n.min(allowed) {
                 self.send(first_pass, ControlBody::Sync, now);
                 first_pass += 1;
@@ -298,7 +303,7 @@ impl Fleet {
             if self.bound >= n || now >= deadline {
                 // The JOINED events of the last members are still arriving: read them
                 // now, so that the next phase counts its own datagrams only.
-                self.drain(&mut reading);
+                self.drain(&mut reading, BIND_DRAIN_NS);
                 return self.bound;
             }
             let wake = if first_pass < n {
@@ -310,9 +315,9 @@ impl Fleet {
         }
     }
 
-    /// Reads until no datagram arrived for [`DRAIN_QUIET_NS`], [`DRAIN_NS`] at most.
-    fn drain(&mut self, reading: &mut Reading) {
-        let end = self.clock.now_ns() + DRAIN_NS;
+    /// Reads until no datagram arrived for [`DRAIN_QUIET_NS`], `most` ns at most.
+    fn drain(&mut self, reading: &mut Reading, most: u64) {
+        let end = self.clock.now_ns() + most;
         let mut last = (reading.datagrams, self.clock.now_ns());
         loop {
             let now = self.clock.now_ns();

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //!   parent -> child: <count token lines>   child -> parent: ready
-//!                    bind SECONDS                           bound N
+//!                    bind SECONDS RATE                      bound N
 //!                    idle START SECONDS                     phase SECONDS HEARTBEATS ...
 //!                    traffic START SECONDS ROOM_RATE SIZE   lat VALUE COUNT ...  phase ...
 //!                    (end of input: exit)
@@ -28,7 +28,7 @@ use ocm::protocol::TOKEN_LEN;
 use ocm::sys::rlimit::raise_nofile_limit_to;
 
 use super::Plan;
-use super::fleet::{Fleet, FleetSpec, MonoClock, PhaseFigures};
+use super::fleet::{BIND_RATE, Fleet, FleetSpec, MonoClock, PhaseFigures};
 use super::probe::Probe;
 use crate::sys::CpuTime;
 
@@ -145,7 +145,7 @@ pub fn child_main(a: &ChildArgs) -> Result<(), String> {
         let cpu0 = CpuTime::now();
         match words.first().copied() {
             Some("bind") => {
-                let n = fleet.bind(Duration::from_secs_f64(num(1)?), a.quiet);
+                let n = fleet.bind(Duration::from_secs_f64(num(1)?), num(2)?, a.quiet);
                 say(&mut out, &format!("bound {n}"))?;
             }
             Some("idle") => {
@@ -333,7 +333,9 @@ impl Procs {
 
     /// Every child binds its members; returns how many are bound over all children.
     pub fn bind(&mut self, timeout: Duration) -> Result<usize, String> {
-        self.broadcast(&format!("bind {}\n", timeout.as_secs_f64()))?;
+        // The processes share the bind rate.
+        let rate = BIND_RATE / self.procs.len().max(1) as f64;
+        self.broadcast(&format!("bind {} {rate}\n", timeout.as_secs_f64()))?;
         let mut bound = 0;
         for p in &mut self.procs {
             let line = p.line()?;
