@@ -33,6 +33,9 @@ pub const BIND_RATE: f64 = 20_000.0;
 const BIND_DRAIN_NS: u64 = 20_000_000_000;
 /// A member not bound yet sends its SYNC again this often.
 const BIND_RETRY_NS: u64 = 1_000_000_000;
+/// Sockets read in one turn of the loop: the sends due are looked at between turns, and a
+/// turn over thousands of ready sockets would make them late (lateness counted as latency).
+const MAX_SOCKETS_PER_TURN: usize = 64;
 /// `recvmmsg` batches read from one socket per readiness before moving on (it is
 /// revisited).
 const MAX_BATCHES_PER_VISIT: usize = 4;
@@ -517,8 +520,9 @@ impl Fleet {
         }
         ready.sort_unstable();
         ready.dedup();
-        for &i in &ready {
-            if !self.read(i, r, latency.as_deref_mut()) {
+        for (k, &i) in ready.iter().enumerate() {
+            // The rest wait for the next turn, after the sends that fell due meanwhile.
+            if k >= MAX_SOCKETS_PER_TURN || !self.read(i, r, latency.as_deref_mut()) {
                 self.pending.push(i);
             }
         }
