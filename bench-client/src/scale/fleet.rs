@@ -36,6 +36,11 @@ const BIND_RETRY_NS: u64 = 1_000_000_000;
 /// Sockets read in one turn of the loop: the sends due are looked at between turns, and a
 /// turn over thousands of ready sockets would make them late (lateness counted as latency).
 const MAX_SOCKETS_PER_TURN: usize = 64;
+/// In the idle and traffic phases, the loop wakes this often at most: sends leave up to a
+/// tick late (counted as latency), and sockets are read a tick's worth at a time.
+const TICK_NS: u64 = 1_000_000;
+/// Most sockets read in one tick (more wait for the next).
+const MAX_SOCKETS_PER_TICK: usize = 4096;
 /// `recvmmsg` batches read from one socket per readiness before moving on (it is
 /// revisited).
 const MAX_BATCHES_PER_VISIT: usize = 4;
@@ -419,11 +424,25 @@ impl Fleet {
             if now >= end {
                 break;
             }
+            // Read what is there, then sleep to the next tick: many processes woken by
+            // every datagram would spend the core switching between them.
+            let mut budget = MAX_SOCKETS_PER_TICK;
+            loop {
+                self.turn(0, &mut reading, traffic.as_mut().map(|t| &mut *t.1));
+                budget = budget.saturating_sub(MAX_SOCKETS_PER_TURN);
+                if self.pending.is_empty() || budget == 0 {
+                    break;
+                }
+            }
             let wake = [hb.due(next_hb), msgs.due(next_msg), end]
                 .into_iter()
                 .min()
-                .unwrap_or(end);
-            self.turn(wake, &mut reading, traffic.as_mut().map(|t| &mut *t.1));
+                .unwrap_or(end)
+                .max(now + TICK_NS);
+            let now = self.clock.now_ns();
+            if wake > now && self.pending.is_empty() {
+                std::thread::sleep(Duration::from_nanos(wake - now));
+            }
         }
         f.seconds = self.clock.now_ns().saturating_sub(start) as f64 / 1e9;
         // Deliveries still in flight, to this process's members from every process's
