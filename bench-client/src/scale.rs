@@ -699,6 +699,15 @@ fn phase_line(t: &mut String, name: &str, f: &PhaseFigures) {
         f.window_s,
         f.bench_cpu_s * 100.0 / f.window_s.max(1e-9)
     );
+    let busy = f
+        .server_busy_s
+        .map_or("-".to_string(), |b| format!("{b:.2} s"));
+    let drops = f.server_drops.map_or("-".to_string(), |d| d.to_string());
+    let _ = writeln!(
+        t,
+        "  {:<13} server loop busy {busy} (on a core or waiting for one), {drops} datagrams dropped at its socket",
+        ""
+    );
 }
 
 fn history_line(r: &ScaleReport) -> String {
@@ -767,6 +776,12 @@ pub fn json(r: &ScaleReport) -> String {
                 .map(|(u, s)| (u + s) * 100.0 / f.window_s.max(1e-9)),
         );
         j.num(&format!("{k}_window_s"), f.window_s);
+        opt(&mut j, &format!("{k}_server_busy_s"), f.server_busy_s);
+        opt(
+            &mut j,
+            &format!("{k}_server_drops"),
+            f.server_drops.map(|d| d as f64),
+        );
         j.num(&format!("{k}_bench_cpu_s"), f.bench_cpu_s);
     }
     j.int("traffic_expected", r.traffic.expected);

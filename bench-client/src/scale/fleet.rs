@@ -73,6 +73,12 @@ pub struct PhaseFigures {
     /// Wall-clock seconds from the phase's start to its last figures (drain included):
     /// the span of the server's CPU figures.
     pub window_s: f64,
+    /// Seconds the server's loop was busy over the window (metrics), on a core or not:
+    /// busy well above its CPU time means it waited for a core.
+    pub server_busy_s: Option<f64>,
+    /// Datagrams the kernel dropped at the server's socket over the window (its receive
+    /// queue was full), where `/proc/net/udp` says.
+    pub server_drops: Option<u64>,
 }
 
 impl PhaseFigures {

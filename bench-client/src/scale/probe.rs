@@ -22,6 +22,9 @@ pub struct Gauges {
     pub rooms: u64,
     /// `ocm_members{state="bound"}`: members with an address.
     pub bound: u64,
+    /// `ocm_loop_busy_seconds_total`, in ms: wall time the server's loop spent working
+    /// (not waiting in poll), on a core or waiting for one.
+    pub busy_ms: u64,
 }
 
 /// One look at the server: each part `None` where it could not be read.
@@ -132,6 +135,9 @@ pub fn parse_gauges(text: &str) -> Option<Gauges> {
             "ocm_history_events" => g.history_events = v,
             "ocm_rooms" => g.rooms = v,
             "ocm_members{state=\"bound\"}" => g.bound = v,
+            "ocm_loop_busy_seconds_total" => {
+                g.busy_ms = (value.trim().parse::<f64>().unwrap_or(0.0) * 1e3) as u64
+            }
             _ => {}
         }
     }
@@ -168,14 +174,15 @@ mod tests {
 
     #[test]
     fn gauges_from_a_page() {
-        let page = "HTTP/1.1 200 OK\r\n\r\n# HELP ocm_rooms Rooms open.\n# TYPE ocm_rooms gauge\nocm_rooms 10000\nocm_members{state=\"bound\"} 99999\nocm_members{state=\"unbound\"} 1\nocm_history_events 4000\nocm_history_bytes 4194000\n";
+        let page = "HTTP/1.1 200 OK\r\n\r\n# HELP ocm_rooms Rooms open.\n# TYPE ocm_rooms gauge\nocm_rooms 10000\nocm_members{state=\"bound\"} 99999\nocm_members{state=\"unbound\"} 1\nocm_history_events 4000\nocm_history_bytes 4194000\nocm_loop_busy_seconds_total 1.5\n";
         assert_eq!(
             parse_gauges(page),
             Some(Gauges {
                 history_bytes: 4_194_000,
                 history_events: 4000,
                 rooms: 10_000,
-                bound: 99_999
+                bound: 99_999,
+                busy_ms: 1500,
             })
         );
         assert_eq!(parse_gauges("ocm_rooms 3\n"), None);

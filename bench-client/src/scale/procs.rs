@@ -30,7 +30,8 @@ use ocm::sys::rlimit::raise_nofile_limit_to;
 use super::Plan;
 use super::fleet::{BIND_RATE, Fleet, FleetSpec, MonoClock, PhaseFigures};
 use super::probe::Probe;
-use crate::sys::CpuTime;
+use crate::sys::{CpuTime, UdpDrops};
+use std::collections::HashSet;
 
 /// Descriptors a child needs besides its members' sockets.
 pub const CHILD_FD_MARGIN: u64 = 64;
@@ -222,6 +223,8 @@ pub fn parse_phase(line: &str) -> Option<PhaseFigures> {
         server_cpu_s: None,
         bench_cpu_s: w[7].parse().ok()?,
         window_s: 0.0,
+        server_busy_s: None,
+        server_drops: None,
     })
 }
 
@@ -236,6 +239,8 @@ struct Proc {
 pub struct Procs {
     procs: Vec<Proc>,
     clock: MonoClock,
+    /// The server's data-plane port, for its socket's drop counter.
+    udp_port: u16,
 }
 
 /// What the parent tells [`Procs::spawn`].
@@ -271,6 +276,7 @@ impl Procs {
         let mut procs = Procs {
             procs: Vec::new(),
             clock: MonoClock::with_base(s.clock_base),
+            udp_port: udp.port(),
         };
         let per = s.per_process.max(1);
         for first in (0..s.plan.members).step_by(per) {
@@ -362,8 +368,9 @@ impl Procs {
         self.broadcast(&format!("{kind} {start} {args}\n"))?;
         let wait = Duration::from_nanos(start.saturating_sub(self.clock.now_ns()));
         std::thread::sleep(wait);
+        let drops0 = UdpDrops::read(&HashSet::new(), self.udp_port);
         let t = Instant::now();
-        let server0 = probe.sample().cpu_s;
+        let s0 = probe.sample();
         let mut sum = PhaseFigures::default();
         for p in &mut self.procs {
             loop {
@@ -390,8 +397,16 @@ impl Procs {
             }
         }
         sum.window_s = t.elapsed().as_secs_f64();
-        if let (Some(a), Some(b)) = (server0, probe.sample().cpu_s) {
+        let s1 = probe.sample();
+        if let (Some(a), Some(b)) = (s0.cpu_s, s1.cpu_s) {
             sum.server_cpu_s = Some((b.0 - a.0, b.1 - a.1));
+        }
+        if let (Some(a), Some(b)) = (s0.gauges, s1.gauges) {
+            sum.server_busy_s = Some(b.busy_ms.saturating_sub(a.busy_ms) as f64 / 1e3);
+        }
+        let drops1 = UdpDrops::read(&HashSet::new(), self.udp_port);
+        if let (Some(a), Some(b)) = (drops0, drops1) {
+            sum.server_drops = Some(b.since(a).server);
         }
         Ok(sum)
     }
@@ -467,6 +482,8 @@ mod tests {
             server_cpu_s: None,
             bench_cpu_s: 0.0,
             window_s: 0.0,
+            server_busy_s: None,
+            server_drops: None,
         };
         let line = phase_line(&f, CpuTime::now());
         let back = parse_phase(&line).unwrap();
