@@ -702,10 +702,10 @@ fn phase_line(t: &mut String, name: &str, f: &PhaseFigures) {
     let busy = f
         .server_busy_s
         .map_or("-".to_string(), |b| format!("{b:.2} s"));
-    let drops = f.server_drops.map_or("-".to_string(), |d| d.to_string());
+    let drops = f.udp_drops.map_or("-".to_string(), |d| d.to_string());
     let _ = writeln!(
         t,
-        "  {:<13} server loop busy {busy} (on a core or waiting for one), {drops} datagrams dropped at its socket",
+        "  {:<13} server loop busy {busy} (on a core or waiting for one); {drops} UDP datagrams dropped at full receive queues (machine-wide)",
         ""
     );
 }
@@ -779,8 +779,8 @@ pub fn json(r: &ScaleReport) -> String {
         opt(&mut j, &format!("{k}_server_busy_s"), f.server_busy_s);
         opt(
             &mut j,
-            &format!("{k}_server_drops"),
-            f.server_drops.map(|d| d as f64),
+            &format!("{k}_udp_drops"),
+            f.udp_drops.map(|d| d as f64),
         );
         j.num(&format!("{k}_bench_cpu_s"), f.bench_cpu_s);
     }

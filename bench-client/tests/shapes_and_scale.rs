@@ -220,11 +220,11 @@ fn a_small_scale_run_reports_memory_cpu_and_history() {
     assert_eq!(u(&v, "traffic_expected"), messages * 10);
     assert_eq!(u(&v, "traffic_received"), u(&v, "traffic_expected"), "{v}");
     assert!(f(&v, "latency_p50_us") > 0.0);
-    // The server's side of the phases: its loop's busy time (metrics) and its socket's
-    // drops (/proc/net/udp), none on an idle loopback.
+    // The server's side of the phases: its loop's busy time (metrics), and the machine's
+    // UDP receive-queue drops (other tests may add to those: only their presence).
     for k in ["idle", "traffic"] {
         assert!(f(&v, &format!("{k}_server_busy_s")) >= 0.0, "{v}");
-        assert_eq!(f(&v, &format!("{k}_server_drops")), 0.0, "{v}");
+        assert!(f(&v, &format!("{k}_udp_drops")) >= 0.0, "{v}");
     }
     // 300 messages of about 100 bytes each overflow an 8 KiB budget: the server sheds
     // history to stay within it.

@@ -76,9 +76,10 @@ pub struct PhaseFigures {
     /// Seconds the server's loop was busy over the window (metrics), on a core or not:
     /// busy well above its CPU time means it waited for a core.
     pub server_busy_s: Option<f64>,
-    /// Datagrams the kernel dropped at the server's socket over the window (its receive
-    /// queue was full), where `/proc/net/udp` says.
-    pub server_drops: Option<u64>,
+    /// Datagrams the kernel dropped over the window because a socket's receive queue was
+    /// full: any socket of the machine (`RcvbufErrors` of `/proc/net/snmp`; the per-socket
+    /// `/proc/net/udp` takes seconds to read with 100 000 sockets, and stalls the stack).
+    pub udp_drops: Option<u64>,
 }
 
 impl PhaseFigures {

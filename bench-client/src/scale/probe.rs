@@ -101,6 +101,20 @@ fn clock_ticks_per_second() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
+/// `RcvbufErrors` of the machine's UDP (`/proc/net/snmp`): datagrams dropped because a
+/// socket's receive queue was full, any socket.
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    parse_rcvbuf_errors(&std::fs::read_to_string("/proc/net/snmp").ok()?)
+}
+
+/// `RcvbufErrors` from `/proc/net/snmp` text: a `Udp:` line of names, then one of values.
+pub fn parse_rcvbuf_errors(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// GETs `/metrics` from `addr` (host:port) and reads the gauges.
 pub fn scrape(addr: &str) -> std::io::Result<Gauges> {
     let sock: std::net::SocketAddr = addr
@@ -170,6 +184,14 @@ mod tests {
         let (u, s) = cpu_seconds(me).unwrap();
         assert!(u >= 0.0 && s >= 0.0);
         assert_eq!(rss_bytes(u32::MAX), None);
+    }
+
+    #[test]
+    fn rcvbuf_errors_from_snmp() {
+        let snmp = "Ip: Forwarding\nIp: 1\nUdp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\nUdp: 10 2 3 11 7 0\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 99\n";
+        assert_eq!(parse_rcvbuf_errors(snmp), Some(7));
+        assert_eq!(parse_rcvbuf_errors("Udp: InDatagrams\nUdp: 1\n"), None);
+        assert!(udp_rcvbuf_errors().is_some());
     }
 
     #[test]

@@ -29,9 +29,8 @@ use ocm::sys::rlimit::raise_nofile_limit_to;
 
 use super::Plan;
 use super::fleet::{BIND_RATE, Fleet, FleetSpec, MonoClock, PhaseFigures};
-use super::probe::Probe;
-use crate::sys::{CpuTime, UdpDrops};
-use std::collections::HashSet;
+use super::probe::{self, Probe};
+use crate::sys::CpuTime;
 
 /// Descriptors a child needs besides its members' sockets.
 pub const CHILD_FD_MARGIN: u64 = 64;
@@ -224,7 +223,7 @@ pub fn parse_phase(line: &str) -> Option<PhaseFigures> {
         bench_cpu_s: w[7].parse().ok()?,
         window_s: 0.0,
         server_busy_s: None,
-        server_drops: None,
+        udp_drops: None,
     })
 }
 
@@ -239,8 +238,6 @@ struct Proc {
 pub struct Procs {
     procs: Vec<Proc>,
     clock: MonoClock,
-    /// The server's data-plane port, for its socket's drop counter.
-    udp_port: u16,
 }
 
 /// What the parent tells [`Procs::spawn`].
@@ -276,7 +273,6 @@ impl Procs {
         let mut procs = Procs {
             procs: Vec::new(),
             clock: MonoClock::with_base(s.clock_base),
-            udp_port: udp.port(),
         };
         let per = s.per_process.max(1);
         for first in (0..s.plan.members).step_by(per) {
@@ -368,7 +364,7 @@ impl Procs {
         self.broadcast(&format!("{kind} {start} {args}\n"))?;
         let wait = Duration::from_nanos(start.saturating_sub(self.clock.now_ns()));
         std::thread::sleep(wait);
-        let drops0 = UdpDrops::read(&HashSet::new(), self.udp_port);
+        let drops0 = probe::udp_rcvbuf_errors();
         let t = Instant::now();
         let s0 = probe.sample();
         let mut sum = PhaseFigures::default();
@@ -404,9 +400,8 @@ impl Procs {
         if let (Some(a), Some(b)) = (s0.gauges, s1.gauges) {
             sum.server_busy_s = Some(b.busy_ms.saturating_sub(a.busy_ms) as f64 / 1e3);
         }
-        let drops1 = UdpDrops::read(&HashSet::new(), self.udp_port);
-        if let (Some(a), Some(b)) = (drops0, drops1) {
-            sum.server_drops = Some(b.since(a).server);
+        if let (Some(a), Some(b)) = (drops0, probe::udp_rcvbuf_errors()) {
+            sum.udp_drops = Some(b.saturating_sub(a));
         }
         Ok(sum)
     }
@@ -483,7 +478,7 @@ mod tests {
             bench_cpu_s: 0.0,
             window_s: 0.0,
             server_busy_s: None,
-            server_drops: None,
+            udp_drops: None,
         };
         let line = phase_line(&f, CpuTime::now());
         let back = parse_phase(&line).unwrap();

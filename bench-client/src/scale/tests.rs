@@ -96,7 +96,7 @@ fn sample_report() -> ScaleReport {
         seconds: 10.0,
         window_s: 10.0,
         server_busy_s: Some(0.5),
-        server_drops: Some(7),
+        udp_drops: Some(7),
         heartbeats: 667,
         server_cpu_s: Some((0.1, 0.2)),
         ..PhaseFigures::default()
@@ -142,8 +142,8 @@ fn table_and_json_carry_the_figures() {
         "512 B per joined member",
         "server CPU 3.00% of one core",
         "server CPU - (give --server-pid)",
-        "server loop busy 0.50 s (on a core or waiting for one), 7 datagrams dropped at its socket",
-        "server loop busy - (on a core or waiting for one), - datagrams dropped",
+        "server loop busy 0.50 s (on a core or waiting for one); 7 UDP datagrams dropped",
+        "server loop busy - (on a core or waiting for one); - UDP datagrams dropped",
         "expected 10000, received 9990, lost 10 (0.100%)",
         "4000 bytes in 40 events after the traffic of --history-memory 4096: held",
     ] {
@@ -160,6 +160,6 @@ fn table_and_json_carry_the_figures() {
     assert!(v["traffic_server_cpu_pct"].is_null());
     assert_eq!(v["history_bytes"], 4000);
     assert_eq!(v["traffic_received"], 9990);
-    assert_eq!(v["idle_server_drops"], 7.0);
+    assert_eq!(v["idle_udp_drops"], 7.0);
     assert!(v["traffic_server_busy_s"].is_null());
 }
