@@ -5,9 +5,12 @@ use ocm::protocol::MAX_MESSAGE;
 
 use crate::body::{MAX_SENDER, MIN_BODY};
 use crate::loss::DEFAULT_SEED;
+use crate::shape::{self, Shape};
+use crate::topology::Topology;
 
 /// Open-loop latency and throughput benchmark for ocm-server. Run the server with
 /// `--msg-rate 0` (no flood control), or its rate limit is what you measure.
+/// `bench-client scale --help`: the other mode, many members on one server (memory, CPU).
 #[derive(FromArgs, Debug, Clone, PartialEq)]
 pub struct Args {
     /// control-plane address of the server, host:port (default: 127.0.0.1:9001)
@@ -22,6 +25,17 @@ pub struct Args {
     /// (default: 20)
     #[argh(option, default = "20")]
     pub rooms: usize,
+
+    /// rooms of this many members, --users / N of them (replaces --rooms); the report adds
+    /// its figures as one shape
+    #[argh(option)]
+    pub room_size: Option<usize>,
+
+    /// a mix of room sizes measured in one run, SIZExCOUNT[,SIZExCOUNT...], e.g.
+    /// 2x100,10x20,25x20,250x2,2000x1 (replaces --users and --rooms); every member sends
+    /// at the same rate, and the report gives each shape's figures and the total
+    #[argh(option)]
+    pub shape: Option<String>,
 
     /// aggregate messages per second over all users, on a fixed schedule (default: 20000);
     /// with --sweep, the first rate tried
@@ -139,6 +153,44 @@ pub const MAX_THREADS: usize = 64;
 pub const MAX_SECONDS: f64 = 3600.0;
 
 impl Args {
+    /// `--shape` or `--room-size` as shapes; `None` for plain `--users`/`--rooms`.
+    pub fn shapes(&self) -> Result<Option<Vec<Shape>>, String> {
+        match (&self.shape, self.room_size) {
+            (Some(_), Some(_)) => Err("give --shape or --room-size, not both".into()),
+            (Some(mix), None) => shape::parse_mix(mix).map(Some).map_err(|e| e.to_string()),
+            (None, Some(n)) => shape::uniform(self.users, n)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// The arguments with `--users` and `--rooms` set from `--shape` or `--room-size`
+    /// (as given without them), so that every other check and count sees the real run.
+    pub fn resolved(&self) -> Result<Args, String> {
+        let mut a = self.clone();
+        if let Some(shapes) = self.shapes()? {
+            let users = shape::total_users(&shapes);
+            if users > MAX_SENDER as u64 + 1 {
+                return Err(format!(
+                    "--shape makes {users} users; at most {}",
+                    MAX_SENDER as u64 + 1
+                ));
+            }
+            a.users = users as usize;
+            a.rooms = shape::total_rooms(&shapes) as usize;
+        }
+        Ok(a)
+    }
+
+    /// Who is in which room: the shapes' rooms, or `--users` spread over `--rooms`.
+    pub fn topology(&self) -> Result<Topology, String> {
+        Ok(match self.shapes()? {
+            Some(shapes) => Topology::from_shapes(&shapes),
+            None => Topology::new(self.users, self.rooms),
+        })
+    }
+
     /// Checks the values against each other and the protocol's limits.
     pub fn check(&self) -> Result<(), String> {
         if self.users == 0 || self.rooms == 0 {
@@ -210,6 +262,8 @@ impl Args {
                 (self.tls || self.ca.is_some(), "--tls and --ca"),
                 (self.loss > 0.0, "--loss"),
                 (self.v1, "--v1"),
+                // Per-shape figures are the OCM worker's (rooms of one size: --room-size).
+                (self.shape.is_some(), "--shape"),
             ] {
                 if set {
                     return Err(format!(
@@ -339,7 +393,39 @@ mod tests {
         assert!(check(&["--target", "redis://h:1", "--loss", "0.1"]).contains("--loss"));
         assert!(check(&["--target", "redis://h:1", "--tls"]).contains("--tls"));
         assert!(check(&["--target", "redis://h:1", "--v1"]).contains("--v1"));
+        assert!(check(&["--target", "redis://h:1", "--shape", "2x4"]).contains("--shape"));
         assert!(check(&["--p50-bound-ms", "0"]).contains("--p50-bound-ms"));
+    }
+
+    #[test]
+    fn shapes_set_users_and_rooms() {
+        let a = parse(&["--shape", "2x100,10x20,2000x1"]).unwrap();
+        let r = a.resolved().unwrap();
+        assert_eq!((r.users, r.rooms), (200 + 200 + 2000, 121));
+        assert_eq!(r.check(), Ok(()));
+        let t = r.topology().unwrap();
+        assert_eq!((t.users(), t.rooms(), t.shapes.len()), (2400, 121, 3));
+        assert_eq!(t.room_size_range(), (2, 2000));
+
+        let a = parse(&["--users", "500", "--room-size", "25"]).unwrap();
+        let r = a.resolved().unwrap();
+        assert_eq!((r.users, r.rooms), (500, 20));
+        assert_eq!(r.topology().unwrap().room_size, vec![25; 20]);
+
+        // Without either, nothing changes.
+        let a = parse(&["--users", "10", "--rooms", "4"]).unwrap();
+        assert_eq!(a.resolved().unwrap(), a);
+        assert!(a.topology().unwrap().shapes.is_empty());
+    }
+
+    #[test]
+    fn bad_shapes_are_explained() {
+        let resolve = |args: &[&str]| parse(args).unwrap().resolved().unwrap_err();
+        assert!(resolve(&["--shape", "2x3", "--room-size", "2"]).contains("not both"));
+        assert!(resolve(&["--shape", "25by20"]).contains("SIZExCOUNT"));
+        assert!(resolve(&["--users", "500", "--room-size", "30"]).contains("divide"));
+        assert!(resolve(&["--shape", "65535x65535"]).contains("at most"));
+        assert!(parse(&["--room-size", "ten"]).is_err());
     }
 
     #[test]

@@ -32,6 +32,8 @@
 //! * [`report`]: the derived figures, the table and the JSON.
 //! * [`sweep`]: which rate to try next.
 //! * [`topology`]: who is in which room, and the run's clock.
+//! * [`shape`]: `--shape`/`--room-size`: rooms of several sizes, figures per size.
+//! * [`scale`]: `bench-client scale`: many members on one server, its memory and CPU.
 //! * [`web`]: `--web N`: users over WebSocket instead of UDP (their link, setup, figures).
 //! * [`redis`]: `--target redis://HOST:PORT`: the same workload over Redis pub/sub, to
 //!   compare with (its RESP3 codec, connections and worker).
@@ -50,7 +52,9 @@ pub mod order;
 pub mod redis;
 pub mod report;
 pub mod run;
+pub mod scale;
 pub mod schedule;
+pub mod shape;
 pub mod stats;
 pub mod sweep;
 pub mod sys;

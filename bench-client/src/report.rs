@@ -111,6 +111,8 @@ pub struct StepReport {
     pub drops: Option<UdpDrops>,
     /// `--web`: latency and deliveries by transport (None without web users).
     pub kinds: Option<crate::web::KindFigures>,
+    /// `--shape`/`--room-size`: the figures of each shape (empty without).
+    pub shapes: Vec<crate::shape::ShapeRow>,
 }
 
 impl StepReport {
@@ -370,6 +372,9 @@ impl StepReport {
         if let Some(k) = &self.kinds {
             t.push_str(&k.table());
         }
+        if !self.shapes.is_empty() {
+            t.push_str(&crate::shape::table(&self.shapes, &self.latency));
+        }
         let _ = writeln!(
             t,
             "  Bench CPU     user {:.2} s, sys {:.2} s = {:.0}% of one core over {:.1} s",
@@ -567,6 +572,9 @@ impl StepReport {
         }
         if let Some(k) = &self.kinds {
             k.json(j);
+        }
+        if !self.shapes.is_empty() {
+            j.raw("shapes", &crate::shape::json(&self.shapes));
         }
     }
 }

@@ -13,7 +13,8 @@ use ocm::protocol::Status;
 use crate::cli::Args;
 use crate::loss::LossFilter;
 use crate::report::{Json, Percentiles, Setup, StepReport, fmt_us};
-use crate::stats::{self, Counters, Shared};
+use crate::shape::ShapeRow;
+use crate::stats::{self, Counters, ShapeStats, Shared};
 use crate::sweep::Sweep;
 use crate::sys::{self, CpuTime, UdpDrops};
 use crate::topology::{Clock, Topology};
@@ -27,6 +28,8 @@ const GIVE_UP_NS: u64 = 2_000_000_000;
 
 /// Runs the benchmark the arguments describe; prints the table(s) on stdout.
 pub fn run(args: &Args) -> Result<(), String> {
+    // --shape and --room-size set --users and --rooms.
+    let args = &args.resolved()?;
     args.check()?;
     if let Some(addr) = args.redis_target()? {
         return crate::redis::run(args, &addr);
@@ -46,7 +49,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             args.users
         ));
     }
-    let topo = Topology::new(args.users, args.rooms);
+    let topo = args.topology()?;
     let threads = args.thread_count();
     let run_id = format!("bench-{}", std::process::id());
     let plan = WebPlan::new(&topo, args.web);
@@ -447,6 +450,7 @@ fn step<W: Load>(
     let mut lag = stats::latency_histogram();
     let mut recovery = stats::latency_histogram();
     let mut by_kind = KindLatency::new();
+    let mut by_shape = ShapeStats::default();
     let mut last_send = 0;
     for o in outcomes {
         let o = o.map_err(|e| format!("load step: {e}"))?;
@@ -456,6 +460,7 @@ fn step<W: Load>(
         let _ = lag.add(&o.send_lag);
         let _ = recovery.add(&o.recovery);
         by_kind.add(&o.by_kind);
+        by_shape.add(&o.by_shape);
         last_send = last_send.max(o.last_measured_send_ns);
     }
     let send_span_s = last_send.saturating_sub(plan.measure_from_ns) as f64 / 1e9;
@@ -472,6 +477,7 @@ fn step<W: Load>(
         wall_s,
         drops,
         kinds,
+        shapes: ShapeRow::rows(&ctx.topo.shapes, &by_shape, args.duration),
     })
 }
 

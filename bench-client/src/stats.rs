@@ -151,6 +151,89 @@ impl Counters {
     }
 }
 
+/// `--shape`: what one shape's members sent and received in one step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShapeCounts {
+    /// Measured messages its members sent.
+    pub sent: u64,
+    /// Deliveries those should make (Σ room size, echo included).
+    pub expected: u64,
+    /// Deliveries of measured messages its members received (first copy only).
+    pub received: u64,
+}
+
+impl ShapeCounts {
+    /// Adds `o` into `self`.
+    pub fn add(&mut self, o: &ShapeCounts) {
+        self.sent += o.sent;
+        self.expected += o.expected;
+        self.received += o.received;
+    }
+}
+
+/// `--shape`: counts and latency of each shape, one entry per shape (empty without
+/// shapes). A delivery's latency goes to its shape's histogram only; the step's total is
+/// their sum ([`ShapeStats::merge_latency_into`]), so shapes cost no second record.
+#[derive(Debug, Clone, Default)]
+pub struct ShapeStats {
+    /// Per shape.
+    pub counts: Vec<ShapeCounts>,
+    /// Latency of measured deliveries, per shape, ns.
+    pub latency: Vec<Histogram<u64>>,
+}
+
+impl ShapeStats {
+    /// Empty figures for `shapes` shapes.
+    pub fn new(shapes: usize) -> ShapeStats {
+        ShapeStats {
+            counts: vec![ShapeCounts::default(); shapes],
+            latency: (0..shapes).map(|_| latency_histogram()).collect(),
+        }
+    }
+
+    /// A measured message of a member of `shape` left, for `deliveries` deliveries.
+    #[inline]
+    pub fn sent(&mut self, shape: usize, deliveries: u64) {
+        if let Some(c) = self.counts.get_mut(shape) {
+            c.sent += 1;
+            c.expected += deliveries;
+        }
+    }
+
+    /// A member of `shape` received a measured delivery `ns` after its intended time.
+    #[inline]
+    pub fn received(&mut self, shape: usize, ns: u64) {
+        if let (Some(c), Some(h)) = (self.counts.get_mut(shape), self.latency.get_mut(shape)) {
+            c.received += 1;
+            record(h, ns);
+        }
+    }
+
+    /// Adds `o` into `self`, shape by shape (growing to `o`'s shapes if need be).
+    pub fn add(&mut self, o: &ShapeStats) {
+        if self.counts.len() < o.counts.len() {
+            self.counts.resize(o.counts.len(), ShapeCounts::default());
+        }
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            a.add(b);
+        }
+        while self.latency.len() < o.latency.len() {
+            self.latency.push(latency_histogram());
+        }
+        for (a, b) in self.latency.iter_mut().zip(&o.latency) {
+            // Same bounds everywhere, so adding cannot fail.
+            let _ = a.add(b);
+        }
+    }
+
+    /// Adds every shape's latency into `total`.
+    pub fn merge_latency_into(&self, total: &mut Histogram<u64>) {
+        for h in &self.latency {
+            let _ = total.add(h);
+        }
+    }
+}
+
 /// What a worker shows the other threads while it runs: its own cache lines, written with
 /// relaxed stores by that worker only, read now and then by the others.
 #[derive(Debug, Default)]
@@ -291,6 +374,51 @@ mod tests {
         s.reset_step();
         assert_eq!(s.all_done_sending(), None);
         assert_eq!(s.sum(|w| w.sent.load(Relaxed)), 0);
+    }
+
+    #[test]
+    fn shape_stats_count_apart_and_sum_up() {
+        let mut a = ShapeStats::new(2);
+        a.sent(0, 2);
+        a.sent(1, 10);
+        a.sent(1, 10);
+        a.received(0, 1_000);
+        a.received(1, 5_000);
+        a.received(1, 7_000);
+        // Out of range: ignored, never a panic.
+        a.sent(2, 3);
+        a.received(9, 1);
+        assert_eq!(
+            a.counts,
+            vec![
+                ShapeCounts {
+                    sent: 1,
+                    expected: 2,
+                    received: 1
+                },
+                ShapeCounts {
+                    sent: 2,
+                    expected: 20,
+                    received: 2
+                }
+            ]
+        );
+        let mut sum = ShapeStats::default();
+        sum.add(&a);
+        sum.add(&a);
+        assert_eq!(
+            sum.counts[1],
+            ShapeCounts {
+                sent: 4,
+                expected: 40,
+                received: 4
+            }
+        );
+        assert_eq!((sum.latency[0].len(), sum.latency[1].len()), (2, 4));
+        let mut total = latency_histogram();
+        sum.merge_latency_into(&mut total);
+        assert_eq!(total.len(), 6);
+        assert!(total.equivalent(total.max(), 7_000));
     }
 
     #[test]

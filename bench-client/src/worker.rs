@@ -23,7 +23,7 @@ use crate::gaps::{GapCounts, GapTracker, Seen};
 use crate::loss::LossFilter;
 use crate::order::{Arrival, OrderTracker};
 use crate::schedule::Schedule;
-use crate::stats::{self, Counters, Published, Shared};
+use crate::stats::{self, Counters, Published, ShapeCounts, ShapeStats, Shared};
 use crate::sys::{MAX_POLL_WAIT, Timer};
 use crate::topology::{Clock, Topology};
 use crate::web::{self, KindLatency, Link, WebLink};
@@ -306,6 +306,8 @@ pub struct LoadOutcome {
     pub recovery: Histogram<u64>,
     /// `--web`: latency of measured deliveries by the receiver's transport.
     pub by_kind: KindLatency,
+    /// `--shape`: sends, deliveries and latency by the room's shape (empty without).
+    pub by_shape: ShapeStats,
 }
 
 /// Receives what a user's socket delivers.
@@ -641,6 +643,7 @@ impl Worker {
             plan: *plan,
             last_measured_send_ns: 0,
             send_lag: stats::latency_histogram(),
+            by_shape: vec![ShapeCounts::default(); topo.shapes.len()],
         }
     }
 
@@ -688,6 +691,11 @@ impl Worker {
         sink.c.gone = sink.counts.gone;
         sink.c.abandoned = sink.counts.abandoned;
         sink.c.still_missing = self.users.iter().map(|u| u.gaps.missing()).sum();
+        sink.by_shape.merge_latency_into(&mut sink.latency);
+        for (a, b) in sink.by_shape.counts.iter_mut().zip(&sender.by_shape) {
+            a.sent += b.sent;
+            a.expected += b.expected;
+        }
         LoadOutcome {
             counters: sink.c,
             latency: sink.latency,
@@ -695,6 +703,7 @@ impl Worker {
             last_measured_send_ns: sender.last_measured_send_ns,
             recovery: sink.recovery,
             by_kind: sink.by_kind,
+            by_shape: sink.by_shape,
         }
     }
 }
@@ -752,6 +761,8 @@ struct Sender {
     plan: StepPlan,
     last_measured_send_ns: u64,
     send_lag: Histogram<u64>,
+    /// `--shape`: measured sends by the sender's shape.
+    by_shape: Vec<ShapeCounts>,
 }
 
 impl Sender {
@@ -802,6 +813,13 @@ impl Sender {
                             .get(user.room as usize)
                             .map_or(0, |&n| u64::from(n));
                         self.last_measured_send_ns = now;
+                        if let Some(c) = topo
+                            .shape_of(user.room)
+                            .and_then(|i| self.by_shape.get_mut(i))
+                        {
+                            c.sent += 1;
+                            c.expected += u64::from(topo.size_of_room_of(user.id as usize));
+                        }
                     }
                 }
                 // Not sent, so not expected; the seq is reused so receivers see no gap.
@@ -878,6 +896,9 @@ struct LoadSink<'a> {
     recovery: Histogram<u64>,
     /// `--web`: `latency` by the receiver's transport.
     by_kind: KindLatency,
+    /// `--shape`: deliveries and latency by shape; with shapes, a delivery's latency is
+    /// recorded there only, and added into `latency` at the end.
+    by_shape: ShapeStats,
     counts: GapCounts,
     /// When the next NACK of any user of this worker may be due (u64::MAX: none known).
     /// Early is harmless (a scan finds nothing due); it is never late.
@@ -897,6 +918,7 @@ impl<'a> LoadSink<'a> {
             interval: stats::latency_histogram(),
             recovery: stats::latency_histogram(),
             by_kind: KindLatency::new(),
+            by_shape: ShapeStats::new(topo.shapes.len()),
             counts: GapCounts::default(),
             // Gaps left from binding or an earlier step are looked at once at the start.
             next_nack_ns: 0,
@@ -1002,7 +1024,10 @@ impl<'a> LoadSink<'a> {
         }
         if (self.plan.measure_from_ns..self.plan.end_ns).contains(&st.intended_ns) {
             self.c.received += 1;
-            stats::record(&mut self.latency, lat);
+            match self.topo.shape_of(user.room) {
+                Some(shape) => self.by_shape.received(shape, lat),
+                None => stats::record(&mut self.latency, lat),
+            }
             self.c.received_web += u64::from(user.is_web());
             self.by_kind.record(user.is_web(), lat);
         }

@@ -19,7 +19,7 @@ use super::resp::Frame;
 use crate::body::Stamp;
 use crate::order::{Arrival, OrderTracker};
 use crate::schedule::Schedule;
-use crate::stats::{self, Counters, Published, Shared};
+use crate::stats::{self, Counters, Published, ShapeStats, Shared};
 use crate::sys::{MAX_POLL_WAIT, Timer};
 use crate::topology::{Clock, Topology};
 use crate::web::KindLatency;
@@ -157,6 +157,8 @@ impl RedisWorker {
             last_measured_send_ns: sender.last_measured_send_ns,
             recovery: stats::latency_histogram(),
             by_kind: KindLatency::new(),
+            // --shape is refused with a Redis target (cli.rs).
+            by_shape: ShapeStats::new(0),
         })
     }
 

@@ -45,6 +45,7 @@ fn sample() -> StepReport {
         wall_s: 3.0,
         drops: None,
         kinds: None,
+        shapes: Vec::new(),
     }
 }
 
@@ -204,5 +205,54 @@ fn a_redis_run_says_so_in_the_table_and_the_json() {
     assert!(
         r.json()
             .contains(r#""target":"redis://127.0.0.1:6379","protocol":"redis-resp3""#)
+    );
+}
+
+#[test]
+fn shapes_in_table_and_json() {
+    use crate::shape::{Shape, ShapeRow};
+    use crate::stats::ShapeStats;
+    let mut r = sample();
+    assert!(!r.table().contains("By shape"), "no shapes, no block");
+    assert!(!r.json().contains("\"shapes\""));
+    let shapes = [Shape { size: 2, count: 5 }, Shape { size: 10, count: 1 }];
+    let mut st = ShapeStats::new(2);
+    for _ in 0..100 {
+        st.sent(0, 2);
+    }
+    for k in 0..199 {
+        st.received(0, 1_000 + k);
+    }
+    st.sent(1, 10);
+    for _ in 0..10 {
+        st.received(1, 2_000_000);
+    }
+    r.shapes = ShapeRow::rows(&shapes, &st, 2.0);
+    assert_eq!(r.shapes[0].lost(), 1);
+    assert!((r.shapes[0].loss_pct() - 0.5).abs() < 1e-9);
+    assert_eq!(r.shapes[1].deliveries_per_s(), 5.0);
+    let t = r.table();
+    assert!(t.contains("By shape"), "{t}");
+    let row = t
+        .lines()
+        .find(|l| l.contains("5 of 2"))
+        .expect("a row for 5 rooms of 2");
+    assert!(row.contains("0.500") && row.contains(" 50 "), "{row}");
+    let all = t
+        .lines()
+        .find(|l| l.trim_start().starts_with("all"))
+        .expect("a total row");
+    assert!(all.contains(" 20 ") && all.contains("0.476"), "{all}");
+    let v: serde_json::Value = serde_json::from_str(&r.json()).unwrap();
+    let s = &v["shapes"];
+    assert_eq!(s.as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(s[0]["room_size"], 2);
+    assert_eq!(s[0]["rooms"], 5);
+    assert_eq!(s[0]["expected"], 200);
+    assert_eq!(s[0]["received"], 199);
+    assert_eq!(s[1]["users"], 10);
+    assert!(
+        (s[1]["latency_p99_us"].as_f64().unwrap() - 2_000.0).abs() < 2.0,
+        "{v}"
     );
 }
