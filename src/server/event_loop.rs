@@ -53,7 +53,7 @@ use super::coalesce::Coalescer;
 use super::conn::admission::{Admission, Kind};
 use super::counters::Counters;
 use super::deadlines::DeadlineQueue;
-use super::transmit::{SessionId, Transmit};
+use super::transmit::{Addr, SessionId, Targets, Transmit};
 use super::web::http::Site;
 use super::web::{SessionOutbox, WebStats};
 use super::{Config, Relay};
@@ -141,28 +141,44 @@ struct WebSide {
     session_idle: Duration,
 }
 
-/// Rooms with at most this many UDP receivers have their end-of-wake-up datagrams staged
-/// and sent together with other rooms' in one `sendmmsg`: for such small fan-outs a system
-/// call per room costs more than copying the payload once.
+/// Sends to at most this many UDP receivers are staged and leave together in one
+/// `sendmmsg` (small rooms' outboxes, and the one-receiver answers: SYNC, NACK repairs,
+/// notices): for such small fan-outs a system call each costs more than copying the
+/// payload once.
 const STAGE_FANOUT: usize = 16;
+/// Tag of a staged room outbox: its events count as deliveries, so a refusal takes them
+/// back. Answers and notices are not deliveries (tag 0).
+const ROOM_OUTBOX: u8 = 1;
 
 /// The relay's [`Transmit`] in the loop: UDP members through `sendmmsg`, WebSocket members
 /// through the [`SessionOutbox`] (framed into their buffers after the relay call).
 struct LoopTx<'a> {
     udp: Tx<'a>,
     sessions: &'a mut SessionOutbox,
-    /// Whether small fan-outs are staged (the end-of-wake-up flush); then
-    /// [`LoopTx::send_staged`] must follow.
+    /// Whether small fan-outs are staged (a batch of datagrams read, the timers, the
+    /// end-of-wake-up flush); then [`LoopTx::send_staged`] must follow.
     stage: bool,
 }
 
 impl Transmit for LoopTx<'_> {
+    /// A room's outbox (the relay sends nothing else through `send`).
     fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
-        if self.stage && to.len() <= STAGE_FANOUT {
-            self.udp.stage(payload, to)
-        } else {
-            self.udp.send(payload, to)
+        self.send_udp(payload, to, ROOM_OUTBOX)
+    }
+
+    fn send_one(&mut self, payload: &[u8], to: Addr) -> usize {
+        match to {
+            Addr::Udp(d) => self.send_udp(payload, std::slice::from_ref(&d), 0),
+            Addr::Session(s) => self.send_sessions(payload, std::slice::from_ref(&s)),
         }
+    }
+
+    fn send_targets(&mut self, payload: &[u8], to: &Targets) -> usize {
+        let mut sent = self.send_udp(payload, to.udp(), 0);
+        if !to.sessions().is_empty() {
+            sent += self.send_sessions(payload, to.sessions());
+        }
+        sent
     }
 
     fn send_sessions(&mut self, payload: &[u8], to: &[SessionId]) -> usize {
@@ -180,13 +196,25 @@ impl<'a> LoopTx<'a> {
         }
     }
 
+    fn send_udp(&mut self, payload: &[u8], to: &[Dest], tag: u8) -> usize {
+        if to.is_empty() {
+            0
+        } else if self.stage && to.len() <= STAGE_FANOUT {
+            self.udp.stage(payload, to, tag)
+        } else {
+            self.udp.send(payload, to)
+        }
+    }
+
     /// Sends what was staged; returns the datagrams and deliveries the socket refused (a
     /// staged send was counted as sent when staged).
     fn send_staged(&mut self) -> (u64, u64) {
         let (mut datagrams, mut deliveries) = (0, 0);
-        self.udp.send_staged(|payload| {
+        self.udp.send_staged(|payload, tag| {
             datagrams += 1;
-            deliveries += RawEvents::new(payload).count() as u64;
+            if tag == ROOM_OUTBOX {
+                deliveries += RawEvents::new(payload).count() as u64;
+            }
         });
         (datagrams, deliveries)
     }
@@ -529,7 +557,7 @@ impl Server {
         let mut tx = LoopTx {
             udp: Tx::new(&*socket, sender),
             sessions: &mut self.web.outbox,
-            stage: false,
+            stage: true,
         };
         let mut read = 0;
         while read < UDP_BATCH {
@@ -542,6 +570,10 @@ impl Server {
                             self.relay.handle_datagram_to(now, from, bytes, &mut tx);
                         }
                     }
+                    // What this batch caused (SYNC answers, repairs, full small outboxes)
+                    // leaves in one call.
+                    let (datagrams, deliveries) = tx.send_staged();
+                    self.relay.count_refused(datagrams, deliveries);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     *pending = false;
@@ -560,8 +592,11 @@ impl Server {
     }
 
     fn on_timers(&mut self, now: Instant) {
-        self.relay
-            .handle_timeout(now, &mut LoopTx::new(&mut self.udp, &mut self.web.outbox));
+        let mut tx = LoopTx::new(&mut self.udp, &mut self.web.outbox);
+        tx.stage = true;
+        self.relay.handle_timeout(now, &mut tx);
+        let (datagrams, deliveries) = tx.send_staged();
+        self.relay.count_refused(datagrams, deliveries);
         self.deliver_to_sessions();
         self.on_conn_timers(now);
         if self.listeners.paused_until.is_some_and(|t| t <= now) {

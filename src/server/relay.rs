@@ -33,7 +33,7 @@ use super::deadlines::DeadlineQueue;
 use super::limits::{Bucket, FAILURE_WINDOW, PasswordThrottle};
 use super::per_ip::PerIp;
 use super::room::queue::{Entry as Queued, FlushQueue};
-use super::room::{Outflow, Room};
+use super::room::{Outflow, Room, Spares};
 use super::token::{Token, TokenMap};
 use super::transmit::{Addr, SessionId, Targets, Transmit};
 use crate::protocol::event::{EventBuf, EventKind, reason};
@@ -133,6 +133,8 @@ pub struct Relay<R> {
     queued: FlushQueue,
     /// Scratch: the rooms a flush takes from `queued`.
     flushing: Vec<Queued>,
+    /// Outbox buffers of rooms with nothing to send.
+    spares: Spares,
     /// How long a busy room may hold its outbox now (set by the loop from its busy share;
     /// zero: never).
     hold: Duration,
@@ -173,6 +175,7 @@ impl<R: Rng> Relay<R> {
             next_id: 0,
             queued: FlushQueue::default(),
             flushing: Vec::new(),
+            spares: Spares::default(),
             hold: Duration::ZERO,
             rooms_per_ip: PerIp::default(),
             members_per_ip: PerIp::default(),
@@ -292,7 +295,7 @@ impl<R: Rng> Relay<R> {
     fn flush_rooms(&mut self, rooms: &mut Vec<Queued>, tx: &mut impl Transmit) {
         for q in rooms.drain(..) {
             if let Some(room) = self.rooms.get_mut(q.key).filter(|r| r.id == q.id) {
-                room.flush_queued(&mut self.counters, tx);
+                room.flush_queued(&mut self.counters, &mut self.spares, tx);
             }
         }
     }
@@ -320,6 +323,7 @@ impl<R: Rng> Relay<R> {
             queue: &mut self.queued,
             now,
             hold: self.hold,
+            spares: &mut self.spares,
         };
         self.rooms[room].emit(kind, user, "", &mut out, tx);
         self.after_room_event(room, now);
@@ -342,6 +346,7 @@ impl<R: Rng> Relay<R> {
             counters,
             cfg,
             hold,
+            spares,
             ..
         } = self;
         let m = &members[key];
@@ -351,6 +356,7 @@ impl<R: Rng> Relay<R> {
             queue: queued,
             now,
             hold: *hold,
+            spares,
         };
         rooms[m.room].emit(kind, &m.name, body, &mut out, tx);
         let room = m.room;
@@ -383,7 +389,7 @@ impl<R: Rng> Relay<R> {
     /// token void, the name free.
     fn close_room(&mut self, key: usize, why: &str, tx: &mut impl Transmit) {
         let mut room = self.rooms.remove(key);
-        room.close(why, &mut self.counters, tx);
+        room.close(why, &mut self.counters, &mut self.spares, tx);
         for &m in room.members() {
             if self.members.contains(m) {
                 let m = self.members.remove(m);

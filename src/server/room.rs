@@ -30,8 +30,33 @@ pub mod queue;
 use history::History;
 use queue::{Entry, FlushQueue};
 
+/// Outbox buffers of rooms that hold no events, for the next room that needs one. A room
+/// holds a buffer (one datagram's worth, 4 KiB) only while it has events to send, so that
+/// 10 000 quiet rooms do not keep 40 MB of empty buffers; taking and giving one back is a
+/// `Vec` pop and push, no allocation once the pool has grown.
+#[derive(Debug, Default)]
+pub(super) struct Spares(Vec<EventBuf>);
+
+/// Most spare buffers kept (1 MiB): past a burst that queued more rooms than this at once,
+/// the extra buffers are freed rather than held for ever.
+const MAX_SPARES: usize = 256;
+
+impl Spares {
+    fn take(&mut self) -> EventBuf {
+        self.0.pop().unwrap_or_default()
+    }
+
+    fn give(&mut self, mut buf: EventBuf) {
+        if self.0.len() < MAX_SPARES {
+            buf.clear();
+            self.0.push(buf);
+        }
+    }
+}
+
 /// What an emitted event may need besides the room: where sends are counted, how many
-/// events a datagram may carry, the rooms to flush, and how long a busy room may hold.
+/// events a datagram may carry, the rooms to flush, how long a busy room may hold, and the
+/// spare outbox buffers.
 pub(super) struct Outflow<'a> {
     /// Counts events, datagrams, deliveries and refused sends.
     pub counters: &'a mut Counters,
@@ -44,6 +69,8 @@ pub(super) struct Outflow<'a> {
     /// How long a busy room may hold its outbox now (zero: flush at the end of the
     /// wake-up).
     pub hold: Duration,
+    /// Where an outbox buffer comes from and goes back to.
+    pub spares: &'a mut Spares,
 }
 
 /// A room. Its name, password, capacity, host and creator never change once created.
@@ -73,7 +100,8 @@ pub(super) struct Room {
     session_keys: Vec<usize>,
     /// Seq of the last event (0: none yet).
     seq: u32,
-    outbox: EventBuf,
+    /// Its pending events; a buffer only while it holds some (see [`Spares`]).
+    outbox: Option<EventBuf>,
     /// Whether the room is on the relay's list of outboxes to flush.
     queued: bool,
     /// When its last event was emitted: a room with another event within the hold is busy,
@@ -121,7 +149,7 @@ impl Room {
             sessions: Vec::new(),
             session_keys: Vec::new(),
             seq: 0,
-            outbox: EventBuf::default(),
+            outbox: None,
             queued: false,
             last_event: None,
             history: History::new(slot.history),
@@ -185,13 +213,20 @@ impl Room {
         out: &mut Outflow<'_>,
         tx: &mut impl Transmit,
     ) {
-        let len = self.append(kind, user, body, out.counters, tx);
+        let len = self.append(kind, user, body, out.counters, out.spares, tx);
         let busy = self
             .last_event
             .is_some_and(|t| out.now.saturating_duration_since(t) < out.hold);
         self.last_event = Some(out.now);
-        if self.outbox.events() >= out.batch_max || !self.outbox.fits_len(len) {
+        let full = self
+            .outbox
+            .as_ref()
+            .is_some_and(|b| b.events() >= out.batch_max || !b.fits_len(len));
+        if full {
             self.flush(out.counters, tx);
+            if !self.queued {
+                self.release(out.spares);
+            }
         } else if !self.queued {
             self.queued = true;
             let entry = Entry {
@@ -214,6 +249,7 @@ impl Room {
         user: &str,
         body: &str,
         counters: &mut Counters,
+        spares: &mut Spares,
         tx: &mut impl Transmit,
     ) -> usize {
         self.seq = next_seq(self.seq);
@@ -224,13 +260,14 @@ impl Room {
             body,
         };
         debug_assert!(ev.len() <= MAX_DATAGRAM, "every event fits in one datagram");
-        if !self.outbox.fits(&ev) {
+        if self.outbox.as_ref().is_some_and(|b| !b.fits(&ev)) {
             self.flush(counters, tx);
         }
-        self.outbox.push(&ev);
+        let outbox = self.outbox.get_or_insert_with(|| spares.take());
+        outbox.push(&ev);
         counters.events += 1;
         // Encoded once: the ring keeps the bytes just written to the outbox.
-        let bytes = self.outbox.bytes();
+        let bytes = outbox.bytes();
         self.history
             .push(self.seq, &bytes[bytes.len() - ev.len()..], counters);
         ev.len()
@@ -240,28 +277,43 @@ impl Room {
     /// deliveries and refused sends), and empties it: the same bytes to the UDP members and
     /// to the WebSocket members.
     pub fn flush(&mut self, counters: &mut Counters, tx: &mut impl Transmit) {
-        if self.outbox.is_empty() {
+        let Some(outbox) = self.outbox.as_mut().filter(|b| !b.is_empty()) else {
             return;
-        }
+        };
         if !self.bound.is_empty() {
-            let sent = tx.send(self.outbox.bytes(), &self.bound);
+            let sent = tx.send(outbox.bytes(), &self.bound);
             counters.datagrams_out += sent as u64;
-            counters.deliveries += (sent * self.outbox.events()) as u64;
+            counters.deliveries += (sent * outbox.events()) as u64;
             counters.send_drops += (self.bound.len() - sent) as u64;
         }
         if !self.sessions.is_empty() {
-            let sent = tx.send_sessions(self.outbox.bytes(), &self.sessions);
+            let sent = tx.send_sessions(outbox.bytes(), &self.sessions);
             counters.datagrams_out += sent as u64;
-            counters.deliveries += (sent * self.outbox.events()) as u64;
+            counters.deliveries += (sent * outbox.events()) as u64;
             counters.send_drops += (self.sessions.len() - sent) as u64;
         }
-        self.outbox.clear();
+        outbox.clear();
     }
 
-    /// The end-of-wake-up flush: takes the room off the queue, then [`Room::flush`].
-    pub fn flush_queued(&mut self, counters: &mut Counters, tx: &mut impl Transmit) {
+    /// The end-of-wake-up flush: takes the room off the queue, then [`Room::flush`], and
+    /// gives its outbox buffer back.
+    pub fn flush_queued(
+        &mut self,
+        counters: &mut Counters,
+        spares: &mut Spares,
+        tx: &mut impl Transmit,
+    ) {
         self.queued = false;
         self.flush(counters, tx);
+        self.release(spares);
+    }
+
+    /// Gives the outbox buffer back to `spares` (it is empty: called after a flush).
+    fn release(&mut self, spares: &mut Spares) {
+        if let Some(buf) = self.outbox.take() {
+            debug_assert!(buf.is_empty(), "only a flushed outbox is given back");
+            spares.give(buf);
+        }
     }
 
     /// Binds a member to `dest`: the room's datagrams go there from now on. What is queued
@@ -309,9 +361,16 @@ impl Room {
 
     /// Sends ROOM_CLOSED with `why` after whatever is queued, to every bound member, and
     /// ends the history. The caller then voids the members' tokens and drops the room.
-    pub fn close(&mut self, why: &str, counters: &mut Counters, tx: &mut impl Transmit) {
-        self.append(EventKind::RoomClosed, "", why, counters, tx);
+    pub fn close(
+        &mut self,
+        why: &str,
+        counters: &mut Counters,
+        spares: &mut Spares,
+        tx: &mut impl Transmit,
+    ) {
+        self.append(EventKind::RoomClosed, "", why, counters, spares, tx);
         self.flush(counters, tx);
+        self.release(spares);
         self.history.clear(counters);
     }
 
@@ -334,11 +393,15 @@ impl Room {
         {
             return Err(format!("room '{name}' bound lists differ"));
         }
-        if self.outbox.events() >= batch_max {
+        let held = self.outbox.as_ref().map_or(0, EventBuf::events);
+        if held >= batch_max {
             return Err(format!("room '{name}' holds a full batch"));
         }
-        if !self.outbox.is_empty() && !self.queued {
+        if held > 0 && !self.queued {
             return Err(format!("room '{name}' holds events but is not queued"));
+        }
+        if self.outbox.is_some() && !self.queued {
+            return Err(format!("room '{name}' keeps a buffer while not queued"));
         }
         self.history.check()?;
         if !self.history.is_empty() && self.history.newest() != self.seq {

@@ -99,6 +99,16 @@ impl Targets {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The UDP receivers.
+    pub fn udp(&self) -> &[Dest] {
+        &self.udp
+    }
+
+    /// The WebSocket receivers.
+    pub fn sessions(&self) -> &[SessionId] {
+        &self.sessions
+    }
 }
 
 /// The socket path: `sendmmsg` on Linux, one `send_to` per receiver elsewhere (see

@@ -22,6 +22,7 @@ struct Bench {
     room: Room,
     counters: Counters,
     queue: FlushQueue,
+    spares: Spares,
     tx: Recorder,
     /// The time of the next event.
     now: Instant,
@@ -45,6 +46,7 @@ impl Bench {
             ),
             counters: Counters::default(),
             queue: FlushQueue::default(),
+            spares: Spares::default(),
             tx: Recorder::default(),
             now: Instant::now(),
             hold: Duration::ZERO,
@@ -61,6 +63,7 @@ impl Bench {
             queue: &mut self.queue,
             now: self.now,
             hold: self.hold,
+            spares: &mut self.spares,
         };
         self.room
             .emit(EventKind::Message, "a", body, &mut out, &mut self.tx);
@@ -100,7 +103,8 @@ fn emit_queues_the_room_once_and_flush_sends_one_datagram() {
     b.emit("two", 64);
     assert_eq!(b.due(b.now), vec![3], "queued once, under its own key");
     assert!(b.tx.sent.is_empty());
-    b.room.flush_queued(&mut b.counters, &mut b.tx);
+    b.room
+        .flush_queued(&mut b.counters, &mut b.spares, &mut b.tx);
     assert_eq!(b.sent(), vec![(evs(&[(1, "one"), (2, "two")]), vec![1])]);
     assert_eq!((b.counters.events, b.counters.deliveries), (2, 2));
     assert_eq!(b.counters.datagrams_out, 1);
@@ -111,6 +115,28 @@ fn emit_queues_the_room_once_and_flush_sends_one_datagram() {
 }
 
 #[test]
+fn a_room_keeps_an_outbox_buffer_only_while_it_has_events_to_send() {
+    let mut b = Bench::new();
+    assert!(b.room.outbox.is_none(), "a new room has no buffer");
+    b.emit("one", 64);
+    assert!(b.room.outbox.is_some());
+    b.room
+        .flush_queued(&mut b.counters, &mut b.spares, &mut b.tx);
+    assert!(b.room.outbox.is_none(), "given back once sent");
+    assert_eq!(b.spares.0.len(), 1);
+    // The next event takes that same buffer: no new one.
+    b.emit("two", 64);
+    assert_eq!(b.spares.0.len(), 0);
+    // A batch that fills while the room is not queued gives it back at once.
+    b.room
+        .flush_queued(&mut b.counters, &mut b.spares, &mut b.tx);
+    b.emit("three", 1);
+    assert!(b.room.outbox.is_none());
+    assert_eq!(b.sent().len(), 3);
+    b.room.check(3, 1, 8).unwrap();
+}
+
+#[test]
 fn a_busy_room_holds_its_outbox_and_a_quiet_one_does_not() {
     let mut b = Bench::new();
     let us = Duration::from_micros(1);
@@ -118,7 +144,8 @@ fn a_busy_room_holds_its_outbox_and_a_quiet_one_does_not() {
     // The first event of a quiet room is due at the end of this wake-up, hold or not.
     b.emit("lone", 64);
     assert_eq!(b.due(b.now), vec![3]);
-    b.room.flush_queued(&mut b.counters, &mut b.tx);
+    b.room
+        .flush_queued(&mut b.counters, &mut b.spares, &mut b.tx);
     // The next one 100 µs later: the room is busy, so it holds for 300 µs.
     b.now += 100 * us;
     b.emit("busy 1", 64);
@@ -127,7 +154,8 @@ fn a_busy_room_holds_its_outbox_and_a_quiet_one_does_not() {
     assert_eq!(b.due(b.now), Vec::<usize>::new(), "held, not due yet");
     assert_eq!(b.queue.next_due(), Some(b.now - 50 * us + 300 * us));
     assert_eq!(b.due(b.now + 250 * us), vec![3]);
-    b.room.flush_queued(&mut b.counters, &mut b.tx);
+    b.room
+        .flush_queued(&mut b.counters, &mut b.spares, &mut b.tx);
     let sent = b.sent();
     assert_eq!(sent[1], (evs(&[(2, "busy 1"), (3, "busy 2")]), vec![1]));
     // After a silence longer than the hold, the room is quiet again.
@@ -242,7 +270,8 @@ fn seq_wraps_past_zero_to_one() {
 fn close_sends_room_closed_after_what_is_queued() {
     let mut b = Bench::new();
     b.emit("last words", 64);
-    b.room.close("host left", &mut b.counters, &mut b.tx);
+    b.room
+        .close("host left", &mut b.counters, &mut b.spares, &mut b.tx);
     assert_eq!(
         b.sent(),
         vec![(evs(&[(1, "last words"), (2, "host left")]), vec![1])]

@@ -166,8 +166,8 @@ pub struct Sender {
 #[derive(Default)]
 struct Staged {
     arena: Vec<u8>,
-    /// (offset, length) of each payload in the arena.
-    payloads: Vec<(usize, usize)>,
+    /// (offset, length, the caller's tag) of each payload in the arena.
+    payloads: Vec<(usize, usize, u8)>,
     /// One iovec per payload, pointed at the arena just before the call.
     iovs: Vec<libc::iovec>,
     /// Each receiver and the index of its payload.
@@ -221,7 +221,7 @@ impl BatchTx<'_> {
     /// Anything staged leaves first, so that datagrams leave in the order they were given.
     pub fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
         if !self.scratch.staged.dests.is_empty() {
-            self.send_staged(|_| {});
+            self.send_staged(|_, _| {});
         }
         let n = to.len();
         let s = &mut *self.scratch;
@@ -242,13 +242,14 @@ impl BatchTx<'_> {
 
     /// Stages `payload` for each of `to`, to leave with other staged datagrams in one
     /// `sendmmsg` at [`BatchTx::send_staged`], which the caller must call before it waits
-    /// (what is staged otherwise waits in the [`Sender`] for the next send). Returns how many were staged: all of `to`; a refusal shows later,
-    /// through `send_staged`'s callback. The payload is copied once, whatever `to`'s size,
-    /// so this is for small fan-outs.
-    pub fn stage(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+    /// (what is staged otherwise waits in the [`Sender`] for the next send). Returns how
+    /// many were staged: all of `to`; a refusal shows later, through `send_staged`'s
+    /// callback, with `tag` (the caller's: what kind of datagram it was). The payload is
+    /// copied once, whatever `to`'s size, so this is for small fan-outs.
+    pub fn stage(&mut self, payload: &[u8], to: &[Dest], tag: u8) -> usize {
         let st = &self.scratch.staged;
         if st.arena.len() + payload.len() > STAGE_BYTES || st.dests.len() + to.len() > SEND_BATCH {
-            self.send_staged(|_| {});
+            self.send_staged(|_, _| {});
         }
         if payload.len() > STAGE_BYTES || to.len() > SEND_BATCH {
             return self.send(payload, to);
@@ -258,16 +259,16 @@ impl BatchTx<'_> {
             st.arena.reserve_exact(STAGE_BYTES - st.arena.len());
         }
         let index = st.payloads.len();
-        st.payloads.push((st.arena.len(), payload.len()));
+        st.payloads.push((st.arena.len(), payload.len(), tag));
         st.arena.extend_from_slice(payload);
         st.dests.extend(to.iter().map(|&d| (d, index)));
         to.len()
     }
 
     /// Sends everything staged in one `sendmmsg` (a few, past [`SEND_BATCH`] receivers);
-    /// calls `refused` with the payload of each datagram the socket did not take. Returns
-    /// how many it took.
-    pub fn send_staged(&mut self, mut refused: impl FnMut(&[u8])) -> usize {
+    /// calls `refused` with the payload and tag of each datagram the socket did not take.
+    /// Returns how many it took.
+    pub fn send_staged(&mut self, mut refused: impl FnMut(&[u8], u8)) -> usize {
         let s = &mut *self.scratch;
         let n = s.staged.dests.len();
         if n == 0 {
@@ -276,7 +277,7 @@ impl BatchTx<'_> {
         s.grow(n);
         let st = &mut s.staged;
         st.iovs.clear();
-        for &(offset, len) in &st.payloads {
+        for &(offset, len, _) in &st.payloads {
             st.iovs.push(libc::iovec {
                 // SAFETY: offset + len <= arena.len(): the payload was copied there.
                 iov_base: unsafe { st.arena.as_mut_ptr().add(offset) }.cast(),
@@ -295,8 +296,8 @@ impl BatchTx<'_> {
         // so that the refusal callback can read it while the call borrows the headers.
         let mut st = std::mem::take(&mut self.scratch.staged);
         let sent = self.call(n, |i| {
-            let (offset, len) = st.payloads[st.dests[i].1];
-            refused(&st.arena[offset..offset + len]);
+            let (offset, len, tag) = st.payloads[st.dests[i].1];
+            refused(&st.arena[offset..offset + len], tag);
         });
         st.arena.clear();
         st.payloads.clear();
@@ -585,13 +586,13 @@ mod tests {
             .collect();
         let mut scratch = Sender::default();
         let mut tx = BatchTx::new(&server, &mut scratch);
-        assert_eq!(tx.stage(b"A", &d[0..2]), 2);
-        assert_eq!(tx.stage(b"B", &d[1..3]), 2);
+        assert_eq!(tx.stage(b"A", &d[0..2], 0), 2);
+        assert_eq!(tx.stage(b"B", &d[1..3], 0), 2);
         // A direct send lets what is staged leave first.
         assert_eq!(tx.send(b"C", &d[0..1]), 1);
-        assert_eq!(tx.send_staged(|_| panic!("nothing is staged")), 0);
-        assert_eq!(tx.stage(b"D", &d[2..3]), 1);
-        assert_eq!(tx.send_staged(|p| panic!("refused {p:?}")), 1);
+        assert_eq!(tx.send_staged(|_, _| panic!("nothing is staged")), 0);
+        assert_eq!(tx.stage(b"D", &d[2..3], 0), 1);
+        assert_eq!(tx.send_staged(|p, _| panic!("refused {p:?}")), 1);
         let bytes = |v: &[&[u8]]| v.iter().map(|b| b.to_vec()).collect::<Vec<_>>();
         assert_eq!(read_n(&r[0], 2), bytes(&[b"A", b"C"]));
         assert_eq!(read_n(&r[1], 2), bytes(&[b"A", b"B"]));
@@ -616,11 +617,11 @@ mod tests {
         ];
         let mut scratch = Sender::default();
         let mut tx = BatchTx::new(&server, &mut scratch);
-        tx.stage(b"first", &to);
-        tx.stage(b"second", &to[..1]);
+        tx.stage(b"first", &to, 7);
+        tx.stage(b"second", &to[..1], 8);
         let mut refused = Vec::new();
-        let sent = tx.send_staged(|p| refused.push(p.to_vec()));
-        assert_eq!((sent, refused), (2, vec![b"first".to_vec()]));
+        let sent = tx.send_staged(|p, tag| refused.push((p.to_vec(), tag)));
+        assert_eq!((sent, refused), (2, vec![(b"first".to_vec(), 7)]));
         assert_eq!(read_n(&ok, 2), vec![b"first".to_vec(), b"second".to_vec()]);
     }
 

@@ -155,8 +155,8 @@ mod tests {
         assert_eq!((sent, more), (2, 1));
         // Staging is sending at once here: nothing is left for send_staged.
         let mut tx = portable::BatchTx::new(&server, &mut scratch);
-        assert_eq!(tx.stage(b"next", &to[..1]), 1);
-        assert_eq!(tx.send_staged(|_| panic!("nothing staged")), 0);
+        assert_eq!(tx.stage(b"next", &to[..1], 0), 1);
+        assert_eq!(tx.send_staged(|_, _| panic!("nothing staged")), 0);
         for (i, r) in receivers.iter().enumerate() {
             r.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut buf = [0u8; 16];

@@ -87,12 +87,12 @@ impl<'a> BatchTx<'a> {
     }
 
     /// As [`BatchTx::send`]: there is no batch to join here, so nothing is staged.
-    pub fn stage(&mut self, payload: &[u8], to: &[Dest]) -> usize {
+    pub fn stage(&mut self, payload: &[u8], to: &[Dest], _tag: u8) -> usize {
         self.send(payload, to)
     }
 
     /// Nothing is ever staged here.
-    pub fn send_staged(&mut self, _refused: impl FnMut(&[u8])) -> usize {
+    pub fn send_staged(&mut self, _refused: impl FnMut(&[u8], u8)) -> usize {
         0
     }
 
