@@ -6,6 +6,7 @@
 #
 # Usage: scripts/curve.sh [--quick]
 #   OCM_SHAPES="25x20 2x250" OCM_LOADS="200000 1000000" OCM_SECONDS=4 scripts/curve.sh
+#   OCM_HOLDS="0 500 2000" scripts/curve.sh     (--max-hold-us values; "default": no flag)
 # Shapes are SIZExROOMS (rooms of SIZE members, ROOMS of them); loads are deliveries/s
 # (bench-client is asked for loads / SIZE messages per second). --quick: one shape (25x20),
 # three loads, 2 s each. Pinning as bench.sh does it (server on one CPU, bench on the rest).
@@ -26,7 +27,7 @@ if [ "${1:-}" = "--quick" ]; then
     loads="200000 1000000 4000000"
     seconds=2
 fi
-holds="0 default"
+holds="${OCM_HOLDS:-0 default}"
 
 cargo build --release --quiet -p ocm -p bench-client
 out="$(mktemp)"
@@ -42,7 +43,7 @@ for shape in $shapes; do
         rate=$((load / size))
         for hold in $holds; do
             server_args=""
-            [ "$hold" = "0" ] && server_args="--max-hold-us 0"
+            [ "$hold" != "default" ] && server_args="--max-hold-us $hold"
             if ! OCM_SERVER_ARGS="$server_args" scripts/bench.sh --users "$users" --rooms "$rooms" \
                 --rate "$rate" --duration "$seconds" --warmup 1 --quiet >"$out" 2>&1; then
                 printf '%-8s %-6s %10s  (run failed: %s)\n' "$shape" "$hold" "$load" \

@@ -106,7 +106,7 @@ struct Args {
     /// longest a busy room holds its outbox while the server is busy, in microseconds, so
     /// datagrams fill as load rises (adaptive: nothing is held on an idle server, nor in a
     /// quiet room); 0 sends every outbox at the end of its wake-up; at most 50000
-    /// (default: 500)
+    /// (default: 1000)
     #[argh(option, default = "default_max_hold_us()")]
     max_hold_us: u64,
 
