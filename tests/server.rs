@@ -494,3 +494,26 @@ fn random_bytes_on_both_ports_do_not_hurt_a_correct_client() {
     let e = alice.wait_for(|e| e.kind == 1);
     assert_eq!(e.body, "survived");
 }
+
+/// Adaptive coalescing (`--max-hold-us`) holds nothing on an idle server: with the largest
+/// hold allowed (50 ms), messages sent one after another, each while the room is busy
+/// with the last, still arrive long before a hold could have ended, and the metrics show
+/// no hold.
+#[test]
+fn an_idle_server_holds_nothing_even_with_the_largest_hold() {
+    let srv = ServerProc::start(&["--max-hold-us", "50000", "--metrics", "127.0.0.1:0"]);
+    let [alice, bob] = srv.room("quiet", ["alice", "bob"]);
+    for i in 0..5 {
+        let sent = Instant::now();
+        alice.send(&format!("message {i}"));
+        bob.wait_for(|e| e.kind == EventKind::Message as u8 && e.body == format!("message {i}"));
+        let took = sent.elapsed();
+        // Held, it would have taken 50 ms; half of that leaves room for a slow machine.
+        assert!(
+            took < Duration::from_millis(25),
+            "message {i} took {took:?}"
+        );
+    }
+    assert_eq!(srv.metric("ocm_coalesce_hold_seconds"), 0.0);
+    assert!(srv.metric("ocm_loop_busy_share") < 0.25);
+}

@@ -96,3 +96,42 @@ impl Timer {
         self.fd.as_raw_fd()
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn an_armed_timer_wakes_a_mio_poll_after_its_delay_and_once() {
+        let timer = Timer::new().unwrap();
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(
+                &mut mio::unix::SourceFd(&timer.raw_fd()),
+                mio::Token(7),
+                mio::Interest::READABLE,
+            )
+            .unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        let t0 = Instant::now();
+        timer.arm(Duration::from_millis(20)).unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        let took = t0.elapsed();
+        assert_eq!(
+            events.iter().map(|e| e.token()).collect::<Vec<_>>(),
+            [mio::Token(7)]
+        );
+        assert!(took >= Duration::from_millis(20), "woke early: {took:?}");
+        timer.ack();
+        // Fired once: nothing more without arming again.
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(events.is_empty());
+        timer.arm(Duration::from_millis(5)).unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(!events.is_empty(), "armed again, it wakes the poll again");
+    }
+}
