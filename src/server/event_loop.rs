@@ -59,6 +59,7 @@ use super::{Config, Relay};
 use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
 
+mod cluster;
 mod tcp;
 mod tls;
 mod web;
@@ -91,6 +92,8 @@ const UDP: Token = Token(1);
 const SIGNALS: Token = Token(2);
 const METRICS: Token = Token(3);
 const WEB: Token = Token(4);
+/// The cluster thread's waker (`--cluster`).
+const CLUSTER: Token = Token(5);
 /// Connection tokens are slab keys plus this.
 pub const CONN_BASE: usize = 16;
 
@@ -191,6 +194,8 @@ pub struct Server {
     /// Sources that still had input when their turn's budget ran out: served first next
     /// turn, and the poll does not wait while any is here.
     backlog: Vec<Token>,
+    /// With `--cluster`: the NATS thread's end (`event_loop/cluster.rs`).
+    cluster: Option<super::cluster::Cluster>,
 }
 
 impl Server {
@@ -258,6 +263,7 @@ impl Server {
             stats: LoopStats::default(),
             tls: None,
             backlog: Vec::new(),
+            cluster: None,
         })
     }
 
@@ -349,6 +355,7 @@ impl Server {
             self.on_timers(now);
             self.relay
                 .flush(&mut LoopTx::new(&mut self.udp, &mut self.web.outbox));
+            self.cluster_turn(now);
             self.deliver_to_sessions();
             self.write_touched(now);
             self.stats.busy += now.elapsed();
@@ -383,6 +390,7 @@ impl Server {
         }
         let next = [
             self.relay.next_timeout(),
+            self.relay.cluster_deadline(),
             self.clients.deadlines.next(),
             self.listeners.paused_until,
         ]
@@ -404,6 +412,7 @@ impl Server {
         };
         self.relay.shutdown(&mut tx);
         self.relay.flush(&mut tx);
+        self.cluster_stop();
         // Sessions get theirs too, with one non-blocking write each.
         self.deliver_to_sessions();
         self.write_touched(Instant::now());

@@ -26,6 +26,7 @@
 //!   [`crate::sys`] (socket set-up, batched UDP system calls, where every `unsafe` lives)
 //!   are the only code that does I/O.
 
+pub mod cluster;
 pub mod conn;
 pub mod counters;
 pub mod deadlines;

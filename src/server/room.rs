@@ -23,6 +23,7 @@ use crate::protocol::event::{Event, EventBuf, EventKind};
 use crate::protocol::{MAX_DATAGRAM, next_seq};
 
 pub mod history;
+pub mod mirror;
 
 use history::History;
 
@@ -74,6 +75,9 @@ pub(super) struct Room {
     pub tail_due: Option<Instant>,
     /// (v1.1) Whether the relay's tail queue holds an entry for this room.
     pub tail_scheduled: bool,
+    /// (cluster) A room of this node shared with others: each datagram sent, for the
+    /// backplane (`None` without `--cluster`: nothing is copied).
+    pub backplane: Option<Vec<Vec<u8>>>,
 }
 
 /// Where a new room is and what it keeps.
@@ -114,6 +118,7 @@ impl Room {
             history: History::new(slot.history),
             tail_due: None,
             tail_scheduled: false,
+            backplane: None,
         }
     }
 
@@ -227,6 +232,9 @@ impl Room {
             counters.datagrams_out += sent as u64;
             counters.deliveries += (sent * self.outbox.events()) as u64;
             counters.send_drops += (self.sessions.len() - sent) as u64;
+        }
+        if let Some(b) = &mut self.backplane {
+            b.push(self.outbox.bytes().to_vec());
         }
         self.outbox.clear();
     }

@@ -234,6 +234,7 @@ impl Server {
                     relay,
                     tx: &mut tx,
                     peer,
+                    conn: SessionId { key, id: client.id },
                 };
                 client.conn.on_read(now, n, &mut service);
             }

@@ -62,6 +62,13 @@ impl<R: Rng> Relay<R> {
         let op = req.operation();
         let room_bytes = req.room().as_bytes();
         let result = match *req {
+            // Over WebSocket, rooms are not clustered yet (docs/cluster.md): refused
+            // rather than made outside the cluster's one namespace.
+            Request::Create { .. } | Request::Join { .. }
+                if session.is_some() && self.cluster.is_some() =>
+            {
+                Err(Status::ServerFull)
+            }
             Request::Create {
                 room,
                 user,
@@ -87,6 +94,18 @@ impl<R: Rng> Relay<R> {
                 resume_key,
             } => self.resume(now, origin, room, token, resume_key, tx),
         };
+        self.answer(op, room_bytes, result, out)
+    }
+
+    /// Counts and encodes the answer to a request: the RESPONSE, and the COMPLETE of a
+    /// success (a grant for `Some(member)`, the room list for LIST).
+    pub(super) fn answer(
+        &mut self,
+        op: Operation,
+        room_bytes: &[u8],
+        result: Result<Option<usize>, Status>,
+        out: &mut Vec<u8>,
+    ) -> Status {
         let status = match result {
             Ok(_) => Status::Ok,
             Err(s) => s,
@@ -110,7 +129,7 @@ impl<R: Rng> Relay<R> {
         status
     }
 
-    fn create(
+    pub(super) fn create(
         &mut self,
         now: Instant,
         origin: Origin,
@@ -204,7 +223,13 @@ impl<R: Rng> Relay<R> {
 
     /// Enters a member of `room` into the member table, with a fresh token and deadline;
     /// the room itself is the caller's to tell.
-    fn add_member(&mut self, now: Instant, room: usize, origin: Origin, name: &str) -> usize {
+    pub(super) fn add_member(
+        &mut self,
+        now: Instant,
+        room: usize,
+        origin: Origin,
+        name: &str,
+    ) -> usize {
         let (ip, session) = origin;
         self.members_per_ip.add(ip);
         let token = loop {
@@ -263,6 +288,11 @@ impl<R: Rng> Relay<R> {
     }
 
     fn encode_list(&self, out: &mut Vec<u8>) {
+        if self.cluster.is_some() {
+            // Every room of the cluster, from the registry.
+            self.encode_cluster_list(out);
+            return;
+        }
         // `str` orders by bytes, as LIST wants.
         encode_list(
             out,

@@ -1,0 +1,459 @@
+//! Whole-process tests of `--cluster` (docs/cluster.md): a real `nats-server -js` on a free
+//! loopback port, real `ocm-server` nodes joined through it, real clients on loopback.
+//!
+//! Without `nats-server` these tests print a skip line and pass, except under `CI=true`,
+//! where `scripts/test.sh` installs it and its absence is a failure.
+
+mod common;
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ocm::protocol::MAX_DATAGRAM;
+use ocm::protocol::Status;
+use ocm::protocol::control::{ControlBody, ControlDatagram};
+use ocm::protocol::event::{EventKind, RawEvents, SyncInfo};
+
+/// Where Debian puts it; else whatever `PATH` finds.
+const NATS_PATHS: [&str; 2] = ["/usr/sbin/nats-server", "/usr/bin/nats-server"];
+/// How long a death may take to reach the other nodes' members (the promise).
+const DEATH_NOTICE: Duration = Duration::from_secs(5);
+const SHORT: Duration = Duration::from_millis(300);
+
+/// The `nats-server` binary, or `None` (skip) outside CI.
+fn nats_binary() -> Option<PathBuf> {
+    let found = NATS_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join("nats-server"))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nats-server is required under CI=true (scripts/test.sh installs it)"
+        );
+        eprintln!(
+            "SKIP: nats-server not found; the cluster tests need it (apt-get install nats-server)"
+        );
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A `nats-server -js` on loopback, with its store in a directory of its own.
+struct Nats {
+    bin: PathBuf,
+    child: Option<Child>,
+    port: u16,
+    store: PathBuf,
+}
+
+impl Nats {
+    fn start() -> Option<Nats> {
+        let bin = nats_binary()?;
+        let port = free_port();
+        let store = std::env::temp_dir().join(format!("ocm-nats-{}-{port}", std::process::id()));
+        let mut n = Nats {
+            bin,
+            child: None,
+            port,
+            store,
+        };
+        n.run();
+        Some(n)
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(&self.bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < end, "nats-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// `n` nodes on one NATS, each seeing the others' rooms (a probe room made on the first
+/// is listed by all, then gone from all).
+fn cluster(nats: &Nats, n: usize, extra: &[&str]) -> Vec<ServerProc> {
+    let url = nats.url();
+    let nodes: Vec<ServerProc> = (1..=n)
+        .map(|i| {
+            let name = format!("n{i}");
+            let mut flags = vec!["--cluster", &url, "--node", &name];
+            flags.extend_from_slice(extra);
+            ServerProc::start(&flags)
+        })
+        .collect();
+    let end = Instant::now() + Duration::from_secs(20);
+    let probe = loop {
+        match nodes[0].control().create("probe", "p", b"", 0) {
+            Ok(m) => break m,
+            Err(_) => {
+                assert!(Instant::now() < end, "the first node never took a CREATE");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    for node in &nodes {
+        wait_listed(node, "probe", true);
+    }
+    node_control(&nodes[0])
+        .leave("probe", &probe.token)
+        .unwrap();
+    for node in &nodes {
+        wait_listed(node, "probe", false);
+    }
+    nodes
+}
+
+fn node_control(node: &ServerProc) -> ocm::client::control::ControlClient {
+    node.control()
+}
+
+/// Waits (10 s at most) until `node`'s LIST does (or does not) show `room`.
+fn wait_listed(node: &ServerProc, room: &str, shown: bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = node.control().list().expect("list");
+        if list.iter().any(|r| r.name == room) == shown {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{room} {} in the list of {}: {list:?}",
+            if shown { "never" } else { "still" },
+            node.addr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Joins `room` on `node` and binds (own JOINED seen).
+fn member_on(node: &ServerProc, room: &str, user: &str) -> Member {
+    node.member(room, user)
+}
+
+/// Every event a member receives within `wait`, as (kind, seq, user, body).
+fn events(m: &Member, wait: Duration) -> Vec<(u8, u32, String, String)> {
+    m.recv_for(wait)
+        .into_iter()
+        .map(|e| (e.kind, e.seq, e.user, e.body))
+        .collect()
+}
+
+#[test]
+fn three_nodes_chat_in_one_room_with_one_seq() {
+    let Some(nats) = Nats::start() else { return };
+    let nodes = cluster(&nats, 3, &[]);
+    let host = nodes[0].host("lobby", "ann");
+    let bob = member_on(&nodes[1], "lobby", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    let cat = member_on(&nodes[2], "lobby", "cat");
+    host.wait_for(|e| e.is(EventKind::Joined, "cat"));
+    bob.wait_for(|e| e.is(EventKind::Joined, "cat"));
+    // Both ways: from the owner's node and from the others; each waits for its message
+    // to come back before the next is sent, so the order is known.
+    let all = [&host, &bob, &cat];
+    let mut seqs: Vec<Vec<u32>> = vec![Vec::new(); 3];
+    for (i, from) in all.iter().enumerate() {
+        let body = format!("from {}", from.m.user);
+        from.send(&body);
+        for (j, m) in all.iter().enumerate() {
+            let e = m.wait_for(|e| e.body == body);
+            assert_eq!(e.user, from.m.user);
+            seqs[j].push(e.seq);
+        }
+        assert!(seqs.iter().all(|s| s[i] == seqs[0][i]), "one Seq: {seqs:?}");
+    }
+    assert_eq!(
+        seqs[0],
+        [seqs[0][0], seqs[0][0] + 1, seqs[0][0] + 2],
+        "the owner sequenced them one after the other"
+    );
+    // Nothing twice, nothing more.
+    for m in all {
+        let more = events(m, SHORT);
+        assert!(more.is_empty(), "{}: more than once: {more:?}", m.m.user);
+    }
+}
+
+#[test]
+fn one_namespace_room_exists_across_nodes_and_a_race_has_one_winner() {
+    let Some(nats) = Nats::start() else { return };
+    let nodes = cluster(&nats, 3, &[]);
+    let _host = nodes[0].control().create("taken", "a", b"", 0).unwrap();
+    wait_listed(&nodes[1], "taken", true);
+    let got = nodes[1].control().create("taken", "b", b"", 0);
+    assert_eq!(status_of(got), Status::RoomExists);
+    // Three nodes race for one name, several times: exactly one wins each time.
+    for round in 0..5 {
+        let room = format!("race{round}");
+        let results: Vec<Status> = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let room = room.clone();
+                    s.spawn(
+                        move || match n.control().create(&room, &format!("u{i}"), b"", 0) {
+                            Ok(_) => Status::Ok,
+                            Err(e) => e.status().expect("a status"),
+                        },
+                    )
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let wins = results.iter().filter(|&&s| s == Status::Ok).count();
+        assert_eq!(wins, 1, "round {round}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|&s| s == Status::Ok || s == Status::RoomExists),
+            "{results:?}"
+        );
+    }
+}
+
+#[test]
+fn capacity_password_names_and_list_hold_across_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let nodes = cluster(&nats, 3, &[]);
+    let _host = nodes[0].control().create("club", "ann", b"pw", 3).unwrap();
+    wait_listed(&nodes[2], "club", true);
+    let wrong = nodes[1].control().join("club", "bob", b"nope");
+    assert_eq!(status_of(wrong), Status::BadPassword);
+    let _bob = nodes[1].control().join("club", "bob", b"pw").unwrap();
+    let twice = nodes[2].control().join("club", "bob", b"pw");
+    assert_eq!(
+        status_of(twice),
+        Status::NameTaken,
+        "names are one per room, any node"
+    );
+    let host_name = nodes[2].control().join("club", "ann", b"pw");
+    assert_eq!(status_of(host_name), Status::NameTaken);
+    let _cat = nodes[2].control().join("club", "cat", b"pw").unwrap();
+    let full = nodes[1].control().join("club", "dan", b"pw");
+    assert_eq!(
+        status_of(full),
+        Status::RoomFull,
+        "one capacity over the nodes"
+    );
+    let full_on_owner = nodes[0].control().join("club", "dan", b"pw");
+    assert_eq!(status_of(full_on_owner), Status::RoomFull);
+    let missing = nodes[1].control().join("nowhere", "dan", b"");
+    assert_eq!(status_of(missing), Status::RoomNotFound);
+    // LIST on every node: every room of the cluster, with the owner's counts.
+    let _other = nodes[1].control().create("annex", "eve", b"", 5).unwrap();
+    for node in &nodes {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let list = node.control().list().unwrap();
+            let club = list.iter().find(|r| r.name == "club");
+            let annex = list.iter().find(|r| r.name == "annex");
+            let ok = club.is_some_and(|c| (c.members, c.capacity, c.password) == (3, 3, true))
+                && annex.is_some_and(|a| (a.members, a.capacity, a.password) == (1, 5, false));
+            if ok {
+                let names: Vec<&str> = list.iter().map(|r| r.name.as_str()).collect();
+                assert_eq!(names, ["annex", "club"], "in byte order");
+                break;
+            }
+            assert!(Instant::now() < end, "{}: {list:?}", node.addr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A member's control datagram (v1.1).
+fn control(m: &Member, body: ControlBody<'_>) {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let n = ControlDatagram {
+        room: m.m.room.as_bytes(),
+        token: &m.m.token,
+        body,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    m.sock.send(&buf[..n]).unwrap();
+}
+
+/// Room events (Seq > 0) of the datagrams that arrive within `wait`, as raw bytes (v1.1
+/// notices have binary bodies, so they are read raw and skipped).
+fn raw_room_events(m: &Member, wait: Duration) -> Vec<(u8, u32, String, Vec<u8>)> {
+    let end = Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        m.sock
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let Ok(n) = m.sock.recv(&mut buf) else { break };
+        for e in RawEvents::new(&buf[..n]) {
+            let e = e.expect("well-formed");
+            if e.seq != 0 {
+                out.push((e.kind, e.seq, e.user.to_string(), e.body.to_vec()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_member_on_another_node_recovers_through_nack_there() {
+    let Some(nats) = Nats::start() else { return };
+    let nodes = cluster(&nats, 2, &[]);
+    let host = nodes[0].host("hist", "ann");
+    let bob = member_on(&nodes[1], "hist", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    let mut first = 0;
+    for i in 0..5 {
+        host.send(&format!("m{i}"));
+        let e = bob.wait_for(|e| e.body == format!("m{i}"));
+        if i == 0 {
+            first = e.seq;
+        }
+    }
+    // Bob says it missed all five: its own node answers from its copy of the history.
+    control(
+        &bob,
+        ControlBody::Nack {
+            from_seq: first,
+            count: 5,
+        },
+    );
+    let got = raw_room_events(&bob, Duration::from_millis(700));
+    let want: Vec<(u8, u32, String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                EventKind::Message as u8,
+                first + i,
+                "ann".to_string(),
+                format!("m{i}").into_bytes(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // SYNC on the mirror says the room's latest Seq.
+    control(&bob, ControlBody::Sync);
+    let end = Instant::now() + Duration::from_secs(2);
+    let mut buf = [0u8; 4096];
+    let last = loop {
+        assert!(Instant::now() < end, "no SYNC answer");
+        bob.sock.set_read_timeout(Some(SHORT)).unwrap();
+        let Ok(n) = bob.sock.recv(&mut buf) else {
+            continue;
+        };
+        let sync = RawEvents::new(&buf[..n])
+            .flatten()
+            .find(|e| e.kind == EventKind::Sync as u8 && e.user == "bob")
+            .map(|e| SyncInfo::parse(e.body).unwrap());
+        if let Some(s) = sync {
+            break s.last_seq;
+        }
+    };
+    assert_eq!(last, first + 4);
+}
+
+#[test]
+fn sigkill_of_the_owner_closes_its_rooms_elsewhere_within_five_seconds() {
+    let Some(nats) = Nats::start() else { return };
+    let mut nodes = cluster(&nats, 3, &[]);
+    let host = nodes[0].host("doomed", "ann");
+    let bob = member_on(&nodes[1], "doomed", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    let cat = member_on(&nodes[2], "doomed", "cat");
+    bob.wait_for(|e| e.is(EventKind::Joined, "cat"));
+    // A room owned by a survivor is not touched.
+    let dan = nodes[1].host("safe", "dan");
+    let eve = member_on(&nodes[2], "safe", "eve");
+    dan.wait_for(|e| e.is(EventKind::Joined, "eve"));
+    let killed = Instant::now();
+    nodes[0].signal(libc::SIGKILL);
+    for m in [&bob, &cat] {
+        let e = m.wait_for(|e| e.kind == EventKind::RoomClosed as u8);
+        assert_eq!(e.body, "host unreachable");
+        assert!(killed.elapsed() <= DEATH_NOTICE, "{:?}", killed.elapsed());
+    }
+    // The name is free again, on any node.
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        match nodes[2].control().create("doomed", "fay", b"", 0) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.status(), Some(Status::RoomExists));
+                assert!(Instant::now() < end, "the name stayed taken");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    eve.send("still here");
+    dan.wait_for(|e| e.body == "still here");
+    let _ = nodes.remove(0);
+}
+
+#[test]
+fn sigterm_closes_the_nodes_rooms_everywhere_with_shutting_down() {
+    let Some(nats) = Nats::start() else { return };
+    let mut nodes = cluster(&nats, 2, &[]);
+    let _host = nodes[0].host("bye", "ann");
+    let bob = member_on(&nodes[1], "bye", "bob");
+    nodes[0].signal(libc::SIGTERM);
+    let e = bob.wait_for(|e| e.kind == EventKind::RoomClosed as u8);
+    assert_eq!(e.body, "server shutting down");
+    assert!(
+        nodes[0].wait(Duration::from_secs(5)).is_some(),
+        "node 1 exits"
+    );
+    // Its record went with it: the name is free at once.
+    wait_listed(&nodes[1], "bye", false);
+    nodes[1].control().create("bye", "bob2", b"", 0).unwrap();
+}
