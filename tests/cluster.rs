@@ -457,3 +457,88 @@ fn sigterm_closes_the_nodes_rooms_everywhere_with_shutting_down() {
     wait_listed(&nodes[1], "bye", false);
     nodes[1].control().create("bye", "bob2", b"", 0).unwrap();
 }
+
+#[test]
+fn nats_restarting_mid_chat_rooms_carry_on_and_remote_members_recover() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let nodes = cluster(&nats, 2, &[]);
+    let host = nodes[0].host("storm", "ann");
+    let dan = member_on(&nodes[0], "storm", "dan");
+    host.wait_for(|e| e.is(EventKind::Joined, "dan"));
+    let bob = member_on(&nodes[1], "storm", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    host.send("before");
+    let before = bob.wait_for(|e| e.body == "before").seq;
+    nats.kill();
+    // The room carries on where its host is.
+    host.send("during");
+    let during = dan.wait_for(|e| e.body == "during");
+    assert_eq!(during.seq, before + 1);
+    nats.run();
+    // Once the nodes are back on NATS, the next event shows bob's node the gap, which it
+    // repairs from the owner: bob gets what it missed, in order, nothing twice.
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut got: Vec<(u32, String)> = Vec::new();
+    let mut i = 0;
+    while !got.iter().any(|(_, b)| b.starts_with("after")) {
+        assert!(Instant::now() < end, "bob never heard again: {got:?}");
+        host.send(&format!("after{i}"));
+        i += 1;
+        for e in bob.recv_for(Duration::from_millis(500)) {
+            if e.kind == EventKind::Message as u8 {
+                got.push((e.seq, e.body));
+            }
+        }
+    }
+    assert_eq!(got[0], (during.seq, "during".to_string()), "{got:?}");
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0 + 1,
+            "in order, no gap, nothing twice: {got:?}"
+        );
+    }
+    // And bob talks to the room again.
+    bob.send("bob is back");
+    host.wait_for(|e| e.body == "bob is back");
+}
+
+#[test]
+fn a_node_stopped_briefly_catches_up_when_it_continues() {
+    let Some(nats) = Nats::start() else { return };
+    let nodes = cluster(&nats, 2, &[]);
+    let host = nodes[0].host("nap", "ann");
+    let bob = member_on(&nodes[1], "nap", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    nodes[1].signal(libc::SIGSTOP);
+    for i in 0..3 {
+        host.send(&format!("while stopped {i}"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    nodes[1].signal(libc::SIGCONT);
+    for i in 0..3 {
+        bob.wait_for(|e| e.body == format!("while stopped {i}"));
+    }
+    bob.send("awake");
+    host.wait_for(|e| e.body == "awake");
+}
+
+#[test]
+fn an_owner_stopped_past_the_liveness_limit_loses_its_rooms_on_both_sides() {
+    let Some(nats) = Nats::start() else { return };
+    let nodes = cluster(&nats, 2, &[]);
+    let host = nodes[0].host("frozen", "ann");
+    let bob = member_on(&nodes[1], "frozen", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    let stopped = Instant::now();
+    nodes[0].signal(libc::SIGSTOP);
+    let e = bob.wait_for(|e| e.kind == EventKind::RoomClosed as u8);
+    assert_eq!(e.body, "host unreachable");
+    assert!(stopped.elapsed() <= DEATH_NOTICE);
+    nodes[0].signal(libc::SIGCONT);
+    // The stopped node learns that its room was taken from it, and closes it too.
+    let e = host.wait_for(|e| e.kind == EventKind::RoomClosed as u8);
+    assert_eq!(e.body, "host unreachable");
+}

@@ -175,6 +175,8 @@ pub enum Notice {
     Created {
         /// The ticket it carried.
         ticket: u64,
+        /// The record's key.
+        key: String,
         /// The record's revision, or the failure.
         result: Result<u64, CreateFailure>,
     },

@@ -408,9 +408,13 @@ impl Node {
                 tokio::spawn(async move {
                     let result = create(&rooms, &key, record).await;
                     if let Ok(rev) = result {
-                        lock(&shared).mine.insert(key, rev);
+                        lock(&shared).mine.insert(key.clone(), rev);
                     }
-                    out.tell(Notice::Created { ticket, result });
+                    out.tell(Notice::Created {
+                        ticket,
+                        key,
+                        result,
+                    });
                 });
             }
             Command::Update { key, record } => {

@@ -456,13 +456,17 @@ impl<R: Rng> Relay<R> {
                 record,
                 revision,
             } => self.on_registry(now, room, record, revision, tx),
-            Notice::Created { ticket, result } => {
+            Notice::Created {
+                ticket,
+                key,
+                result,
+            } => {
                 let result = match result {
                     Ok(rev) => Ok(rev),
                     Err(CreateFailure::Exists) => Err(Status::RoomExists),
                     Err(CreateFailure::Unavailable) => Err(Status::ServerFull),
                 };
-                self.on_created(now, ticket, result, tx);
+                self.on_created(now, ticket, key, result, tx);
             }
             Notice::NodeDown { node } => self.on_node_down(now, &node, tx),
             Notice::Batch { room, bytes } => self.on_batch(now, &room, &bytes, Take::Live, tx),
@@ -520,24 +524,23 @@ impl<R: Rng> Relay<R> {
         &mut self,
         now: Instant,
         ticket: u64,
+        key: String,
         result: Result<u64, Status>,
         tx: &mut impl Transmit,
     ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        let Some((_, Pending::Create { .. })) = c.pending.get(&ticket) else {
-            // Too late: answered SERVER_FULL at its deadline. A record made after all is
-            // this node's by name but holds no room: delete it.
-            if let Ok(_rev) = result {
-                debug!("cluster: a late CREATE's record is dropped");
+        if !matches!(c.pending.get(&ticket), Some((_, Pending::Create { .. }))) {
+            // Too late: it was answered SERVER_FULL at its deadline. A record made after
+            // all names this node and holds no room: delete it.
+            if result.is_ok() {
+                debug!("cluster: a late CREATE's record {key} is deleted");
+                c.commands.push(Command::Delete { key });
             }
             return;
-        };
-        match result {
-            Ok(rev) => self.settle(now, ticket, Ok(rev), tx),
-            Err(s) => self.settle(now, ticket, Err(s), tx),
         }
+        self.settle(now, ticket, result, tx);
     }
 
     /// Ends a deferred request: `Ok` carries the record revision (CREATE) or nothing
@@ -595,14 +598,7 @@ impl<R: Rng> Relay<R> {
                         }
                         made
                     }
-                    Err(s) => {
-                        if s == Status::ServerFull && result.is_err() {
-                            // A CREATE that timed out may still land: its record would name
-                            // this node and no room; the stale-record sweep deletes it.
-                            debug!("cluster: CREATE of '{room}' not answered in time");
-                        }
-                        Err(s)
-                    }
+                    Err(s) => Err(s),
                 };
                 let mut out = Vec::new();
                 self.answer(Operation::Create, room.as_bytes(), made, &mut out);
