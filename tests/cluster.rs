@@ -542,3 +542,66 @@ fn an_owner_stopped_past_the_liveness_limit_loses_its_rooms_on_both_sides() {
     let e = host.wait_for(|e| e.kind == EventKind::RoomClosed as u8);
     assert_eq!(e.body, "host unreachable");
 }
+
+/// Moves `m` to `node` with RESUME, on a fresh socket bound there (its first datagram
+/// binds silently).
+fn resume_on(node: &ServerProc, m: Member) -> Member {
+    let moved = node.control().resume(&m.m).expect("resume");
+    assert_eq!(moved.udp_addr.port(), node.udp.port());
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.connect(moved.udp_addr).unwrap();
+    let m = Member::with_socket(moved, sock);
+    m.heartbeat();
+    m
+}
+
+#[test]
+fn resume_moves_a_member_from_one_node_to_another() {
+    let Some(nats) = Nats::start() else { return };
+    let nodes = cluster(&nats, 3, &[]);
+    let host = nodes[0].host("roam", "ann");
+    let bob = member_on(&nodes[1], "roam", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    let dan = member_on(&nodes[0], "roam", "dan");
+    bob.wait_for(|e| e.is(EventKind::Joined, "dan"));
+    // A wrong key is refused by the node that holds the member.
+    let mut forged = bob.m.clone();
+    forged.resume_key = vec![b'x'; 32];
+    let refused = nodes[2].control().resume(&forged);
+    assert_eq!(status_of(refused), Status::Unauthorized);
+    // bob: from a mirror (n2) to another mirror (n3).
+    let old = bob.sock.try_clone().unwrap();
+    let bob = resume_on(&nodes[2], bob);
+    host.send("to bob on n3");
+    let e = bob.wait_for(|e| e.body == "to bob on n3");
+    bob.send("bob from n3");
+    let back = host.wait_for(|e| e.body == "bob from n3");
+    assert_eq!(back.seq, e.seq + 1, "one Seq still");
+    // Nothing more at the old address.
+    old.set_read_timeout(Some(SHORT)).unwrap();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = old.recv(&mut buf) {
+        let evs: Vec<_> = ocm::protocol::event::Events::new(&buf[..n])
+            .flatten()
+            .collect();
+        assert!(
+            !evs.iter()
+                .any(|e| e.body == "bob from n3" || e.body == "after move"),
+            "the old node still sends to bob: {evs:?}"
+        );
+    }
+    // dan: from the owner (n1) to a mirror (n2).
+    let dan = resume_on(&nodes[1], dan);
+    dan.send("dan from n2");
+    host.wait_for(|e| e.body == "dan from n2");
+    bob.wait_for(|e| e.body == "dan from n2");
+    // bob again: home to the owner (n1).
+    let bob = resume_on(&nodes[0], bob);
+    bob.send("bob home");
+    dan.wait_for(|e| e.body == "bob home");
+    host.send("after move");
+    bob.wait_for(|e| e.body == "after move");
+    // Names still count once: a JOIN as bob anywhere is NAME_TAKEN.
+    let again = nodes[2].control().join("roam", "bob", b"");
+    assert_eq!(status_of(again), Status::NameTaken);
+}

@@ -244,6 +244,9 @@ pub mod subject {
     pub fn ask(node: &str) -> String {
         format!("ocm.ask.{node}")
     }
+
+    /// Where every node is asked who holds a member that resumes elsewhere.
+    pub const RESUME: &str = "ocm.resume";
 }
 
 /// The loop's end of the cluster thread.

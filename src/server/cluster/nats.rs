@@ -260,6 +260,7 @@ impl Node {
         for (subj, asked) in [
             (subject::forward_all(&self.name), false),
             (subject::ask(&self.name), true),
+            (subject::RESUME.to_owned(), true),
         ] {
             let client = self.client.clone();
             let out = self.out.clone();

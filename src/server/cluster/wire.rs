@@ -13,6 +13,9 @@
 //!   3 ANSWER    status (1)                                       the owner's TCRP status
 //!   4 HISTORY   room, from (4), count (2)                        resend these Seqs
 //!   5 EVENTS    events, back to back                             the held part of them
+//!   6 HANDOVER  room, node, token, resume key                    who holds this member?
+//!   7 MEMBER    node, user, client seq (4)                       I did; it is yours now
+//!   8 MOVED     room, user, from node, to node                   (to the owner) it moved
 //! ```
 
 use crate::protocol::MAX_MESSAGE;
@@ -61,6 +64,38 @@ pub enum Msg<'a> {
     },
     /// The owner's answer to [`Msg::History`]: the events it still holds, as encoded.
     Events(&'a [u8]),
+    /// RESUME on another node (to every node): the node holding the member with this token
+    /// gives it up if the resume key is its key.
+    Handover {
+        /// The room.
+        room: &'a str,
+        /// The node the member resumes on.
+        node: &'a str,
+        /// The member's token.
+        token: &'a [u8],
+        /// The resume key it showed.
+        key: &'a [u8],
+    },
+    /// The answer to [`Msg::Handover`]: the member, given up.
+    Member {
+        /// The node that held it.
+        node: &'a str,
+        /// Its name.
+        user: &'a str,
+        /// The highest ClientSeq relayed for it.
+        client_seq: u32,
+    },
+    /// A member of the owner's room moved from one node to another (RESUME).
+    Moved {
+        /// The room.
+        room: &'a str,
+        /// The member's name.
+        user: &'a str,
+        /// The node that held it.
+        from: &'a str,
+        /// The node that holds it now.
+        to: &'a str,
+    },
 }
 
 /// Why a backplane message did not parse.
@@ -100,6 +135,9 @@ const JOIN: u8 = 2;
 const ANSWER: u8 = 3;
 const HISTORY: u8 = 4;
 const EVENTS: u8 = 5;
+const HANDOVER: u8 = 6;
+const MEMBER: u8 = 7;
+const MOVED: u8 = 8;
 
 /// Reads fields off the front of a message.
 struct Reader<'a>(&'a [u8]);
@@ -136,6 +174,15 @@ impl<'a> Reader<'a> {
             return Err(WireError::BadText);
         }
         Ok(s)
+    }
+
+    /// One-byte-prefixed, non-empty bytes.
+    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
+        let n = usize::from(self.u8()?);
+        if n == 0 {
+            return Err(WireError::Truncated);
+        }
+        self.take(n)
     }
 
     fn end(&self) -> Result<(), WireError> {
@@ -192,6 +239,23 @@ impl<'a> Msg<'a> {
                 count: r.u16()?,
             },
             EVENTS => return Ok(Msg::Events(r.0)),
+            HANDOVER => Msg::Handover {
+                room: r.name()?,
+                node: r.name()?,
+                token: r.bytes()?,
+                key: r.bytes()?,
+            },
+            MEMBER => Msg::Member {
+                node: r.name()?,
+                user: r.name()?,
+                client_seq: r.u32()?,
+            },
+            MOVED => Msg::Moved {
+                room: r.name()?,
+                user: r.name()?,
+                from: r.name()?,
+                to: r.name()?,
+            },
             t => return Err(WireError::Tag(t)),
         };
         r.end()?;
@@ -229,15 +293,54 @@ impl<'a> Msg<'a> {
                 out.push(EVENTS);
                 out.extend_from_slice(events);
             }
+            Msg::Handover {
+                room,
+                node,
+                token,
+                key,
+            } => {
+                out.push(HANDOVER);
+                put_name(out, room);
+                put_name(out, node);
+                put_bytes(out, token);
+                put_bytes(out, key);
+            }
+            Msg::Member {
+                node,
+                user,
+                client_seq,
+            } => {
+                out.push(MEMBER);
+                put_name(out, node);
+                put_name(out, user);
+                out.extend_from_slice(&client_seq.to_be_bytes());
+            }
+            Msg::Moved {
+                room,
+                user,
+                from,
+                to,
+            } => {
+                out.push(MOVED);
+                put_name(out, room);
+                put_name(out, user);
+                put_name(out, from);
+                put_name(out, to);
+            }
         }
     }
 }
 
 /// A one-byte-prefixed string (cut at 255 bytes: callers never pass longer).
 fn put_name(out: &mut Vec<u8>, s: &str) {
-    let n = s.len().min(255);
+    put_bytes(out, s.as_bytes());
+}
+
+/// One-byte-prefixed bytes (cut at 255: tokens and keys are shorter).
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len().min(255);
     out.push(n as u8);
-    out.extend_from_slice(&s.as_bytes()[..n]);
+    out.extend_from_slice(&b[..n]);
 }
 
 #[cfg(test)]
@@ -272,6 +375,23 @@ mod tests {
                 count: 512,
             },
             Msg::Events(&[1, 0, 0, 0, 1, 0, 0, 0]),
+            Msg::Handover {
+                room: "lobby",
+                node: "n2",
+                token: b"0123456789abcdef0123456789abcdef",
+                key: &[0xFF; 16],
+            },
+            Msg::Member {
+                node: "n2",
+                user: "bob",
+                client_seq: 7,
+            },
+            Msg::Moved {
+                room: "lobby",
+                user: "bob",
+                from: "n2",
+                to: "n3",
+            },
         ]
     }
 

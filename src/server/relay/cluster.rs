@@ -36,6 +36,8 @@ use crate::server::room::{Room, Slot};
 use crate::server::token;
 use crate::server::transmit::{SessionId, Transmit};
 
+mod roam;
+
 /// ROOM_CLOSED's reason when the node serving the host was lost (PROTOCOL.md §2.2).
 pub const HOST_UNREACHABLE: &str = "host unreachable";
 /// A remote member's entry lives this long without a word from its node (each forwarded
@@ -98,6 +100,8 @@ enum Pending {
         room: usize,
         id: u64,
     },
+    /// RESUME of a member another node holds (`roam.rs`).
+    Resume(roam::Resume),
 }
 
 /// The relay's cluster state (see the module docs).
@@ -221,6 +225,19 @@ impl<R: Rng> Relay<R> {
                     return true;
                 }
                 self.defer_join(now, origin, conn, room, user, password, resume_key)
+            }
+            Request::Resume {
+                room,
+                token,
+                resume_key,
+            } => {
+                let here = <&crate::server::token::Token>::try_from(token)
+                    .is_ok_and(|t| self.by_token.contains_key(t));
+                if here {
+                    self.handle_request(now, peer, req, out, tx);
+                    return true;
+                }
+                self.defer_resume(now, origin, conn, room, token, resume_key)
             }
             _ => {
                 self.handle_request(now, peer, req, out, tx);
@@ -472,6 +489,12 @@ impl<R: Rng> Relay<R> {
             Notice::Batch { room, bytes } => self.on_batch(now, &room, &bytes, Take::Live, tx),
             Notice::Forwarded { bytes } => match Msg::parse(&bytes) {
                 Ok(Msg::Forward(f)) => self.on_forward(now, f, tx),
+                Ok(Msg::Moved {
+                    room,
+                    user,
+                    from,
+                    to,
+                }) => self.on_moved(room, user, from, to),
                 Ok(_) => debug!("cluster: not a forward on the forward subject"),
                 Err(e) => debug!("cluster: bad forward: {e}"),
             },
@@ -632,6 +655,17 @@ impl<R: Rng> Relay<R> {
                     c.answers.push((conn, out));
                 }
             }
+            Pending::Resume(r) => {
+                let result = match result {
+                    Ok(_) => Err(Status::ServerFull),
+                    Err(s) => Err(s),
+                };
+                let mut out = Vec::new();
+                self.answer(Operation::Resume, r.room.as_bytes(), result, &mut out);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.answers.push((r.conn, out));
+                }
+            }
             Pending::Repair { room, id } => {
                 // Timed out: take the next batch wherever it starts.
                 if let Some(r) = self.rooms.get_mut(room).filter(|r| r.id == id) {
@@ -655,6 +689,23 @@ impl<R: Rng> Relay<R> {
         record: &RoomRecord,
         tx: &mut impl Transmit,
     ) -> Result<Option<usize>, Status> {
+        let key = self.mirror_for(room, record, tx)?;
+        let m = self.add_member(now, key, origin, user);
+        self.rooms[key].admit(m);
+        info!(
+            "'{user}' joined room '{room}' from {} (owner elsewhere)",
+            origin.0
+        );
+        Ok(Some(m))
+    }
+
+    /// This node's room `room`: its mirror, made now if there is none.
+    fn mirror_for(
+        &mut self,
+        room: &str,
+        record: &RoomRecord,
+        tx: &mut impl Transmit,
+    ) -> Result<usize, Status> {
         let key = match self.by_name.get(room) {
             Some(&k) => k,
             None => {
@@ -698,13 +749,7 @@ impl<R: Rng> Relay<R> {
                 key
             }
         };
-        let m = self.add_member(now, key, origin, user);
-        self.rooms[key].admit(m);
-        info!(
-            "'{user}' joined room '{room}' from {} (owner elsewhere)",
-            origin.0
-        );
-        Ok(Some(m))
+        Ok(key)
     }
 
     /// Drops a mirror quietly (no member left, or its ROOM_CLOSED already went out).
@@ -820,8 +865,18 @@ impl<R: Rng> Relay<R> {
         match f.kind {
             EventKind::Message | EventKind::Joined => self.emit_from(key, f.kind, f.body, now, tx),
             EventKind::Left | EventKind::TimedOut => {
+                let was_host = self.rooms[room].host == key;
                 self.remove_remote(key, tx);
                 self.emit(room, f.kind, f.user, now, tx);
+                if was_host {
+                    // A host that resumed on another node, and left or timed out there.
+                    let why = if f.kind == EventKind::Left {
+                        reason::HOST_LEFT
+                    } else {
+                        reason::HOST_TIMED_OUT
+                    };
+                    self.close_room(room, why, tx);
+                }
             }
             _ => {}
         }
@@ -970,6 +1025,15 @@ impl<R: Rng> Relay<R> {
                 out
             }
             Ok(Msg::History { room, from, count }) => self.history_answer(room, from, count),
+            Ok(Msg::Handover {
+                room,
+                node,
+                token,
+                key,
+            }) => match self.hand_over(now, room, node, token, key, tx) {
+                Some(answer) => answer,
+                None => return,
+            },
             Ok(_) | Err(_) => return,
         };
         if let Some(c) = self.cluster.as_mut() {
@@ -1104,6 +1168,10 @@ impl<R: Rng> Relay<R> {
                     }
                 }
             }
+            Pending::Resume(_) => {
+                let answer = bytes.as_deref().map(Msg::parse);
+                self.resumed(now, ticket, answer, tx);
+            }
             Pending::Create { .. } => {}
         }
     }
@@ -1140,6 +1208,3 @@ fn status_of(b: u8) -> Status {
         .find(|s| *s as u8 == b)
         .unwrap_or(Status::ServerFull)
 }
-
-#[allow(dead_code)]
-const _: &str = reason::HOST_LEFT;
