@@ -61,21 +61,57 @@ struct Nats {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
+    /// More flags (a NATS cluster's routes).
+    extra: Vec<String>,
 }
 
 impl Nats {
     fn start() -> Option<Nats> {
         let bin = nats_binary()?;
-        let port = free_port();
+        let mut n = Nats::new(bin, free_port(), Vec::new());
+        n.run();
+        Some(n)
+    }
+
+    fn new(bin: PathBuf, port: u16, extra: Vec<String>) -> Nats {
         let store = std::env::temp_dir().join(format!("ocm-nats-{}-{port}", std::process::id()));
-        let mut n = Nats {
+        Nats {
             bin,
             child: None,
             port,
             store,
-        };
-        n.run();
-        Some(n)
+            extra,
+        }
+    }
+
+    /// Three servers routed to each other on loopback, JetStream clustered.
+    fn three() -> Option<Vec<Nats>> {
+        let bin = nats_binary()?;
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers: Vec<Nats> = (0..3)
+            .map(|i| {
+                let extra = vec![
+                    "--server_name".into(),
+                    format!("s{i}"),
+                    "--cluster_name".into(),
+                    "ocm".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", routes[i]),
+                    "--routes".into(),
+                    all.clone(),
+                ];
+                Nats::new(bin.clone(), free_port(), extra)
+            })
+            .collect();
+        for s in &mut servers {
+            s.run();
+        }
+        Some(servers)
     }
 
     fn run(&mut self) {
@@ -89,6 +125,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -124,11 +161,18 @@ impl Drop for Nats {
 /// `n` nodes on one NATS, each seeing the others' rooms (a probe room made on the first
 /// is listed by all, then gone from all).
 fn cluster(nats: &Nats, n: usize, extra: &[&str]) -> Vec<ServerProc> {
-    let url = nats.url();
-    let nodes: Vec<ServerProc> = (1..=n)
-        .map(|i| {
-            let name = format!("n{i}");
-            let mut flags = vec!["--cluster", &url, "--node", &name];
+    let urls = vec![nats.url(); n];
+    cluster_on(&urls, extra)
+}
+
+/// One node per entry of `urls` (its `--cluster` value), settled as for [`cluster`].
+fn cluster_on(urls: &[String], extra: &[&str]) -> Vec<ServerProc> {
+    let nodes: Vec<ServerProc> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let name = format!("n{}", i + 1);
+            let mut flags = vec!["--cluster", url, "--node", &name];
             flags.extend_from_slice(extra);
             ServerProc::start(&flags)
         })
@@ -604,4 +648,65 @@ fn resume_moves_a_member_from_one_node_to_another() {
     // Names still count once: a JOIN as bob anywhere is NAME_TAKEN.
     let again = nodes[2].control().join("roam", "bob", b"");
     assert_eq!(status_of(again), Status::NameTaken);
+}
+
+#[test]
+fn a_three_server_nats_cluster_loses_one_server_and_the_rooms_carry_on() {
+    let Some(mut servers) = Nats::three() else {
+        return;
+    };
+    // Each node prefers its own NATS server and knows the others.
+    let urls: Vec<String> = (0..3)
+        .map(|i| {
+            (0..3)
+                .map(|j| servers[(i + j) % 3].url())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let nodes = cluster_on(&urls, &["--cluster-replicas", "3"]);
+    let host = nodes[0].host("sturdy", "ann");
+    let bob = member_on(&nodes[1], "sturdy", "bob");
+    host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    let cat = member_on(&nodes[2], "sturdy", "cat");
+    bob.wait_for(|e| e.is(EventKind::Joined, "cat"));
+    servers[0].kill();
+    // The owner's node moves to another NATS server; its members elsewhere hear it again
+    // (what went missing in between is repaired from the owner).
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    loop {
+        assert!(Instant::now() < end, "bob and cat never heard ann again");
+        let body = format!("after loss {i}");
+        host.send(&body);
+        i += 1;
+        let b = bob.recv_for(Duration::from_millis(300));
+        let c = cat.recv_for(Duration::from_millis(300));
+        for e in b.iter().chain(&c) {
+            assert_ne!(
+                e.kind,
+                EventKind::RoomClosed as u8,
+                "nobody was judged dead: {e:?}"
+            );
+        }
+        if b.iter().any(|e| e.body == body) && c.iter().any(|e| e.body == body) {
+            break;
+        }
+    }
+    cat.send("cat still here");
+    host.wait_for(|e| e.body == "cat still here");
+    // The registry (three copies, two left) still takes new rooms, and refuses taken names.
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        match nodes[1].control().create("fresh", "dan", b"", 0) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(e.status(), Some(Status::ServerFull), "{e}");
+                assert!(Instant::now() < end, "no CREATE after losing a NATS server");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let taken = nodes[2].control().create("sturdy", "eve", b"", 0);
+    assert_eq!(status_of(taken), Status::RoomExists);
 }

@@ -164,6 +164,11 @@ struct Args {
     /// NATS password for --cluster-user
     #[argh(option)]
     cluster_password: Option<String>,
+
+    /// copies of the cluster's key-value buckets in a NATS cluster: 3 survives the loss
+    /// of one NATS server of three; only the first node to start makes them
+    #[argh(option)]
+    cluster_replicas: Option<usize>,
 }
 
 /// `--web`: an address, or off.
@@ -296,13 +301,14 @@ fn run(args: &Args, tls: Option<Arc<rustls::ServerConfig>>) -> Result<(), String
         server = server.with_tls(tls);
     }
     if let Some(urls) = &args.cluster {
-        let cfg = ocm::server::cluster::ClusterConfig::from_flags(
+        let mut cfg = ocm::server::cluster::ClusterConfig::from_flags(
             urls,
             args.node.as_deref(),
             args.cluster_creds.clone(),
             args.cluster_user.clone(),
             args.cluster_password.clone(),
         )?;
+        cfg.replicas = args.cluster_replicas.unwrap_or(1).clamp(1, 5);
         server = server.with_cluster(cfg).map_err(|e| e.to_string())?;
     }
     let (tcp_addr, udp_addr) = server.local_addrs().map_err(|e| e.to_string())?;

@@ -51,6 +51,9 @@ pub struct ClusterConfig {
     pub creds: Option<std::path::PathBuf>,
     /// User and password for a secured NATS.
     pub user: Option<(String, String)>,
+    /// Copies of the key-value buckets a NATS cluster keeps (1 for a single server; 3 to
+    /// survive the loss of one of three).
+    pub replicas: usize,
 }
 
 impl ClusterConfig {
@@ -94,6 +97,7 @@ impl ClusterConfig {
             node: node.to_owned(),
             creds,
             user,
+            replicas: 1,
         })
     }
 }

@@ -161,6 +161,7 @@ async fn bucket(
     js: &async_nats::jetstream::Context,
     name: &str,
     max_age: Duration,
+    replicas: usize,
 ) -> Result<Store, String> {
     if let Ok(s) = js.get_key_value(name).await {
         return Ok(s);
@@ -174,7 +175,7 @@ async fn bucket(
         deny_delete: true,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
-        num_replicas: 1,
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await
@@ -198,8 +199,8 @@ async fn serve(
     let js = async_nats::jetstream::new(client.clone());
     let (rooms, nodes) = loop {
         let made = async {
-            let r = bucket(&js, ROOMS_BUCKET, Duration::ZERO).await?;
-            let n = bucket(&js, NODES_BUCKET, NODE_KEY_AGE).await?;
+            let r = bucket(&js, ROOMS_BUCKET, Duration::ZERO, cfg.replicas).await?;
+            let n = bucket(&js, NODES_BUCKET, NODE_KEY_AGE, cfg.replicas).await?;
             Ok::<_, String>((r, n))
         };
         tokio::select! {
