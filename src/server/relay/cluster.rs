@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use rand::Rng;
+use slab::Slab;
 
 use super::recovery::RepairBucket;
 use super::requests::Origin;
@@ -75,6 +76,14 @@ struct Mirror {
     orphaned: Option<Instant>,
 }
 
+/// A remote member of an owned room: which node serves it.
+#[derive(Debug)]
+struct Remote {
+    /// The member's generation: an entry left behind for a reused slab slot is not its.
+    id: u64,
+    node: Box<str>,
+}
+
 /// A request waiting for the cluster.
 #[derive(Debug)]
 enum Pending {
@@ -111,15 +120,42 @@ pub struct ClusterSide {
     registry: BTreeMap<Box<str>, Registered>,
     owned: HashMap<usize, Owned>,
     mirrors: HashMap<usize, Mirror>,
-    /// Remote members of owned rooms: member key → its node.
-    remote: HashMap<usize, Box<str>>,
+    /// Remote members of owned rooms, by member key.
+    remote: HashMap<usize, Remote>,
     pending: HashMap<u64, (Instant, Pending)>,
     next_ticket: u64,
     commands: Vec<Command>,
     answers: Vec<(SessionId, Vec<u8>)>,
+    /// Rooms (owned or mirrors) whose events, output or members changed since the last
+    /// turn: the turn looks at these, not at every room.
+    touched: Vec<usize>,
+    /// Whether some mirror is orphaned (its record gone, its ROOM_CLOSED not yet here).
+    orphans: bool,
 }
 
 impl ClusterSide {
+    /// The node serving member `k`, if it is a remote member.
+    fn node_of<'a>(&'a self, k: usize, members: &Slab<Member>) -> Option<&'a str> {
+        let r = self.remote.get(&k)?;
+        members
+            .get(k)
+            .is_some_and(|m| m.id == r.id)
+            .then_some(&*r.node)
+    }
+
+    /// Notes member `k` as a remote member served by `node`.
+    fn set_remote(&mut self, k: usize, members: &Slab<Member>, node: &str) {
+        if let Some(m) = members.get(k) {
+            self.remote.insert(
+                k,
+                Remote {
+                    id: m.id,
+                    node: node.into(),
+                },
+            );
+        }
+    }
+
     fn ticket(&mut self) -> u64 {
         self.next_ticket += 1;
         self.next_ticket
@@ -145,6 +181,8 @@ impl<R: Rng> Relay<R> {
             next_ticket: 0,
             commands: Vec::new(),
             answers: Vec::new(),
+            touched: Vec::new(),
+            orphans: false,
         }));
     }
 
@@ -214,14 +252,18 @@ impl<R: Rng> Relay<R> {
                 password,
                 resume_key,
             } => {
-                let local = self.by_name.get(room).is_some_and(|k| {
+                let local = self.by_name.get(room).copied().filter(|k| {
                     !self
                         .cluster
                         .as_ref()
                         .is_some_and(|c| c.mirrors.contains_key(k))
                 });
-                if local {
+                if let Some(key) = local {
                     self.handle_request(now, peer, req, out, tx);
+                    // Its member count may have changed: the record says it.
+                    if let Some(c) = self.cluster.as_mut() {
+                        c.touched.push(key);
+                    }
                     return true;
                 }
                 self.defer_join(now, origin, conn, room, user, password, resume_key)
@@ -401,27 +443,38 @@ impl<R: Rng> Relay<R> {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
-        let orphans: Vec<usize> = c
-            .mirrors
-            .iter()
-            .filter(|(_, m)| m.orphaned.is_some_and(|t| t + ORPHAN_GRACE <= now))
-            .map(|(&k, _)| k)
-            .collect();
-        for key in orphans {
-            self.flush_room(key, tx);
-            self.close_room(key, HOST_UNREACHABLE, tx);
+        if c.orphans {
+            let orphans: Vec<usize> = c
+                .mirrors
+                .iter()
+                .filter(|(_, m)| m.orphaned.is_some_and(|t| t + ORPHAN_GRACE <= now))
+                .map(|(&k, _)| k)
+                .collect();
+            c.orphans = c.mirrors.values().any(|m| m.orphaned.is_some());
+            for key in orphans {
+                self.flush_room(key, tx);
+                self.close_room(key, HOST_UNREACHABLE, tx);
+            }
         }
-        let empty: Vec<usize> = self
-            .cluster
-            .as_ref()
-            .map(|c| {
-                c.mirrors
-                    .keys()
-                    .copied()
-                    .filter(|&k| self.rooms.get(k).is_some_and(|r| r.members().is_empty()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        self.publish_touched();
+    }
+
+    /// For each room touched since the last turn: a mirror with no member left is dropped;
+    /// an owned room's datagrams go out on its subject, and its record is rewritten if its
+    /// member count changed. A room still holding events stays on the list.
+    fn publish_touched(&mut self) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let mut touched = std::mem::take(&mut c.touched);
+        touched.sort_unstable();
+        touched.dedup();
+        let empty: Vec<usize> = touched
+            .iter()
+            .copied()
+            .filter(|k| c.mirrors.contains_key(k))
+            .filter(|&k| self.rooms.get(k).is_some_and(|r| r.members().is_empty()))
+            .collect();
         for key in empty {
             self.drop_mirror(key);
         }
@@ -429,8 +482,8 @@ impl<R: Rng> Relay<R> {
         let Some(c) = cluster.as_mut() else {
             return;
         };
-        for (&key, o) in c.owned.iter_mut() {
-            let Some(room) = rooms.get_mut(key) else {
+        for &key in &touched {
+            let (Some(o), Some(room)) = (c.owned.get_mut(&key), rooms.get_mut(key)) else {
                 continue;
             };
             if let Some(b) = room.backplane.as_mut() {
@@ -440,6 +493,9 @@ impl<R: Rng> Relay<R> {
                         bytes,
                     });
                 }
+            }
+            if room.holds_events() {
+                c.touched.push(key);
             }
             let members = u16::try_from(room.members().len()).unwrap_or(u16::MAX);
             if members != o.members {
@@ -452,6 +508,11 @@ impl<R: Rng> Relay<R> {
                     record,
                 });
             }
+        }
+        // Keep the list's memory for the next turn.
+        touched.clear();
+        if c.touched.is_empty() {
+            c.touched = touched;
         }
     }
 
@@ -531,6 +592,7 @@ impl<R: Rng> Relay<R> {
                 };
                 if let Some(m) = c.mirrors.get_mut(&key) {
                     m.orphaned.get_or_insert(now);
+                    c.orphans = true;
                 } else if c.owned.get(&key).is_some_and(|o| o.revision < revision) {
                     // Our record was deleted by others: they judged this node dead (it was
                     // cut off, or stopped). The room is over everywhere else; so here too.
@@ -812,6 +874,7 @@ impl<R: Rng> Relay<R> {
         let Some(c) = self.cluster.as_mut() else {
             return false;
         };
+        c.touched.push(room);
         let Some(m) = c.mirrors.get(&room) else {
             return false;
         };
@@ -852,9 +915,12 @@ impl<R: Rng> Relay<R> {
             return;
         }
         let members = &self.members;
-        let Some(key) = self.rooms[room].members().iter().copied().find(|&k| {
-            *members[k].name == *f.user && c.remote.get(&k).is_some_and(|n| **n == *f.node)
-        }) else {
+        let Some(key) = self.rooms[room]
+            .members()
+            .iter()
+            .copied()
+            .find(|&k| *members[k].name == *f.user && c.node_of(k, members) == Some(f.node))
+        else {
             debug!(
                 "cluster: forward for '{}' who is not a member of '{}'",
                 f.user, f.room
@@ -907,9 +973,9 @@ impl<R: Rng> Relay<R> {
             .collect();
         let remote: Vec<usize> = c
             .remote
-            .iter()
-            .filter(|(_, n)| ***n == *node)
-            .map(|(&k, _)| k)
+            .keys()
+            .copied()
+            .filter(|&k| c.node_of(k, &self.members) == Some(node))
             .collect();
         for key in mirrors {
             info!(
@@ -976,6 +1042,9 @@ impl<R: Rng> Relay<R> {
                 .find(|&k| *self.members[k].name == **name);
             if let Some(k) = mine {
                 self.remove_member(k, Entry::Pending, tx);
+                if let Some(c) = self.cluster.as_mut() {
+                    c.touched.push(key);
+                }
             }
         }
         if taken.events > 0 {
@@ -1092,7 +1161,8 @@ impl<R: Rng> Relay<R> {
         self.deadlines.schedule(deadline, m, id);
         self.rooms[key].admit(m);
         if let Some(c) = self.cluster.as_mut() {
-            c.remote.insert(m, node.into());
+            c.set_remote(m, &self.members, node);
+            c.touched.push(key);
         }
         info!("'{user}' joined room '{room}' on node '{node}'");
         Status::Ok

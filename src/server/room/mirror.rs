@@ -132,6 +132,11 @@ impl Room {
         }
     }
 
+    /// Whether the outbox holds events not yet sent (and so not yet on the backplane).
+    pub fn holds_events(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
     /// Forgets the mirror's Seq: the next batch is taken wherever it starts (a repair that
     /// failed).
     pub fn forget_seq(&mut self) {

@@ -146,11 +146,14 @@ impl<R: Rng> Relay<R> {
             mm.resume_key = None;
             mm.deadline = now + REMOTE_IDLE;
             if let Some(c) = self.cluster.as_mut() {
-                c.remote.insert(m, node.into());
+                c.set_remote(m, &self.members, node);
             }
         } else {
             // A mirror's member: gone from here without a word (it is not leaving).
             self.remove_member(m, Entry::Pending, tx);
+            if let Some(c) = self.cluster.as_mut() {
+                c.touched.push(room_key);
+            }
         }
         info!("'{user}' of room '{room}' resumes on node '{node}'");
         Msg::Member {
@@ -235,7 +238,7 @@ impl<R: Rng> Relay<R> {
                 .members()
                 .iter()
                 .copied()
-                .find(|&k| *members[k].name == *user && c.remote.contains_key(&k))
+                .find(|&k| *members[k].name == *user && c.node_of(k, members).is_some())
                 .ok_or(Status::Unauthorized)?;
             c.remote.remove(&k);
             let m = &mut self.members[k];
@@ -312,12 +315,13 @@ impl<R: Rng> Relay<R> {
             return;
         }
         let members = &self.members;
-        let found =
-            self.rooms[key].members().iter().copied().find(|&k| {
-                *members[k].name == *user && c.remote.get(&k).is_some_and(|n| **n == *from)
-            });
+        let found = self.rooms[key]
+            .members()
+            .iter()
+            .copied()
+            .find(|&k| *members[k].name == *user && c.node_of(k, members) == Some(from));
         if let Some(k) = found {
-            c.remote.insert(k, to.into());
+            c.set_remote(k, members, to);
             info!("'{user}' of room '{room}' moved from node '{from}' to '{to}'");
         }
     }
