@@ -5,6 +5,8 @@
 //! where `scripts/test.sh` installs it and its absence is a failure.
 
 mod common;
+#[path = "common/ws.rs"]
+mod ws;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -708,5 +710,73 @@ fn a_three_server_nats_cluster_loses_one_server_and_the_rooms_carry_on() {
         }
     }
     let taken = nodes[2].control().create("sturdy", "eve", b"", 0);
+    assert_eq!(status_of(taken), Status::RoomExists);
+}
+
+/// A chat datagram (v1) for a WebSocket member.
+fn web_datagram(room: &str, token: &[u8], message: &str) -> Vec<u8> {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let n = ocm::protocol::datagram::ChatDatagram {
+        room: room.as_bytes(),
+        token,
+        message,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf[..n].to_vec()
+}
+
+/// The events of the datagrams a session receives within `wait`.
+fn web_events(web: &mut ws::Ws, wait: Duration) -> Vec<(u8, u32, String, String)> {
+    let end = Instant::now() + wait;
+    let mut out = Vec::new();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        let Some(d) = web.recv_datagram_within(left) else {
+            break;
+        };
+        for e in ocm::protocol::event::Events::new(&d).flatten() {
+            out.push((e.kind, e.seq, e.user.to_string(), e.body.to_string()));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_websocket_session_creates_and_joins_across_nodes() {
+    let Some(nats) = Nats::start() else { return };
+    let url = nats.url();
+    let nodes = cluster(&nats, 1, &[]);
+    let n2 = ws::WebServer::start(&["--cluster", &url, "--node", "n2"]);
+    let control2 = || {
+        ocm::client::control::ControlClient::connect(&n2.tcp.to_string(), Duration::from_secs(5))
+            .unwrap()
+    };
+    let host = nodes[0].host("mixed", "ann");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !control2().list().unwrap().iter().any(|r| r.name == "mixed") {
+        assert!(Instant::now() < end, "n2 never saw the room");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // JOIN over a session on n2, of a room owned by n1: deferred, then answered.
+    let mut web = ws::Ws::open(&n2);
+    let token = web.join("mixed", "web");
+    web.send_unit(2, &web_datagram("mixed", &token, ""));
+    host.wait_for(|e| e.is(EventKind::Joined, "web"));
+    host.send("hello web");
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = web_events(&mut web, Duration::from_millis(200));
+        if got.iter().any(|e| e.3 == "hello web") {
+            break;
+        }
+        assert!(Instant::now() < end, "the session never heard ann");
+    }
+    web.send_unit(2, &web_datagram("mixed", &token, "hello ann"));
+    host.wait_for(|e| e.body == "hello ann");
+    // CREATE over a session: in the one namespace.
+    let mut web2 = ws::Ws::open(&n2);
+    let _t = web2.create("webroom", "w2");
+    wait_listed(&nodes[0], "webroom", true);
+    let taken = nodes[0].control().create("webroom", "x", b"", 0);
     assert_eq!(status_of(taken), Status::RoomExists);
 }

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use log::warn;
 
-use super::{CLUSTER, LoopTx, Server};
+use super::{CLUSTER, LoopTx, Server, WebSide};
 use crate::server::cluster::{Cluster, ClusterConfig};
 use crate::server::conn::admission::Kind;
 use crate::server::conn::tcrp;
+use crate::server::transmit::SessionId;
+use crate::server::web::session::{Web, frame_replies};
 
 /// Notices handled per wake-up; more wait for the next (the thread's waker is rung again).
 const NOTICES_PER_TURN: usize = 4096;
@@ -72,7 +74,8 @@ impl Server {
     }
 
     /// Gives connection `key` (generation `id`) the answer it waited for, and serves the
-    /// requests queued behind it.
+    /// requests queued behind it. A WebSocket session gets it framed as channel-1
+    /// messages (PROTOCOL.md §6).
     fn answer_deferred(&mut self, key: usize, id: u64, answer: &[u8], now: Instant) {
         let Server {
             relay,
@@ -81,21 +84,47 @@ impl Server {
             web,
             ..
         } = self;
-        let Some(client) = clients
-            .slab
-            .get_mut(key)
-            .filter(|c| c.id == id && c.kind == Kind::Tcrp)
-        else {
+        let Some(client) = clients.slab.get_mut(key).filter(|c| c.id == id) else {
             return; // it closed meanwhile
         };
-        let mut tx = LoopTx::new(udp, &mut web.outbox);
-        let mut service = tcrp::Tcrp {
-            relay,
-            tx: &mut tx,
-            peer: client.peer.ip(),
-            conn: crate::server::transmit::SessionId { key, id },
-        };
-        client.conn.answer_deferred(now, answer, &mut service);
+        let session = SessionId { key, id };
+        match client.kind {
+            Kind::Tcrp => {
+                let mut tx = LoopTx::new(udp, &mut web.outbox);
+                let mut service = tcrp::Tcrp {
+                    relay,
+                    tx: &mut tx,
+                    peer: client.peer.ip(),
+                    conn: session,
+                };
+                client.conn.answer_deferred(now, answer, &mut service);
+            }
+            Kind::Web => {
+                let WebSide {
+                    site,
+                    outbox,
+                    scratch,
+                    stats,
+                    ..
+                } = web;
+                let mut framed = Vec::new();
+                frame_replies(&mut framed, answer, stats);
+                let mut tx = LoopTx::new(udp, outbox);
+                let mut service = Web {
+                    relay,
+                    tx: &mut tx,
+                    peer: client.peer.ip(),
+                    session,
+                    state: &mut client.web,
+                    site,
+                    scratch,
+                    stats,
+                };
+                client.conn.answer_deferred(now, &framed, &mut service);
+                self.deliver_to_sessions();
+            }
+            Kind::Http => return,
+        }
         self.on_writable(key, now);
     }
 

@@ -220,8 +220,8 @@ impl<R: Rng> Relay<R> {
         [pending, orphan].into_iter().flatten().min()
     }
 
-    /// Answers a TCRP request from connection `conn`, or defers it (CREATE and JOIN that
-    /// need the cluster); returns whether it was answered now.
+    /// Answers a TCRP request from connection `conn`, or defers it (CREATE, JOIN and
+    /// RESUME that need the cluster); returns whether it was answered now.
     pub fn handle_request_deferrable(
         &mut self,
         now: Instant,
@@ -231,11 +231,39 @@ impl<R: Rng> Relay<R> {
         out: &mut Vec<u8>,
         tx: &mut impl Transmit,
     ) -> bool {
+        self.request_deferrable(now, peer, None, conn, req, out, tx)
+    }
+
+    /// [`Relay::handle_request_deferrable`] for a request on WebSocket session `session`
+    /// (PROTOCOL.md §6): the tokens it issues are bound to the session.
+    pub fn handle_session_request_deferrable(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        session: SessionId,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+        tx: &mut impl Transmit,
+    ) -> bool {
+        self.request_deferrable(now, peer, Some(session), session, req, out, tx)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request_deferrable(
+        &mut self,
+        now: Instant,
+        peer: IpAddr,
+        session: Option<SessionId>,
+        conn: SessionId,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+        tx: &mut impl Transmit,
+    ) -> bool {
         if self.cluster.is_none() {
-            self.handle_request(now, peer, req, out, tx);
+            self.handle_request_on(now, peer, session, req, out, tx);
             return true;
         }
-        let origin = (peer.to_canonical(), None);
+        let origin = (peer.to_canonical(), session);
         let early = match *req {
             Request::Create {
                 room,
@@ -259,7 +287,7 @@ impl<R: Rng> Relay<R> {
                         .is_some_and(|c| c.mirrors.contains_key(k))
                 });
                 if let Some(key) = local {
-                    self.handle_request(now, peer, req, out, tx);
+                    self.handle_request_on(now, peer, session, req, out, tx);
                     // Its member count may have changed: the record says it.
                     if let Some(c) = self.cluster.as_mut() {
                         c.touched.push(key);
@@ -276,13 +304,13 @@ impl<R: Rng> Relay<R> {
                 let here = <&crate::server::token::Token>::try_from(token)
                     .is_ok_and(|t| self.by_token.contains_key(t));
                 if here {
-                    self.handle_request(now, peer, req, out, tx);
+                    self.handle_request_on(now, peer, session, req, out, tx);
                     return true;
                 }
                 self.defer_resume(now, origin, conn, room, token, resume_key)
             }
             _ => {
-                self.handle_request(now, peer, req, out, tx);
+                self.handle_request_on(now, peer, session, req, out, tx);
                 return true;
             }
         };

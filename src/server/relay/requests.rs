@@ -48,7 +48,7 @@ impl<R: Rng> Relay<R> {
         self.handle_request_on(now, peer, Some(session), req, out, tx)
     }
 
-    fn handle_request_on(
+    pub(super) fn handle_request_on(
         &mut self,
         now: Instant,
         peer: IpAddr,
@@ -62,13 +62,6 @@ impl<R: Rng> Relay<R> {
         let op = req.operation();
         let room_bytes = req.room().as_bytes();
         let result = match *req {
-            // Over WebSocket, rooms are not clustered yet (docs/cluster.md): refused
-            // rather than made outside the cluster's one namespace.
-            Request::Create { .. } | Request::Join { .. }
-                if session.is_some() && self.cluster.is_some() =>
-            {
-                Err(Status::ServerFull)
-            }
             Request::Create {
                 room,
                 user,
