@@ -1306,3 +1306,6 @@ fn status_of(b: u8) -> Status {
         .find(|s| *s as u8 == b)
         .unwrap_or(Status::ServerFull)
 }
+
+#[cfg(test)]
+mod tests;

@@ -150,3 +150,202 @@ impl Room {
         self.history.clear(counters);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use super::*;
+    use crate::protocol::event::Events;
+    use crate::server::room::{Outflow, Slot};
+    use crate::server::transmit::{Addr, Dest, Recorder};
+
+    fn dest(port: u16) -> Dest {
+        Dest {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            local: None,
+        }
+    }
+
+    fn room(history: usize) -> Room {
+        Room::new(
+            Slot {
+                key: 0,
+                id: 0,
+                history,
+            },
+            "r",
+            b"",
+            8,
+            (0, IpAddr::from([127, 0, 0, 1])),
+        )
+    }
+
+    /// An owner room sharing its datagrams, and a mirror with one member bound at port 9.
+    struct Pair {
+        owner: Room,
+        mirror: Room,
+        counters: Counters,
+        tx: Recorder,
+    }
+
+    impl Pair {
+        fn new() -> Pair {
+            let mut p = Pair {
+                owner: room(64),
+                mirror: room(64),
+                counters: Counters::default(),
+                tx: Recorder::default(),
+            };
+            p.owner.backplane = Some(Vec::new());
+            p.mirror.remove(0, &mut p.counters, &mut p.tx);
+            p.mirror.admit(5);
+            p.mirror
+                .bind(5, Addr::Udp(dest(9)), &mut p.counters, &mut p.tx);
+            p
+        }
+
+        /// The owner emits `bodies` as one datagram; returns the backplane copy.
+        fn batch(&mut self, bodies: &[&str]) -> Vec<u8> {
+            let mut queue = Vec::new();
+            for b in bodies {
+                let mut out = Outflow {
+                    counters: &mut self.counters,
+                    batch_max: 64,
+                    queue: &mut queue,
+                };
+                self.owner
+                    .emit(EventKind::Message, "ann", b, &mut out, &mut self.tx);
+            }
+            self.owner.flush_queued(&mut self.counters, &mut self.tx);
+            let mut b = self.owner.backplane.as_mut().unwrap().drain(..);
+            let one = b.next().unwrap();
+            assert!(b.next().is_none());
+            one
+        }
+
+        fn take(&mut self, bytes: &[u8], how: Take) -> Taken {
+            self.mirror
+                .take_batch(bytes, how, &mut self.counters, &mut self.tx)
+        }
+
+        /// (Seq, body) of everything the mirror's member got, in order.
+        fn got(&self) -> Vec<(u32, String)> {
+            self.tx
+                .to(dest(9).addr)
+                .iter()
+                .flat_map(|d| Events::new(d).flatten())
+                .map(|e| (e.seq, e.body.to_string()))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_mirror_sends_the_owners_very_bytes_and_keeps_them_for_nack() {
+        let mut p = Pair::new();
+        let b = p.batch(&["one", "two"]);
+        let t = p.take(&b, Take::Live);
+        assert_eq!((t.events, t.gap, t.closed), (2, None, false));
+        assert_eq!(p.tx.to(dest(9).addr), [b.as_slice()], "the same datagram");
+        assert_eq!(p.mirror.seq(), 2);
+        let h = p.mirror.history();
+        assert_eq!((h.oldest(), h.len()), (1, 2));
+        let (a, rest) = h.event(1);
+        assert_eq!([a, rest].concat(), p.owner.history().event(1).0.to_vec());
+    }
+
+    #[test]
+    fn a_repeated_batch_is_not_delivered_twice() {
+        let mut p = Pair::new();
+        let b = p.batch(&["one"]);
+        p.take(&b, Take::Live);
+        let again = p.take(&b, Take::Live);
+        assert_eq!(again.events, 0);
+        assert_eq!(p.got(), [(1, "one".to_string())]);
+    }
+
+    #[test]
+    fn a_gap_is_reported_not_taken_and_the_repair_fills_it_in_order() {
+        let mut p = Pair::new();
+        let first = p.batch(&["one"]);
+        p.take(&first, Take::Live);
+        let lost = p.batch(&["two", "three"]);
+        let next = p.batch(&["four"]);
+        let t = p.take(&next, Take::Live);
+        assert_eq!(t.gap, Some((2, 3)), "Seqs 2..=4 are asked for");
+        assert_eq!(t.events, 0);
+        // The owner's answer: its history from Seq 2 (what `HISTORY` sends).
+        let h = p.owner.history();
+        let repair: Vec<u8> = (1..4)
+            .flat_map(|i| {
+                let (a, b) = h.event(i);
+                [a, b].concat()
+            })
+            .collect();
+        let t = p.take(&repair, Take::Jump);
+        assert_eq!(t.events, 3);
+        let want: Vec<(u32, String)> = [(1, "one"), (2, "two"), (3, "three"), (4, "four")]
+            .iter()
+            .map(|&(s, b)| (s, b.to_string()))
+            .collect();
+        assert_eq!(p.got(), want);
+        // The lost batch arriving late changes nothing.
+        assert_eq!(p.take(&lost, Take::Live).events, 0);
+        assert_eq!(p.got().len(), 4);
+        assert_eq!(p.mirror.history().len(), 4);
+    }
+
+    #[test]
+    fn a_jump_past_what_the_owner_still_holds_restarts_the_history() {
+        let mut p = Pair::new();
+        let first = p.batch(&["one"]);
+        p.take(&first, Take::Live);
+        p.batch(&["two"]);
+        let later = p.batch(&["three"]);
+        // No repair was possible: the next batch is taken where it starts.
+        p.mirror.forget_seq();
+        let t = p.take(&later, Take::Live);
+        assert_eq!((t.events, t.gap), (1, None));
+        assert_eq!(p.mirror.seq(), 3);
+        let h = p.mirror.history();
+        assert_eq!(
+            (h.oldest(), h.len()),
+            (3, 1),
+            "the ring holds consecutive Seqs only"
+        );
+    }
+
+    #[test]
+    fn closing_and_departures_are_reported() {
+        let mut p = Pair::new();
+        let mut queue = Vec::new();
+        let mut out = Outflow {
+            counters: &mut p.counters,
+            batch_max: 64,
+            queue: &mut queue,
+        };
+        p.owner
+            .emit(EventKind::TimedOut, "bob", "", &mut out, &mut p.tx);
+        p.owner.close("host left", &mut p.counters, &mut p.tx);
+        let b: Vec<u8> = p.owner.backplane.take().unwrap().concat();
+        let t = p.take(&b, Take::Live);
+        assert!(t.closed);
+        assert_eq!(t.gone, [Box::<str>::from("bob")]);
+    }
+
+    #[test]
+    fn hostile_batches_are_dropped_whole() {
+        let mut p = Pair::new();
+        let mut b = p.batch(&["one"]);
+        b.push(1); // a truncated second event
+        let t = p.take(&b, Take::Live);
+        assert!(t.malformed);
+        assert_eq!(t.events, 0);
+        // Seq 0 is never a room event.
+        let mut zero = p.batch(&["two"]);
+        zero[1..5].copy_from_slice(&[0; 4]);
+        assert!(p.take(&zero, Take::Live).malformed);
+        assert!(p.got().is_empty());
+        assert_eq!(p.take(&[], Take::Live), Taken::default());
+    }
+}
