@@ -556,12 +556,23 @@ fn a_node_stopped_briefly_catches_up_when_it_continues() {
     let Some(nats) = Nats::start() else { return };
     let nodes = cluster(&nats, 2, &[]);
     let host = nodes[0].host("nap", "ann");
+    let dan = member_on(&nodes[0], "nap", "dan");
+    host.wait_for(|e| e.is(EventKind::Joined, "dan"));
     let bob = member_on(&nodes[1], "nap", "bob");
     host.wait_for(|e| e.is(EventKind::Joined, "bob"));
+    dan.wait_for(|e| e.is(EventKind::Joined, "bob"));
     nodes[1].signal(libc::SIGSTOP);
+    // A node that reads nothing does not slow the owner's own members.
+    let stopped = Instant::now();
     for i in 0..3 {
         host.send(&format!("while stopped {i}"));
+        dan.wait_for(|e| e.body == format!("while stopped {i}"));
     }
+    assert!(
+        stopped.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        stopped.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(1));
     nodes[1].signal(libc::SIGCONT);
     for i in 0..3 {

@@ -299,7 +299,7 @@ impl<R: Rng> Relay<R> {
         now: Instant,
         tx: &mut impl Transmit,
     ) {
-        if self.cluster.is_some() && self.forward_from(key, kind, body) {
+        if self.cluster.is_some() && self.forward_from(key, kind, body, now) {
             return;
         }
         // Split borrows: the member's name is read while the room's outbox is written.

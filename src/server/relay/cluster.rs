@@ -35,7 +35,7 @@ use crate::server::limits::Bucket;
 use crate::server::room::mirror::{MAX_REPAIR, Take};
 use crate::server::room::{Room, Slot};
 use crate::server::token;
-use crate::server::transmit::{SessionId, Transmit};
+use crate::server::transmit::{Addr, SessionId, Transmit};
 
 mod roam;
 
@@ -46,6 +46,8 @@ pub const HOST_UNREACHABLE: &str = "host unreachable";
 const REMOTE_IDLE: Duration = Duration::from_secs(24 * 3600);
 /// A mirror whose record went without its ROOM_CLOSED reaching us closes after this.
 const ORPHAN_GRACE: Duration = Duration::from_secs(2);
+/// How long a member timed out on a mirror waits for the owner's TIMED_OUT to pass on.
+const FAREWELL_WAIT: Duration = Duration::from_secs(2);
 /// Most history bytes one repair answer carries (well under NATS's 1 MiB payload).
 const MAX_REPAIR_BYTES: usize = 256 * 1024;
 
@@ -74,6 +76,17 @@ struct Mirror {
     repairing: Option<u64>,
     /// The room's record went; the mirror closes if its ROOM_CLOSED does not come.
     orphaned: Option<Instant>,
+}
+
+/// A member a mirror timed out, owed the owner's TIMED_OUT (PROTOCOL.md §2.3: it goes to
+/// that member too) at its last address.
+#[derive(Debug)]
+struct Farewell {
+    room: usize,
+    room_id: u64,
+    name: Box<str>,
+    to: Addr,
+    since: Instant,
 }
 
 /// A remote member of an owned room: which node serves it.
@@ -131,6 +144,8 @@ pub struct ClusterSide {
     touched: Vec<usize>,
     /// Whether some mirror is orphaned (its record gone, its ROOM_CLOSED not yet here).
     orphans: bool,
+    /// Members timed out on a mirror, waiting for the owner's TIMED_OUT.
+    farewells: Vec<Farewell>,
 }
 
 impl ClusterSide {
@@ -183,6 +198,7 @@ impl<R: Rng> Relay<R> {
             answers: Vec::new(),
             touched: Vec::new(),
             orphans: false,
+            farewells: Vec::new(),
         }));
     }
 
@@ -217,7 +233,8 @@ impl<R: Rng> Relay<R> {
             .filter_map(|m| m.orphaned)
             .min()
             .map(|t| t + ORPHAN_GRACE);
-        [pending, orphan].into_iter().flatten().min()
+        let farewell = c.farewells.iter().map(|f| f.since + FAREWELL_WAIT).min();
+        [pending, orphan, farewell].into_iter().flatten().min()
     }
 
     /// Answers a TCRP request from connection `conn`, or defers it (CREATE, JOIN and
@@ -471,6 +488,17 @@ impl<R: Rng> Relay<R> {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
+        if !c.farewells.is_empty() {
+            // Not heard in time: the mirror stops keeping the room for them.
+            let touched = &mut c.touched;
+            c.farewells.retain(|f| {
+                let keep = f.since + FAREWELL_WAIT > now;
+                if !keep {
+                    touched.push(f.room);
+                }
+                keep
+            });
+        }
         if c.orphans {
             let orphans: Vec<usize> = c
                 .mirrors
@@ -502,6 +530,7 @@ impl<R: Rng> Relay<R> {
             .copied()
             .filter(|k| c.mirrors.contains_key(k))
             .filter(|&k| self.rooms.get(k).is_some_and(|r| r.members().is_empty()))
+            .filter(|&k| !c.farewells.iter().any(|f| f.room == k))
             .collect();
         for key in empty {
             self.drop_mirror(key);
@@ -925,10 +954,30 @@ impl<R: Rng> Relay<R> {
     }
 
     /// [`Relay::forward_to_owner`] in the name of member `key`.
-    pub(super) fn forward_from(&mut self, key: usize, kind: EventKind, body: &str) -> bool {
+    /// A member timing out on a mirror is owed the owner's TIMED_OUT: its address is kept
+    /// for it.
+    pub(super) fn forward_from(
+        &mut self,
+        key: usize,
+        kind: EventKind,
+        body: &str,
+        now: Instant,
+    ) -> bool {
         let m = &self.members[key];
-        let (room, name) = (m.room, m.name.clone());
-        self.forward_to_owner(room, kind, &name, body)
+        let (room, name, addr) = (m.room, m.name.clone(), m.addr);
+        let forwarded = self.forward_to_owner(room, kind, &name, body);
+        if let (true, EventKind::TimedOut, Some(to), Some(c)) =
+            (forwarded, kind, addr, self.cluster.as_mut())
+        {
+            c.farewells.push(Farewell {
+                room,
+                room_id: self.rooms[room].id,
+                name,
+                to,
+                since: now,
+            });
+        }
+        forwarded
     }
 
     /// An owner hears an event of a remote member.
@@ -1059,6 +1108,24 @@ impl<R: Rng> Relay<R> {
         if taken.closed {
             self.drop_mirror(key);
             return;
+        }
+        for (name, at) in &taken.timed_out {
+            let Some(c) = self.cluster.as_mut() else {
+                break;
+            };
+            let id = self.rooms[key].id;
+            let Some(i) = c
+                .farewells
+                .iter()
+                .position(|f| f.room == key && f.room_id == id && f.name == *name)
+            else {
+                continue;
+            };
+            let f = c.farewells.swap_remove(i);
+            c.touched.push(key);
+            let sent = tx.send_one(&bytes[at.clone()], f.to);
+            self.counters.datagrams_out += sent as u64;
+            self.counters.send_drops += 1 - sent.min(1) as u64;
         }
         for name in &taken.gone {
             // One of ours that the owner timed out or saw leave (its node was judged dead

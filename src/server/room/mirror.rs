@@ -37,6 +37,9 @@ pub struct Taken {
     pub closed: bool,
     /// Members that left or timed out (by name): the mirror drops those that are its own.
     pub gone: Vec<Box<str>>,
+    /// The TIMED_OUT events among them, by name and where their bytes are in the batch
+    /// (a member timed out on the mirror's node gets its own, §2.3).
+    pub timed_out: Vec<(Box<str>, std::ops::Range<usize>)>,
     /// A gap before the batch (the batch was not taken): (first missing Seq, how many).
     pub gap: Option<(u32, u16)>,
     /// The batch did not parse (dropped).
@@ -96,7 +99,11 @@ impl Room {
             taken.events += 1;
             match ev.known_kind() {
                 Some(EventKind::RoomClosed) => taken.closed = true,
-                Some(EventKind::Left | EventKind::TimedOut) => taken.gone.push(ev.user.into()),
+                Some(EventKind::Left) => taken.gone.push(ev.user.into()),
+                Some(EventKind::TimedOut) => {
+                    taken.gone.push(ev.user.into());
+                    taken.timed_out.push((ev.user.into(), start..end));
+                }
                 _ => {}
             }
             // Runs of new events go out as datagrams of at most MAX_DATAGRAM bytes.

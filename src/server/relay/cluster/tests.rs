@@ -439,3 +439,29 @@ fn a_member_left_on_its_node_leaves_the_owners_room() {
     let rec = RoomRecord::decode(net.kv.values().next().unwrap()).unwrap();
     assert_eq!(rec.members, 1);
 }
+
+#[test]
+fn a_member_timed_out_on_a_mirror_gets_its_own_timed_out() {
+    let mut net = Net::new(2);
+    let t0 = net.now;
+    let host = token(&net.ask(0, 1, &create("r", "ann")));
+    bind(&mut net, 0, "r", &host, 10);
+    let bob = token(&net.ask(1, 2, &join("r", "bob")));
+    bind(&mut net, 1, "r", &bob, 20);
+    let idle = Config::default().idle_timeout;
+    net.now = t0 + idle - std::time::Duration::from_secs(1);
+    send(&mut net, 0, "r", &host, 10, "");
+    net.now = t0 + idle + std::time::Duration::from_secs(1);
+    let node = &mut net.nodes[1];
+    node.relay.handle_timeout(net.now, &mut node.tx);
+    net.settle();
+    let last = got(&net, 1, 20).pop().unwrap();
+    assert_eq!(
+        (last.0, last.2.as_str()),
+        (EventKind::TimedOut as u8, "bob")
+    );
+    let on_owner = got(&net, 0, 10).pop().unwrap();
+    assert_eq!(on_owner.1, last.1, "the owner's event, with its Seq");
+    // Then the empty mirror goes.
+    assert_eq!(net.nodes[1].relay.room_count(), 0);
+}
