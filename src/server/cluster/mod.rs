@@ -115,6 +115,14 @@ pub enum Command {
         /// The encoded record.
         record: Vec<u8>,
     },
+    /// Read room record `key` from the bucket (a JOIN for a room the registry's watch has
+    /// not shown yet); answered by [`Notice::Looked`].
+    Lookup {
+        /// The relay's ticket.
+        ticket: u64,
+        /// The record's key.
+        key: String,
+    },
     /// Rewrite an owned room's record (its member count), if it is still ours.
     Update {
         /// The record's key.
@@ -183,6 +191,13 @@ pub enum Notice {
         key: String,
         /// The record's revision, or the failure.
         result: Result<u64, CreateFailure>,
+    },
+    /// The answer to [`Command::Lookup`]: the record, if the room exists.
+    Looked {
+        /// The ticket it carried.
+        ticket: u64,
+        /// The record.
+        record: Option<registry::RoomRecord>,
     },
     /// Another node is gone (its liveness key expired or was deleted).
     NodeDown {

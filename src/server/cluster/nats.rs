@@ -404,84 +404,28 @@ impl Node {
                 ticket,
                 key,
                 record,
-            } => {
-                let (rooms, shared, out) =
-                    (self.rooms.clone(), self.shared.clone(), self.out.clone());
+            } => self.create(ticket, key, record),
+            Command::Update { key, record } => self.update(key, record),
+            Command::Lookup { ticket, key } => {
+                let (rooms, out) = (self.rooms.clone(), self.out.clone());
                 tokio::spawn(async move {
-                    let result = create(&rooms, &key, record).await;
-                    if let Ok(rev) = result {
-                        lock(&shared).mine.insert(key.clone(), rev);
-                    }
-                    out.tell(Notice::Created {
-                        ticket,
-                        key,
-                        result,
-                    });
-                });
-            }
-            Command::Update { key, record } => {
-                let Some(&rev) = lock(&self.shared).mine.get(&key) else {
-                    return;
-                };
-                let (rooms, shared) = (self.rooms.clone(), self.shared.clone());
-                tokio::spawn(async move {
-                    if let Ok(Ok(r)) =
-                        timeout(KV_TIMEOUT, rooms.update(&key, record.into(), rev)).await
-                    {
-                        let mut s = lock(&shared);
-                        if let Some(m) = s.mine.get_mut(&key) {
-                            *m = r;
+                    let record = match timeout(KV_TIMEOUT, rooms.entry(&key)).await {
+                        Ok(Ok(Some(e))) if e.operation == Operation::Put => {
+                            RoomRecord::decode(&e.value).ok()
                         }
-                    }
+                        _ => None,
+                    };
+                    out.tell(Notice::Looked { ticket, record });
                 });
             }
-            Command::Delete { key } => {
-                let Some(rev) = lock(&self.shared).mine.remove(&key) else {
-                    return;
-                };
-                let rooms = self.rooms.clone();
-                let job = async move {
-                    if let Ok(Err(e)) =
-                        timeout(KV_TIMEOUT, rooms.delete_expect_revision(&key, Some(rev))).await
-                    {
-                        debug!("cluster: delete {key}: {e}");
-                    }
-                };
-                if now_only {
-                    job.await;
-                } else {
-                    tokio::spawn(job);
-                }
-            }
+            Command::Delete { key } => self.delete(key, now_only).await,
             Command::Publish { subject, bytes } | Command::Reply { subject, bytes } => {
                 let r = timeout(PUBLISH_WAIT, self.client.publish(subject, bytes.into())).await;
                 if !matches!(r, Ok(Ok(()))) {
                     debug!("cluster: a publish was dropped");
                 }
             }
-            Command::Subscribe { room } => {
-                if self.subs.contains_key(&room) {
-                    return;
-                }
-                let subj = subject::events(&room_key(&room));
-                // Awaited here: the SUB is on the connection before any later request.
-                match self.client.subscribe(subj).await {
-                    Ok(mut sub) => {
-                        let out = self.out.clone();
-                        let name = room.clone();
-                        let task = tokio::spawn(async move {
-                            while let Some(m) = sub.next().await {
-                                out.tell(Notice::Batch {
-                                    room: name.clone(),
-                                    bytes: m.payload.to_vec(),
-                                });
-                            }
-                        });
-                        self.subs.insert(room, task.abort_handle());
-                    }
-                    Err(e) => warn!("cluster: subscribe to room '{room}': {e}"),
-                }
-            }
+            Command::Subscribe { room } => self.subscribe(room).await,
             Command::Unsubscribe { room } => {
                 if let Some(task) = self.subs.remove(&room) {
                     // Dropping the subscriber unsubscribes.
@@ -503,6 +447,83 @@ impl Node {
                     out.tell(Notice::Answer { ticket, bytes });
                 });
             }
+        }
+    }
+
+    /// Creates a record (in a task), and tells the loop how it went.
+    fn create(&self, ticket: u64, key: String, record: Vec<u8>) {
+        let (rooms, shared, out) = (self.rooms.clone(), self.shared.clone(), self.out.clone());
+        tokio::spawn(async move {
+            let result = create(&rooms, &key, record).await;
+            if let Ok(rev) = result {
+                lock(&shared).mine.insert(key.clone(), rev);
+            }
+            out.tell(Notice::Created {
+                ticket,
+                key,
+                result,
+            });
+        });
+    }
+
+    /// Rewrites a record of ours (in a task), if it is still the revision we wrote.
+    fn update(&self, key: String, record: Vec<u8>) {
+        let Some(&rev) = lock(&self.shared).mine.get(&key) else {
+            return;
+        };
+        let (rooms, shared) = (self.rooms.clone(), self.shared.clone());
+        tokio::spawn(async move {
+            if let Ok(Ok(r)) = timeout(KV_TIMEOUT, rooms.update(&key, record.into(), rev)).await {
+                let mut s = lock(&shared);
+                if let Some(m) = s.mine.get_mut(&key) {
+                    *m = r;
+                }
+            }
+        });
+    }
+
+    /// Deletes a record of ours, revision-checked (awaited at shutdown, else in a task).
+    async fn delete(&self, key: String, now_only: bool) {
+        let Some(rev) = lock(&self.shared).mine.remove(&key) else {
+            return;
+        };
+        let rooms = self.rooms.clone();
+        let job = async move {
+            if let Ok(Err(e)) =
+                timeout(KV_TIMEOUT, rooms.delete_expect_revision(&key, Some(rev))).await
+            {
+                debug!("cluster: delete {key}: {e}");
+            }
+        };
+        if now_only {
+            job.await;
+        } else {
+            tokio::spawn(job);
+        }
+    }
+
+    /// Starts hearing a room's subject. Awaited: the SUB is on the connection before any
+    /// later request (a JOIN's question).
+    async fn subscribe(&mut self, room: String) {
+        if self.subs.contains_key(&room) {
+            return;
+        }
+        let subj = subject::events(&room_key(&room));
+        match self.client.subscribe(subj).await {
+            Ok(mut sub) => {
+                let out = self.out.clone();
+                let name = room.clone();
+                let task = tokio::spawn(async move {
+                    while let Some(m) = sub.next().await {
+                        out.tell(Notice::Batch {
+                            room: name.clone(),
+                            bytes: m.payload.to_vec(),
+                        });
+                    }
+                });
+                self.subs.insert(room, task.abort_handle());
+            }
+            Err(e) => warn!("cluster: subscribe to room '{room}': {e}"),
         }
     }
 }

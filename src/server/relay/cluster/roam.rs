@@ -25,13 +25,21 @@ use super::super::{Entry, Member, Relay};
 use super::{Pending, REMOTE_IDLE, status_of};
 
 use crate::protocol::{Operation, Status};
-use crate::server::cluster::registry::RoomRecord;
+use crate::server::cluster::registry::{RoomRecord, room_key};
 use crate::server::cluster::wire::{Msg, WireError};
 use crate::server::cluster::{Command, REQUEST_DEADLINE, subject};
 use crate::server::limits::Bucket;
 use crate::server::relay::recovery::RepairBucket;
 use crate::server::token::{self, Token};
 use crate::server::transmit::{SessionId, Transmit};
+
+/// What a member brings when it moves here.
+struct Moved<'a> {
+    token: Token,
+    user: &'a str,
+    client_seq: u32,
+    deadline: Instant,
+}
 
 /// A RESUME waiting for the node that holds the member.
 #[derive(Debug)]
@@ -223,84 +231,100 @@ impl<R: Rng> Relay<R> {
         if self.by_token.contains_key(&token) {
             return Err(Status::ServerFull);
         }
-        let (ip, session) = r.origin;
-        let deadline = now + self.cfg.idle_timeout;
+        let moved = Moved {
+            token,
+            user,
+            client_seq,
+            deadline: now + self.cfg.idle_timeout,
+        };
         let home = self.by_name.get(r.room.as_str()).copied().filter(|k| {
             self.cluster
                 .as_ref()
                 .is_some_and(|c| c.owned.contains_key(k))
         });
-        let m = if let Some(room) = home {
-            // A remote member of ours comes home.
-            let c = self.cluster.as_mut().ok_or(Status::ServerFull)?;
-            let members = &self.members;
-            let k = self.rooms[room]
-                .members()
-                .iter()
-                .copied()
-                .find(|&k| *members[k].name == *user && c.node_of(k, members).is_some())
-                .ok_or(Status::Unauthorized)?;
-            c.remote.remove(&k);
-            let m = &mut self.members[k];
-            m.token = token;
-            m.ip = ip;
-            m.session = session;
-            m.addr = None;
-            m.joined = true;
-            m.client_seq = client_seq;
-            m.resume_key = ResumeKey::new(&r.key);
-            m.deadline = deadline;
-            let id = m.id;
-            self.deadlines.schedule(deadline, k, id);
-            k
-        } else {
-            let room = self.mirror_for(&r.room, &r.record, tx)?;
-            let id = self.next_id;
-            self.next_id += 1;
-            let k = self.members.insert(Member {
-                id,
-                room,
-                name: user.into(),
-                token,
-                ip,
-                session,
-                addr: None,
-                deadline,
-                bucket: Bucket::full(self.cfg.msg_burst, now),
-                last_notice: None,
-                // Bound before, elsewhere: binding here is silent, as after any RESUME.
-                joined: true,
-                v11: false,
-                client_seq,
-                repair: RepairBucket::full(self.cfg.repair_burst, now),
-                resume_key: ResumeKey::new(&r.key),
-            });
-            self.deadlines.schedule(deadline, k, id);
-            self.rooms[room].admit(k);
-            if let Some(c) = self.cluster.as_mut() {
-                let node = c.node.clone();
-                c.publish(
-                    subject::forward(
-                        &r.record.owner,
-                        &crate::server::cluster::registry::room_key(&r.room),
-                    ),
-                    &Msg::Moved {
-                        room: &r.room,
-                        user,
-                        from,
-                        to: &node,
-                    },
-                );
-            }
-            k
+        let m = match home {
+            Some(room) => self.come_home(r, room, &moved)?,
+            None => self.enter_mirror(now, r, from, &moved, tx)?,
         };
         self.by_token.insert(token, m);
-        self.members_per_ip.add(ip);
+        self.members_per_ip.add(r.origin.0);
         info!(
-            "'{user}' resumed in room '{}' from {ip} (from node '{from}')",
-            r.room
+            "'{user}' resumed in room '{}' from {} (from node '{from}')",
+            r.room, r.origin.0
         );
         Ok(Some(m))
+    }
+
+    /// On the owner: its remote member becomes a member of this node again.
+    fn come_home(&mut self, r: &Resume, room: usize, mv: &Moved<'_>) -> Result<usize, Status> {
+        let c = self.cluster.as_mut().ok_or(Status::ServerFull)?;
+        let members = &self.members;
+        let k = self.rooms[room]
+            .members()
+            .iter()
+            .copied()
+            .find(|&k| *members[k].name == *mv.user && c.node_of(k, members).is_some())
+            .ok_or(Status::Unauthorized)?;
+        c.remote.remove(&k);
+        let m = &mut self.members[k];
+        (m.ip, m.session) = r.origin;
+        m.token = mv.token;
+        m.addr = None;
+        m.joined = true;
+        m.client_seq = mv.client_seq;
+        m.resume_key = ResumeKey::new(&r.key);
+        m.deadline = mv.deadline;
+        let id = m.id;
+        self.deadlines.schedule(mv.deadline, k, id);
+        Ok(k)
+    }
+
+    /// Elsewhere: the member enters this node's mirror, and the owner is told it moved.
+    fn enter_mirror(
+        &mut self,
+        now: Instant,
+        r: &Resume,
+        from: &str,
+        mv: &Moved<'_>,
+        tx: &mut impl Transmit,
+    ) -> Result<usize, Status> {
+        let room = self.mirror_for(&r.room, &r.record, tx)?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let (ip, session) = r.origin;
+        let k = self.members.insert(Member {
+            id,
+            room,
+            name: mv.user.into(),
+            token: mv.token,
+            ip,
+            session,
+            addr: None,
+            deadline: mv.deadline,
+            bucket: Bucket::full(self.cfg.msg_burst, now),
+            last_notice: None,
+            // Bound before, elsewhere: binding here is silent, as after any RESUME.
+            joined: true,
+            v11: false,
+            client_seq: mv.client_seq,
+            repair: RepairBucket::full(self.cfg.repair_burst, now),
+            resume_key: ResumeKey::new(&r.key),
+        });
+        self.deadlines.schedule(mv.deadline, k, id);
+        self.rooms[room].admit(k);
+        if let Some(c) = self.cluster.as_mut() {
+            let node = c.node.clone();
+            c.publish(
+                subject::forward(&r.record.owner, &room_key(&r.room)),
+                &Msg::Moved {
+                    room: &r.room,
+                    user: mv.user,
+                    from,
+                    to: &node,
+                },
+            );
+        }
+        Ok(k)
     }
 
     /// The owner hears that a remote member moved from node `from` to node `to`.

@@ -34,6 +34,8 @@ struct Net {
     now: Instant,
     /// Whether commands are carried (false: NATS is away).
     up: bool,
+    /// Nodes whose registry watch shows nothing (it lags).
+    lagging: HashSet<usize>,
 }
 
 fn conn(n: usize) -> SessionId {
@@ -65,6 +67,7 @@ impl Net {
             rev: 0,
             now: Instant::now(),
             up: true,
+            lagging: HashSet::new(),
         }
     }
 
@@ -75,12 +78,6 @@ impl Net {
     fn tell(&mut self, i: usize, n: Notice) {
         let node = &mut self.nodes[i];
         node.relay.on_cluster_notice(self.now, n, &mut node.tx);
-    }
-
-    fn tell_all(&mut self, mk: impl Fn() -> Notice) {
-        for i in 0..self.nodes.len() {
-            self.tell(i, mk());
-        }
     }
 
     /// Carries commands until none are left (bounded).
@@ -111,11 +108,17 @@ impl Net {
         self.rev += 1;
         let (room, rev) = (room_name(key).unwrap(), self.rev);
         let record = record.map(|r| RoomRecord::decode(r).unwrap());
-        self.tell_all(|| Notice::Registry {
-            room: room.clone(),
-            record: record.clone(),
-            revision: rev,
-        });
+        for i in 0..self.nodes.len() {
+            if self.lagging.contains(&i) {
+                continue;
+            }
+            let n = Notice::Registry {
+                room: room.clone(),
+                record: record.clone(),
+                revision: rev,
+            };
+            self.tell(i, n);
+        }
     }
 
     fn carry(&mut self, from: usize, c: Command) {
@@ -140,6 +143,10 @@ impl Net {
                         result,
                     },
                 );
+            }
+            Command::Lookup { ticket, key } => {
+                let record = self.kv.get(&key).map(|r| RoomRecord::decode(r).unwrap());
+                self.tell(from, Notice::Looked { ticket, record });
             }
             Command::Update { key, record } => {
                 if self.kv.contains_key(&key) {
@@ -464,4 +471,16 @@ fn a_member_timed_out_on_a_mirror_gets_its_own_timed_out() {
     assert_eq!(on_owner.1, last.1, "the owner's event, with its Seq");
     // Then the empty mirror goes.
     assert_eq!(net.nodes[1].relay.room_count(), 0);
+}
+
+#[test]
+fn a_join_before_the_watch_shows_the_room_reads_the_bucket() {
+    let mut net = Net::new(2);
+    net.lagging.insert(1);
+    let host = token(&net.ask(0, 1, &create("fresh", "ann")));
+    bind(&mut net, 0, "fresh", &host, 10);
+    let bob = net.ask(1, 2, &join("fresh", "bob"));
+    assert_eq!(status(&bob), Status::Ok);
+    let missing = net.ask(1, 3, &join("nowhere", "bob"));
+    assert_eq!(status(&missing), Status::RoomNotFound);
 }
