@@ -66,7 +66,8 @@ impl Room {
                 taken.malformed = true;
                 return taken;
             };
-            if ev.seq == 0 {
+            // Seq 0 is never a room event; no event is longer than a datagram.
+            if ev.seq == 0 || ev.len() > MAX_DATAGRAM {
                 taken.malformed = true;
                 return taken;
             }
@@ -352,6 +353,11 @@ mod tests {
         let mut zero = p.batch(&["two"]);
         zero[1..5].copy_from_slice(&[0; 4]);
         assert!(p.take(&zero, Take::Live).malformed);
+        // An event longer than a datagram is not passed on.
+        let mut long = vec![EventKind::Message as u8, 0, 0, 0, 9, 1, b'a'];
+        long.extend_from_slice(&5000u16.to_be_bytes());
+        long.extend(std::iter::repeat_n(b'x', 5000));
+        assert!(p.take(&long, Take::Jump).malformed);
         assert!(p.got().is_empty());
         assert_eq!(p.take(&[], Take::Live), Taken::default());
     }
