@@ -332,11 +332,20 @@ impl<R: Rng> Relay<R> {
         for key in empty {
             self.drop_mirror(key);
         }
-        let Relay { cluster, rooms, .. } = self;
+        let Relay {
+            cluster,
+            rooms,
+            members,
+            ..
+        } = self;
         let Some(c) = cluster.as_mut() else {
             return;
         };
         for &key in &touched {
+            // Only a room with members elsewhere has anyone to publish to.
+            let shared = rooms
+                .get(key)
+                .is_some_and(|r| r.members().iter().any(|&k| c.node_of(k, members).is_some()));
             let (Some(o), Some(room)) = (c.owned.get_mut(&key), rooms.get_mut(key)) else {
                 continue;
             };
@@ -350,6 +359,9 @@ impl<R: Rng> Relay<R> {
             }
             if room.holds_events() {
                 c.touched.push(key);
+            } else if !shared {
+                // No copies while nobody elsewhere needs them.
+                room.backplane = None;
             }
             let members = u16::try_from(room.members().len()).unwrap_or(u16::MAX);
             if members != o.members {

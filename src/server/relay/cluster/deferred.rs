@@ -334,7 +334,6 @@ impl<R: Rng> Relay<R> {
                 Ok(Some(host)) => {
                     self.set_resume_key(Some(host), r.resume_key.as_deref());
                     let rk = self.members[host].room;
-                    self.rooms[rk].backplane = Some(Vec::new());
                     let owned = Owned {
                         key,
                         revision: rev,

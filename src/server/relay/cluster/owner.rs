@@ -197,6 +197,8 @@ impl<R: Rng> Relay<R> {
         });
         self.deadlines.schedule(deadline, m, id);
         self.rooms[key].admit(m);
+        // From now on its datagrams are copied for the backplane.
+        self.rooms[key].backplane.get_or_insert_with(Vec::new);
         if let Some(c) = self.cluster.as_mut() {
             c.set_remote(m, &self.members, node);
             c.touched.push(key);

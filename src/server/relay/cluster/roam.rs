@@ -156,6 +156,7 @@ impl<R: Rng> Relay<R> {
             if let Some(c) = self.cluster.as_mut() {
                 c.set_remote(m, &self.members, node);
             }
+            self.rooms[room_key].backplane.get_or_insert_with(Vec::new);
         } else {
             // A mirror's member: gone from here without a word (it is not leaving).
             self.remove_member(m, Entry::Pending, tx);

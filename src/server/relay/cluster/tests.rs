@@ -36,6 +36,8 @@ struct Net {
     up: bool,
     /// Nodes whose registry watch shows nothing (it lags).
     lagging: HashSet<usize>,
+    /// Event batches published so far.
+    published: usize,
 }
 
 fn conn(n: usize) -> SessionId {
@@ -68,6 +70,7 @@ impl Net {
             now: Instant::now(),
             up: true,
             lagging: HashSet::new(),
+            published: 0,
         }
     }
 
@@ -216,6 +219,7 @@ impl Net {
 
     fn publish(&mut self, subject: &str, bytes: Vec<u8>) {
         if let Some(key) = subject.strip_prefix("ocm.ev.") {
+            self.published += 1;
             let room = room_name(key).unwrap();
             for i in 0..self.nodes.len() {
                 if self.nodes[i].subs.contains(&room) {
@@ -483,4 +487,25 @@ fn a_join_before_the_watch_shows_the_room_reads_the_bucket() {
     assert_eq!(status(&bob), Status::Ok);
     let missing = net.ask(1, 3, &join("nowhere", "bob"));
     assert_eq!(status(&missing), Status::RoomNotFound);
+}
+
+#[test]
+fn a_room_with_no_member_elsewhere_publishes_nothing() {
+    let mut net = Net::new(2);
+    let host = token(&net.ask(0, 1, &create("r", "ann")));
+    bind(&mut net, 0, "r", &host, 10);
+    send(&mut net, 0, "r", &host, 10, "alone");
+    assert_eq!(net.published, 0, "no copies, no publishes");
+    let bob = token(&net.ask(1, 2, &join("r", "bob")));
+    bind(&mut net, 1, "r", &bob, 20);
+    send(&mut net, 0, "r", &host, 10, "shared");
+    assert!(net.published >= 2, "bob's JOINED and the message");
+    let leave = Request::Leave {
+        room: "r",
+        token: &bob,
+    };
+    net.ask(1, 3, &leave);
+    let before = net.published;
+    send(&mut net, 0, "r", &host, 10, "alone again");
+    assert_eq!(net.published, before, "nobody elsewhere: nothing published");
 }
