@@ -203,6 +203,9 @@ pub enum Notice {
     NodeDown {
         /// Its name.
         node: String,
+        /// It left cleanly (deleted its key at shutdown): its rooms' ROOM_CLOSED is on the
+        /// way, and should win over `host unreachable`.
+        clean: bool,
     },
     /// An event batch of a room this node hears (the owner's datagram bytes).
     Batch {

@@ -365,7 +365,10 @@ impl Node {
         for n in &dead {
             s.nodes.remove(n);
             warn!("cluster: node '{n}' is unreachable");
-            self.out.tell(Notice::NodeDown { node: n.clone() });
+            self.out.tell(Notice::NodeDown {
+                node: n.clone(),
+                clean: false,
+            });
         }
         let settled = now.duration_since(started) >= STALE_AFTER;
         let doomed: Vec<(String, u64)> = s
@@ -599,7 +602,10 @@ fn on_node_entry(shared: &SharedRef, out: &Outbox, me: &str, e: kv::Entry) {
             // A node that shut down cleanly: gone at once.
             if s.nodes.remove(&e.key).is_some() && e.key != me {
                 info!("cluster: node '{}' left", e.key);
-                out.tell(Notice::NodeDown { node: e.key });
+                out.tell(Notice::NodeDown {
+                    node: e.key,
+                    clean: true,
+                });
             }
         }
     }

@@ -413,7 +413,7 @@ impl<R: Rng> Relay<R> {
                 self.on_created(now, ticket, key, result, tx);
             }
             Notice::Looked { ticket, record } => self.looked(now, ticket, record),
-            Notice::NodeDown { node } => self.on_node_down(now, &node, tx),
+            Notice::NodeDown { node, clean } => self.on_node_down(now, &node, clean, tx),
             Notice::Batch { room, bytes } => self.on_batch(now, &room, &bytes, Take::Live, tx),
             Notice::Forwarded { bytes } => match Msg::parse(&bytes) {
                 Ok(Msg::Forward(f)) => self.on_forward(now, f, tx),

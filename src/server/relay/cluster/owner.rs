@@ -70,16 +70,25 @@ impl<R: Rng> Relay<R> {
         &mut self,
         now: Instant,
         node: &str,
+        clean: bool,
         tx: &mut impl Transmit,
     ) {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
         c.registry.retain(|_, r| r.record.owner != node);
+        if clean {
+            // Its rooms' ROOM_CLOSED ("server shutting down") is on its way on another
+            // subject: wait for it a little (the orphan grace) before closing them here.
+            for m in c.mirrors.values_mut().filter(|m| *m.owner == *node) {
+                m.orphaned.get_or_insert(now);
+                c.orphans = true;
+            }
+        }
         let mirrors: Vec<usize> = c
             .mirrors
             .iter()
-            .filter(|(_, m)| *m.owner == *node)
+            .filter(|(_, m)| !clean && *m.owner == *node)
             .map(|(&k, _)| k)
             .collect();
         let remote: Vec<usize> = c

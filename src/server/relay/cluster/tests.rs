@@ -408,7 +408,13 @@ fn a_dead_owner_closes_the_mirror_with_host_unreachable() {
     bind(&mut net, 0, "r", &host, 10);
     let bob = token(&net.ask(1, 2, &join("r", "bob")));
     bind(&mut net, 1, "r", &bob, 20);
-    net.tell(1, Notice::NodeDown { node: "n1".into() });
+    net.tell(
+        1,
+        Notice::NodeDown {
+            node: "n1".into(),
+            clean: false,
+        },
+    );
     net.up = false;
     net.settle();
     let last = got(&net, 1, 20).pop().unwrap();
@@ -508,4 +514,57 @@ fn a_room_with_no_member_elsewhere_publishes_nothing() {
     let before = net.published;
     send(&mut net, 0, "r", &host, 10, "alone again");
     assert_eq!(net.published, before, "nobody elsewhere: nothing published");
+}
+
+#[test]
+fn a_node_that_left_cleanly_gets_a_moment_for_its_room_closed() {
+    let mut net = Net::new(2);
+    let host = token(&net.ask(0, 1, &create("r", "ann")));
+    bind(&mut net, 0, "r", &host, 10);
+    let bob = token(&net.ask(1, 2, &join("r", "bob")));
+    bind(&mut net, 1, "r", &bob, 20);
+    // Its key's deletion outruns its last batch.
+    net.tell(
+        1,
+        Notice::NodeDown {
+            node: "n1".into(),
+            clean: true,
+        },
+    );
+    net.settle();
+    assert_eq!(net.nodes[1].relay.room_count(), 1, "not closed yet");
+    let node = &mut net.nodes[0];
+    node.relay.shutdown(&mut node.tx);
+    net.settle();
+    let last = got(&net, 1, 20).pop().unwrap();
+    assert_eq!(
+        (last.0, last.3.as_str()),
+        (EventKind::RoomClosed as u8, "server shutting down")
+    );
+    assert_eq!(net.nodes[1].relay.room_count(), 0);
+}
+
+#[test]
+fn a_clean_leave_without_its_room_closed_still_closes_after_the_grace() {
+    let mut net = Net::new(2);
+    let host = token(&net.ask(0, 1, &create("r", "ann")));
+    bind(&mut net, 0, "r", &host, 10);
+    let bob = token(&net.ask(1, 2, &join("r", "bob")));
+    bind(&mut net, 1, "r", &bob, 20);
+    net.up = false;
+    net.tell(
+        1,
+        Notice::NodeDown {
+            node: "n1".into(),
+            clean: true,
+        },
+    );
+    let due = net.nodes[1].relay.cluster_deadline().expect("the grace");
+    net.now = due;
+    net.settle();
+    let last = got(&net, 1, 20).pop().unwrap();
+    assert_eq!(
+        (last.0, last.3.as_str()),
+        (EventKind::RoomClosed as u8, HOST_UNREACHABLE)
+    );
 }
