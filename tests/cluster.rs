@@ -319,7 +319,7 @@ fn capacity_password_names_and_list_hold_across_nodes() {
     wait_listed(&nodes[2], "club", true);
     let wrong = nodes[1].control().join("club", "bob", b"nope");
     assert_eq!(status_of(wrong), Status::BadPassword);
-    let _bob = nodes[1].control().join("club", "bob", b"pw").unwrap();
+    let bob = nodes[1].control().join("club", "bob", b"pw").unwrap();
     let twice = nodes[2].control().join("club", "bob", b"pw");
     assert_eq!(
         status_of(twice),
@@ -328,7 +328,7 @@ fn capacity_password_names_and_list_hold_across_nodes() {
     );
     let host_name = nodes[2].control().join("club", "ann", b"pw");
     assert_eq!(status_of(host_name), Status::NameTaken);
-    let _cat = nodes[2].control().join("club", "cat", b"pw").unwrap();
+    let cat = nodes[2].control().join("club", "cat", b"pw").unwrap();
     let full = nodes[1].control().join("club", "dan", b"pw");
     assert_eq!(
         status_of(full),
@@ -357,6 +357,20 @@ fn capacity_password_names_and_list_hold_across_nodes() {
             assert!(Instant::now() < end, "{}: {list:?}", node.addr());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    // Counts follow the members in and out, several changes in a row included.
+    nodes[1].control().leave("club", &bob.token).unwrap();
+    nodes[2].control().leave("club", &cat.token).unwrap();
+    let dan = nodes[1].control().join("club", "dan", b"pw").unwrap();
+    nodes[1].control().leave("club", &dan.token).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = nodes[2].control().list().unwrap();
+        if list.iter().any(|r| r.name == "club" && r.members == 1) {
+            break;
+        }
+        assert!(Instant::now() < end, "{list:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

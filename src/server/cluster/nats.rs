@@ -95,6 +95,9 @@ struct Shared {
     nodes: HashMap<String, Instant>,
     /// Revisions of the records this node wrote, by key.
     mine: HashMap<String, u64>,
+    /// Records being rewritten: a key is here while a task writes it, with the next value
+    /// to write, if one came meanwhile (each write needs the revision of the one before).
+    updates: HashMap<String, Option<Vec<u8>>>,
 }
 
 type SharedRef = Arc<Mutex<Shared>>;
@@ -469,17 +472,40 @@ impl Node {
         });
     }
 
-    /// Rewrites a record of ours (in a task), if it is still the revision we wrote.
+    /// Rewrites a record of ours, if it is still the revision we wrote. One task per key
+    /// writes the values in turn (the latest waiting one wins), so that each write names
+    /// the revision of the one before.
     fn update(&self, key: String, record: Vec<u8>) {
-        let Some(&rev) = lock(&self.shared).mine.get(&key) else {
-            return;
-        };
+        {
+            let mut s = lock(&self.shared);
+            if !s.mine.contains_key(&key) {
+                return;
+            }
+            if let Some(next) = s.updates.get_mut(&key) {
+                *next = Some(record);
+                return;
+            }
+            s.updates.insert(key.clone(), Some(record));
+        }
         let (rooms, shared) = (self.rooms.clone(), self.shared.clone());
         tokio::spawn(async move {
-            if let Ok(Ok(r)) = timeout(KV_TIMEOUT, rooms.update(&key, record.into(), rev)).await {
-                let mut s = lock(&shared);
-                if let Some(m) = s.mine.get_mut(&key) {
-                    *m = r;
+            loop {
+                let (record, rev) = {
+                    let mut s = lock(&shared);
+                    let next = s.updates.get_mut(&key).and_then(Option::take);
+                    match (next, s.mine.get(&key).copied()) {
+                        (Some(record), Some(rev)) => (record, rev),
+                        _ => {
+                            s.updates.remove(&key);
+                            return;
+                        }
+                    }
+                };
+                let written = timeout(KV_TIMEOUT, rooms.update(&key, record.into(), rev)).await;
+                if let Ok(Ok(r)) = written {
+                    if let Some(m) = lock(&shared).mine.get_mut(&key) {
+                        *m = r;
+                    }
                 }
             }
         });
