@@ -8,7 +8,8 @@
 //! length-prefixed (one byte, two for a message body); nothing may follow the last field.
 //!
 //! ```text
-//!   1 FORWARD   room, node, kind (1), user, body (2-byte size)   event of a member elsewhere
+//!   1 FORWARD   room, node, kind (1), client seq (4), user,      event of a member elsewhere
+//!               body (2-byte size)
 //!   2 JOIN      room, node, user                                 may this member join?
 //!   3 ANSWER    status (1)                                       the owner's TCRP status
 //!   4 HISTORY   room, from (4), count (2)                        resend these Seqs
@@ -16,7 +17,11 @@
 //!   6 HANDOVER  room, node, token, resume key                    who holds this member?
 //!   7 MEMBER    node, user, client seq (4)                       I did; it is yours now
 //!   8 MOVED     room, user, from node, to node                   (to the owner) it moved
+//!   9 RELAYED   user, client seq (4)                             (owner) that SEND is in
 //! ```
+//!
+//! RELAYED goes on the room's event subject among the datagrams, behind a zero byte (no
+//! datagram starts with one: Kind 0 is not a kind).
 
 use crate::protocol::MAX_MESSAGE;
 use crate::protocol::event::EventKind;
@@ -30,6 +35,9 @@ pub struct Forward<'a> {
     pub node: &'a str,
     /// MESSAGE, JOINED, LEFT or TIMED_OUT.
     pub kind: EventKind,
+    /// A v1.1 SEND's ClientSeq (0: none, a v1 message or another kind): the owner relays
+    /// each at most once, and says RELAYED.
+    pub client_seq: u32,
     /// The member's name.
     pub user: &'a str,
     /// The message (empty for the others).
@@ -85,6 +93,13 @@ pub enum Msg<'a> {
         /// The highest ClientSeq relayed for it.
         client_seq: u32,
     },
+    /// The owner relayed member `user`'s SENDs up to `client_seq` (what SYNC says).
+    Relayed {
+        /// The member's name.
+        user: &'a str,
+        /// Its highest ClientSeq relayed.
+        client_seq: u32,
+    },
     /// A member of the owner's room moved from one node to another (RESUME).
     Moved {
         /// The room.
@@ -138,6 +153,9 @@ const EVENTS: u8 = 5;
 const HANDOVER: u8 = 6;
 const MEMBER: u8 = 7;
 const MOVED: u8 = 8;
+const RELAYED: u8 = 9;
+/// What RELAYED follows on a room's event subject.
+pub const NOT_A_DATAGRAM: u8 = 0;
 
 /// Reads fields off the front of a message.
 struct Reader<'a>(&'a [u8]);
@@ -213,6 +231,7 @@ impl<'a> Msg<'a> {
                     ) => kind,
                     _ => return Err(WireError::Kind(k)),
                 };
+                let client_seq = r.u32()?;
                 let user = r.name()?;
                 let n = usize::from(r.u16()?);
                 if n > MAX_MESSAGE {
@@ -223,6 +242,7 @@ impl<'a> Msg<'a> {
                     room,
                     node,
                     kind,
+                    client_seq,
                     user,
                     body,
                 })
@@ -250,6 +270,10 @@ impl<'a> Msg<'a> {
                 user: r.name()?,
                 client_seq: r.u32()?,
             },
+            RELAYED => Msg::Relayed {
+                user: r.name()?,
+                client_seq: r.u32()?,
+            },
             MOVED => Msg::Moved {
                 room: r.name()?,
                 user: r.name()?,
@@ -271,6 +295,7 @@ impl<'a> Msg<'a> {
                 put_name(out, f.room);
                 put_name(out, f.node);
                 out.push(f.kind as u8);
+                out.extend_from_slice(&f.client_seq.to_be_bytes());
                 put_name(out, f.user);
                 let n = f.body.len().min(usize::from(u16::MAX));
                 out.extend_from_slice(&(n as u16).to_be_bytes());
@@ -315,6 +340,11 @@ impl<'a> Msg<'a> {
                 put_name(out, user);
                 out.extend_from_slice(&client_seq.to_be_bytes());
             }
+            Msg::Relayed { user, client_seq } => {
+                out.push(RELAYED);
+                put_name(out, user);
+                out.extend_from_slice(&client_seq.to_be_bytes());
+            }
             Msg::Moved {
                 room,
                 user,
@@ -353,6 +383,7 @@ mod tests {
                 room: "lobby",
                 node: "n2",
                 kind: EventKind::Message,
+                client_seq: 9,
                 user: "bob",
                 body: "hello ✓",
             }),
@@ -360,6 +391,7 @@ mod tests {
                 room: "lobby",
                 node: "n2",
                 kind: EventKind::Joined,
+                client_seq: 0,
                 user: "bob",
                 body: "",
             }),
@@ -392,6 +424,10 @@ mod tests {
                 from: "n2",
                 to: "n3",
             },
+            Msg::Relayed {
+                user: "bob",
+                client_seq: 12,
+            },
         ]
     }
 
@@ -422,7 +458,7 @@ mod tests {
 
     #[test]
     fn hostile_fields_are_typed_errors() {
-        assert_eq!(Msg::parse(&[9]), Err(WireError::Tag(9)));
+        assert_eq!(Msg::parse(&[99]), Err(WireError::Tag(99)));
         assert_eq!(Msg::parse(&[]), Err(WireError::Truncated));
         // A forwarded ROOM_CLOSED: only the owner closes its rooms.
         let mut out = Vec::new();
@@ -430,6 +466,7 @@ mod tests {
             room: "r",
             node: "n",
             kind: EventKind::Message,
+            client_seq: 0,
             user: "u",
             body: "",
         })
@@ -447,7 +484,7 @@ mod tests {
             Err(WireError::BadText)
         );
         // A body over the message limit is refused before it is read.
-        let mut long = vec![FORWARD, 1, b'r', 1, b'n', 1, 1, b'u'];
+        let mut long = vec![FORWARD, 1, b'r', 1, b'n', 1, 0, 0, 0, 0, 1, b'u'];
         long.extend_from_slice(&((MAX_MESSAGE + 1) as u16).to_be_bytes());
         assert_eq!(Msg::parse(&long), Err(WireError::TooLong));
     }

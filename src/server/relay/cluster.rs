@@ -174,6 +174,8 @@ pub struct ClusterSide {
     orphans: bool,
     /// Members timed out on a mirror, waiting for the owner's TIMED_OUT.
     farewells: Vec<Farewell>,
+    /// The ClientSeq of the SEND being forwarded now (0: none).
+    send_seq: u32,
 }
 
 impl ClusterSide {
@@ -227,6 +229,7 @@ impl<R: Rng> Relay<R> {
             touched: Vec::new(),
             orphans: false,
             farewells: Vec::new(),
+            send_seq: 0,
         }));
     }
 

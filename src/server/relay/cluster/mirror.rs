@@ -2,6 +2,7 @@
 //! events forwarded to the owner, the owner's batches taken (gaps repaired from it).
 
 use super::*;
+use crate::server::cluster::wire::NOT_A_DATAGRAM;
 
 impl<R: Rng> Relay<R> {
     /// The owner said yes: the member enters this node's mirror of the room (made now if
@@ -121,17 +122,45 @@ impl<R: Rng> Relay<R> {
         };
         let subject = subject::forward(&m.owner, &m.key);
         let node = c.node.clone();
+        let client_seq = if kind == EventKind::Message {
+            std::mem::take(&mut c.send_seq)
+        } else {
+            0
+        };
         c.publish(
             subject,
             &Msg::Forward(Forward {
                 room: &r.name,
                 node: &node,
                 kind,
+                client_seq,
                 user,
                 body,
             }),
         );
         true
+    }
+
+    /// The hook of SEND (`recovery.rs`): a SEND of member `key` on a mirror carries its
+    /// ClientSeq to the owner, who relays each at most once; it counts as relayed here only
+    /// when the owner says so (RELAYED), so that a SEND lost on the way is sent again by
+    /// its client (§5.4) rather than taken for a duplicate. Returns whether that is the
+    /// case (the caller then leaves the member's ClientSeq alone).
+    pub(in crate::server::relay) fn send_via_owner(&mut self, key: usize, client_seq: u32) -> bool {
+        let Some(c) = self.cluster.as_mut() else {
+            return false;
+        };
+        let via_owner = c.mirrors.contains_key(&self.members[key].room);
+        c.send_seq = if via_owner { client_seq } else { 0 };
+        via_owner
+    }
+
+    /// After a SEND: what [`Relay::send_via_owner`] noted is spent (or dropped, if the rate
+    /// limit took the message).
+    pub(in crate::server::relay) fn send_done(&mut self) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.send_seq = 0;
+        }
     }
 
     /// [`Relay::forward_to_owner`] in the name of member `key`.
@@ -179,6 +208,12 @@ impl<R: Rng> Relay<R> {
         let Some(m) = c.mirrors.get(&key) else {
             return;
         };
+        if bytes.first() == Some(&NOT_A_DATAGRAM) {
+            if let Ok(Msg::Relayed { user, client_seq }) = Msg::parse(&bytes[1..]) {
+                self.relayed_here(key, user, client_seq);
+            }
+            return;
+        }
         if how == Take::Live && m.repairing.is_some() {
             return; // the repair's answer covers it
         }
@@ -269,5 +304,19 @@ impl<R: Rng> Relay<R> {
             (now + REQUEST_DEADLINE, Pending::Repair { room: key, id }),
         );
         debug!("cluster: room '{name}' missed {count} events from {from}; asking the owner");
+    }
+
+    /// The owner relayed SENDs of member `user` up to `client_seq`: SYNC says so from now.
+    fn relayed_here(&mut self, room: usize, user: &str, client_seq: u32) {
+        let members = &self.members;
+        let mine = self.rooms[room]
+            .members()
+            .iter()
+            .copied()
+            .find(|&k| *members[k].name == *user);
+        if let Some(k) = mine {
+            let m = &mut self.members[k];
+            m.client_seq = m.client_seq.max(client_seq);
+        }
     }
 }

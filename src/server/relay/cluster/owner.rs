@@ -2,6 +2,7 @@
 //! sequenced, lost nodes' members dropped, history resent to mirrors that missed some.
 
 use super::*;
+use crate::server::cluster::wire::NOT_A_DATAGRAM;
 
 impl<R: Rng> Relay<R> {
     /// An owner hears an event of a remote member.
@@ -35,6 +36,14 @@ impl<R: Rng> Relay<R> {
         };
         self.members[key].deadline = now + REMOTE_IDLE;
         match f.kind {
+            EventKind::Message if f.client_seq != 0 => {
+                // A SEND: relayed at most once (its node may send it again), and said so.
+                if f.client_seq > self.members[key].client_seq {
+                    self.members[key].client_seq = f.client_seq;
+                    self.emit_from(key, f.kind, f.body, now, tx);
+                }
+                self.say_relayed(room, key);
+            }
             EventKind::Message | EventKind::Joined => self.emit_from(key, f.kind, f.body, now, tx),
             EventKind::Left | EventKind::TimedOut => {
                 let was_host = self.rooms[room].host == key;
@@ -242,5 +251,25 @@ impl<R: Rng> Relay<R> {
         let mut out = Vec::new();
         Msg::Events(&events).encode(&mut out);
         out
+    }
+
+    /// Tells the mirrors of owned room `room` how far remote member `key`'s SENDs are
+    /// relayed (RELAYED, behind a zero byte, on the room's event subject).
+    fn say_relayed(&mut self, room: usize, key: usize) {
+        let m = &self.members[key];
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let Some(o) = c.owned.get(&room) else {
+            return;
+        };
+        let mut bytes = vec![NOT_A_DATAGRAM];
+        Msg::Relayed {
+            user: &m.name,
+            client_seq: m.client_seq,
+        }
+        .encode(&mut bytes);
+        let subject = subject::events(&o.key);
+        c.commands.push(Command::Publish { subject, bytes });
     }
 }

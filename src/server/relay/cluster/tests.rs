@@ -11,11 +11,12 @@ use rand::rngs::StdRng;
 
 use super::HOST_UNREACHABLE;
 use crate::protocol::Status;
-use crate::protocol::event::{EventKind, Events};
+use crate::protocol::control::ControlBody;
+use crate::protocol::event::{EventKind, Events, RawEvents, SyncInfo};
 use crate::protocol::frame::{Grant, Request, parse_status, split_reply};
 use crate::server::cluster::registry::{RoomRecord, room_name};
 use crate::server::cluster::{Command, CreateFailure, Notice, REQUEST_DEADLINE, subject};
-use crate::server::relay::testing::chat_datagram;
+use crate::server::relay::testing::{chat_datagram, control_datagram};
 use crate::server::relay::{Config, Relay};
 use crate::server::transmit::{Recorder, SessionId};
 
@@ -38,6 +39,8 @@ struct Net {
     lagging: HashSet<usize>,
     /// Event batches published so far.
     published: usize,
+    /// Forwards to lose (NATS away for a moment).
+    lose_forwards: usize,
 }
 
 fn conn(n: usize) -> SessionId {
@@ -71,6 +74,7 @@ impl Net {
             up: true,
             lagging: HashSet::new(),
             published: 0,
+            lose_forwards: 0,
         }
     }
 
@@ -233,6 +237,10 @@ impl Net {
                 }
             }
         } else if let Some(rest) = subject.strip_prefix("ocm.fwd.") {
+            if self.lose_forwards > 0 {
+                self.lose_forwards -= 1;
+                return;
+            }
             let owner = rest.split('.').next().unwrap();
             let i = self.node(owner);
             self.tell(i, Notice::Forwarded { bytes });
@@ -567,4 +575,54 @@ fn a_clean_leave_without_its_room_closed_still_closes_after_the_grace() {
         (last.0, last.3.as_str()),
         (EventKind::RoomClosed as u8, HOST_UNREACHABLE)
     );
+}
+
+/// A v1.1 control datagram of member `token` on node `i` from `port`, carried through.
+fn control(net: &mut Net, i: usize, token: &[u8], port: u16, body: ControlBody<'_>) {
+    let node = &mut net.nodes[i];
+    let from = SocketAddr::new(ip(), port);
+    let d = control_datagram("r", token, body);
+    node.relay.handle_datagram(net.now, from, &d, &mut node.tx);
+    net.settle();
+}
+
+/// The LastClientSeq of the latest SYNC answer node `i` sent to `port`.
+fn last_client_seq(net: &Net, i: usize, port: u16) -> u32 {
+    net.nodes[i]
+        .tx
+        .to(SocketAddr::new(ip(), port))
+        .iter()
+        .flat_map(|d| RawEvents::new(d).flatten())
+        .filter(|e| e.kind == EventKind::Sync as u8 && !e.user.is_empty())
+        .map(|e| SyncInfo::parse(e.body).unwrap().last_client_seq)
+        .last()
+        .expect("a SYNC answer")
+}
+
+#[test]
+fn a_send_lost_on_the_way_to_the_owner_is_sent_again_and_relayed_once() {
+    let mut net = Net::new(2);
+    let host = token(&net.ask(0, 1, &create("r", "ann")));
+    bind(&mut net, 0, "r", &host, 10);
+    let bob = token(&net.ask(1, 2, &join("r", "bob")));
+    bind(&mut net, 1, "r", &bob, 20);
+    let send = |cs| ControlBody::Send {
+        client_seq: cs,
+        message: "once",
+    };
+    let count = |net: &Net| got(net, 0, 10).iter().filter(|e| e.3 == "once").count();
+    net.lose_forwards = 1;
+    control(&mut net, 1, &bob, 20, send(1));
+    assert_eq!(count(&net), 0, "lost on the way");
+    // Its client asks: not relayed (its node does not guess), so it sends it again.
+    control(&mut net, 1, &bob, 20, ControlBody::Sync);
+    assert_eq!(last_client_seq(&net, 1, 20), 0);
+    control(&mut net, 1, &bob, 20, send(1));
+    assert_eq!(count(&net), 1);
+    control(&mut net, 1, &bob, 20, ControlBody::Sync);
+    assert_eq!(last_client_seq(&net, 1, 20), 1, "the owner said RELAYED");
+    // Sent again once more: relayed at most once.
+    control(&mut net, 1, &bob, 20, send(1));
+    assert_eq!(count(&net), 1);
+    assert_eq!(got(&net, 1, 20).iter().filter(|e| e.3 == "once").count(), 1);
 }
