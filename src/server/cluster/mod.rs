@@ -87,6 +87,11 @@ impl ClusterConfig {
                 registry::MAX_NODE_NAME
             ));
         }
+        if let Some(path) = &creds {
+            // Read by the cluster thread later; a missing file is a start-up error now.
+            std::fs::metadata(path)
+                .map_err(|e| format!("--cluster-creds {}: {e}", path.display()))?;
+        }
         let user = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -398,5 +403,8 @@ mod tests {
         assert!(err("nats://h:1", Some("a.b"), None, None));
         assert!(err("nats://h:1", Some("n1"), Some("u"), None));
         assert!(!err("nats://h:1", Some("n1"), Some("u"), Some("p")));
+        let missing = std::path::PathBuf::from("/nonexistent/ocm-test.creds");
+        let got = ClusterConfig::from_flags("nats://h:1", Some("n1"), Some(missing), None, None);
+        assert!(got.is_err_and(|e| e.contains("--cluster-creds")));
     }
 }
