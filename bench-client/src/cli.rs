@@ -10,7 +10,8 @@ use crate::loss::DEFAULT_SEED;
 /// `--msg-rate 0` (no flood control), or its rate limit is what you measure.
 #[derive(FromArgs, Debug, Clone, PartialEq)]
 pub struct Args {
-    /// control-plane address of the server, host:port (default: 127.0.0.1:9001)
+    /// control-plane address of the server, host:port (default: 127.0.0.1:9001); several,
+    /// comma-separated, spread the users over nodes of one cluster (ocm-server --cluster)
     #[argh(option, default = "String::from(\"127.0.0.1:9001\")")]
     pub server: String,
 
