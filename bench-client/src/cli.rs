@@ -11,7 +11,7 @@ use crate::loss::DEFAULT_SEED;
 #[derive(FromArgs, Debug, Clone, PartialEq)]
 pub struct Args {
     /// control-plane address of the server, host:port (default: 127.0.0.1:9001); several,
-    /// comma-separated, spread the users over nodes of one cluster (ocm-server --cluster)
+    /// comma-separated, spread each room's members over nodes of one cluster (--cluster)
     #[argh(option, default = "String::from(\"127.0.0.1:9001\")")]
     pub server: String,
 

@@ -72,8 +72,9 @@ impl Rooms {
         plan: &WebPlan,
         web_addr: Option<std::net::SocketAddr>,
     ) -> Result<Rooms, String> {
-        // Several servers (`--server a,b,c`: nodes of one cluster): user `u` speaks to the
-        // `u mod n`-th, so each room's members are spread over the nodes.
+        // Several servers (`--server a,b,c`: nodes of one cluster): the member at position
+        // `p` of room `r` speaks to the `(p + r) mod n`-th, so each room's members are spread
+        // over the nodes, and so are the rooms' hosts (their owners).
         let mut clients = server
             .split(',')
             .map(|s| ControlClient::connect(s.trim(), DEFAULT_TIMEOUT).map_err(|e| e.to_string()))
@@ -98,7 +99,7 @@ impl Rooms {
             }
             rooms.links.push(None);
             let n = clients.len();
-            let c = &mut clients[u % n];
+            let c = &mut clients[(topo.pos_in_room[u] as usize + r) % n];
             let got = if topo.is_host(u) {
                 let cap = u16::try_from(topo.room_size[r]).unwrap_or(u16::MAX);
                 c.create(&room, &user, b"", cap)
