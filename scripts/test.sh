@@ -38,6 +38,13 @@ if [ "${CI:-}" = "true" ]; then
     need redis-server redis-server || true
 fi
 
+# tests/cluster.rs joins ocm-server nodes through a real `nats-server -js` (Debian package
+# nats-server). Elsewhere a missing nats-server skips those tests with a SKIP line; under CI
+# it is installed, and the tests fail if it is still missing (they see CI=true).
+if [ "${CI:-}" = "true" ]; then
+    need nats-server nats-server || true
+fi
+
 echo "== cargo test --workspace"
 cargo test --workspace
 

@@ -13,7 +13,8 @@ use crate::topology::Topology;
 /// `bench-client scale --help`: the other mode, many members on one server (memory, CPU).
 #[derive(FromArgs, Debug, Clone, PartialEq)]
 pub struct Args {
-    /// control-plane address of the server, host:port (default: 127.0.0.1:9001)
+    /// control-plane address of the server, host:port (default: 127.0.0.1:9001); several,
+    /// comma-separated, spread each room's members over nodes of one cluster (--cluster)
     #[argh(option, default = "String::from(\"127.0.0.1:9001\")")]
     pub server: String,
 

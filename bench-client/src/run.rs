@@ -63,7 +63,6 @@ pub fn run(args: &Args) -> Result<(), String> {
 
 /// The memberships of a run; hosts leave (closing the rooms) on [`Rooms::leave`] or drop.
 struct Rooms {
-    server: String,
     members: Vec<Membership>,
     /// `--web`: the session of each web user, taken by the workers.
     links: Vec<Option<WebLink>>,
@@ -79,9 +78,14 @@ impl Rooms {
         plan: &WebPlan,
         web_addr: Option<std::net::SocketAddr>,
     ) -> Result<Rooms, String> {
-        let mut c = ControlClient::connect(server, DEFAULT_TIMEOUT).map_err(|e| e.to_string())?;
+        // Several servers (`--server a,b,c`: nodes of one cluster): the member at position
+        // `p` of room `r` speaks to the `(p + r) mod n`-th, so each room's members are spread
+        // over the nodes, and so are the rooms' hosts (their owners).
+        let mut clients = server
+            .split(',')
+            .map(|s| ControlClient::connect(s.trim(), DEFAULT_TIMEOUT).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut rooms = Rooms {
-            server: server.to_string(),
             members: Vec::with_capacity(topo.users()),
             links: Vec::with_capacity(topo.users()),
             left: false,
@@ -100,6 +104,8 @@ impl Rooms {
                 continue;
             }
             rooms.links.push(None);
+            let n = clients.len();
+            let c = &mut clients[(topo.pos_in_room[u] as usize + r) % n];
             let got = if topo.is_host(u) {
                 let cap = u16::try_from(topo.room_size[r]).unwrap_or(u16::MAX);
                 c.create(&room, &user, b"", cap)
@@ -126,15 +132,23 @@ impl Rooms {
             return;
         }
         self.left = true;
-        let mut c = match ControlClient::connect(&self.server, DEFAULT_TIMEOUT) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("warning: cannot leave the rooms: {e}");
-                return;
-            }
-        };
+        // Each host leaves through the server it created its room on (one connection each).
+        let mut clients: Vec<(std::net::SocketAddr, ControlClient)> = Vec::new();
         for m in self.members.iter().filter(|m| m.host) {
-            if let Err(e) = c.leave(&m.room, &m.token) {
+            let i = match clients.iter().position(|(a, _)| *a == m.server) {
+                Some(i) => i,
+                None => match ControlClient::connect(&m.server.to_string(), DEFAULT_TIMEOUT) {
+                    Ok(c) => {
+                        clients.push((m.server, c));
+                        clients.len() - 1
+                    }
+                    Err(e) => {
+                        eprintln!("warning: cannot leave room '{}': {e}", m.room);
+                        continue;
+                    }
+                },
+            };
+            if let Err(e) = clients[i].1.leave(&m.room, &m.token) {
                 eprintln!("warning: leaving room '{}': {e}", m.room);
             }
         }

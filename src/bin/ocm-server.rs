@@ -151,6 +151,32 @@ struct Args {
     /// PEM private key for --tls-cert (PKCS#8, RSA or EC)
     #[argh(option)]
     tls_key: Option<PathBuf>,
+
+    /// join a cluster of nodes through NATS: nats://HOST:PORT[,nats://...] (needs --node;
+    /// see docs/cluster.md); off unless given
+    #[argh(option)]
+    cluster: Option<String>,
+
+    /// this node's name in the cluster: 1-32 of A-Z a-z 0-9 - _
+    #[argh(option)]
+    node: Option<String>,
+
+    /// NATS credentials file (.creds) for --cluster
+    #[argh(option)]
+    cluster_creds: Option<PathBuf>,
+
+    /// NATS user for --cluster (with --cluster-password)
+    #[argh(option)]
+    cluster_user: Option<String>,
+
+    /// NATS password for --cluster-user
+    #[argh(option)]
+    cluster_password: Option<String>,
+
+    /// copies of the cluster's key-value buckets in a NATS cluster: 3 survives the loss
+    /// of one NATS server of three; only the first node to start makes them
+    #[argh(option)]
+    cluster_replicas: Option<usize>,
 }
 
 /// `--web`: an address, or off.
@@ -294,6 +320,17 @@ fn run(args: &Args, tls: Option<Arc<rustls::ServerConfig>>) -> Result<(), String
     }
     if let Some(tls) = tls {
         server = server.with_tls(tls);
+    }
+    if let Some(urls) = &args.cluster {
+        let mut cfg = ocm::server::cluster::ClusterConfig::from_flags(
+            urls,
+            args.node.as_deref(),
+            args.cluster_creds.clone(),
+            args.cluster_user.clone(),
+            args.cluster_password.clone(),
+        )?;
+        cfg.replicas = args.cluster_replicas.unwrap_or(1).clamp(1, 5);
+        server = server.with_cluster(cfg).map_err(|e| e.to_string())?;
     }
     let (tcp_addr, udp_addr) = server.local_addrs().map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();

@@ -62,6 +62,7 @@ use crate::sys::timer::Timer;
 use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
 
+mod cluster;
 mod tcp;
 mod tls;
 mod web;
@@ -95,6 +96,8 @@ const SIGNALS: Token = Token(2);
 const METRICS: Token = Token(3);
 const WEB: Token = Token(4);
 const FLUSH_TIMER: Token = Token(5);
+/// The cluster thread's waker (`--cluster`).
+const CLUSTER: Token = Token(6);
 /// Connection tokens are slab keys plus this.
 pub const CONN_BASE: usize = 16;
 
@@ -263,6 +266,8 @@ pub struct Server {
     /// turn, and the poll does not wait while any is here.
     backlog: Vec<Token>,
     holding: Holding,
+    /// With `--cluster`: the NATS thread's end (`event_loop/cluster.rs`).
+    cluster: Option<super::cluster::Cluster>,
 }
 
 impl Server {
@@ -349,6 +354,7 @@ impl Server {
                 timer,
                 armed: None,
             },
+            cluster: None,
         })
     }
 
@@ -456,6 +462,7 @@ impl Server {
             let (datagrams, deliveries) = tx.send_staged();
             self.relay.count_refused(datagrams, deliveries);
             self.arm_flush_timer(flushed_at);
+            self.cluster_turn(now);
             self.deliver_to_sessions();
             self.write_touched(now);
             let busy = now.elapsed();
@@ -516,6 +523,7 @@ impl Server {
         };
         let next = [
             self.relay.next_timeout(),
+            self.relay.cluster_deadline(),
             self.clients.deadlines.next(),
             self.listeners.paused_until,
             held,
@@ -539,6 +547,7 @@ impl Server {
         };
         self.relay.shutdown(&mut tx);
         self.relay.flush(&mut tx);
+        self.cluster_stop();
         // Sessions get theirs too, with one non-blocking write each.
         self.deliver_to_sessions();
         self.write_touched(Instant::now());

@@ -28,6 +28,7 @@
 //!   [`crate::sys`] (socket set-up, batched UDP system calls, where every `unsafe` lives)
 //!   are the only code that does I/O.
 
+pub mod cluster;
 pub mod coalesce;
 pub mod conn;
 pub mod counters;

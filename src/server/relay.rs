@@ -40,6 +40,7 @@ use crate::protocol::event::{EventBuf, EventKind, reason};
 use recovery::RepairBucket;
 use resume::ResumeKey;
 
+mod cluster;
 mod config;
 mod datagrams;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -156,6 +157,8 @@ pub struct Relay<R> {
     shed: Vec<(usize, usize)>,
     /// Everything counted so far.
     pub counters: Counters,
+    /// (cluster) This node's part of a cluster; `None` without `--cluster`.
+    cluster: Option<Box<cluster::ClusterSide>>,
 }
 
 impl<R: Rng> Relay<R> {
@@ -188,6 +191,7 @@ impl<R: Rng> Relay<R> {
             repair_buf: Vec::with_capacity(crate::protocol::MAX_DATAGRAM),
             shed: Vec::new(),
             counters: Counters::default(),
+            cluster: None,
         }
     }
 
@@ -317,6 +321,9 @@ impl<R: Rng> Relay<R> {
         now: Instant,
         tx: &mut impl Transmit,
     ) {
+        if self.cluster.is_some() && self.forward_to_owner(room, kind, user, "") {
+            return;
+        }
         let mut out = Outflow {
             counters: &mut self.counters,
             batch_max: self.cfg.batch_max,
@@ -338,6 +345,9 @@ impl<R: Rng> Relay<R> {
         now: Instant,
         tx: &mut impl Transmit,
     ) {
+        if self.cluster.is_some() && self.forward_from(key, kind, body, now) {
+            return;
+        }
         // Split borrows: the member's name is read while the room's outbox is written.
         let Relay {
             members,
@@ -390,6 +400,9 @@ impl<R: Rng> Relay<R> {
     fn close_room(&mut self, key: usize, why: &str, tx: &mut impl Transmit) {
         let mut room = self.rooms.remove(key);
         room.close(why, &mut self.counters, &mut self.spares, tx);
+        if self.cluster.is_some() {
+            self.cluster_room_closed(key, &mut room);
+        }
         for &m in room.members() {
             if self.members.contains(m) {
                 let m = self.members.remove(m);

@@ -25,6 +25,7 @@ use crate::protocol::event::{Event, EventBuf, EventKind};
 use crate::protocol::{MAX_DATAGRAM, next_seq};
 
 pub mod history;
+pub mod mirror;
 pub mod queue;
 
 use history::History;
@@ -114,6 +115,9 @@ pub(super) struct Room {
     pub tail_due: Option<Instant>,
     /// (v1.1) Whether the relay's tail queue holds an entry for this room.
     pub tail_scheduled: bool,
+    /// (cluster) A room of this node shared with others: each datagram sent, for the
+    /// backplane (`None` without `--cluster`: nothing is copied).
+    pub backplane: Option<Vec<Vec<u8>>>,
 }
 
 /// Where a new room is and what it keeps.
@@ -155,6 +159,7 @@ impl Room {
             history: History::new(slot.history),
             tail_due: None,
             tail_scheduled: false,
+            backplane: None,
         }
     }
 
@@ -291,6 +296,9 @@ impl Room {
             counters.datagrams_out += sent as u64;
             counters.deliveries += (sent * outbox.events()) as u64;
             counters.send_drops += (self.sessions.len() - sent) as u64;
+        }
+        if let Some(b) = &mut self.backplane {
+            b.push(outbox.bytes().to_vec());
         }
         outbox.clear();
     }

@@ -99,6 +99,9 @@ pub enum Served {
     /// Answered, and this was the last: the rest of the input is dropped and the
     /// connection closes once the answer is out.
     Last,
+    /// Took one request of this many bytes whose answer comes later
+    /// ([`Conn::answer_deferred`]); the requests after it wait, so answers stay in order.
+    Deferred(usize),
 }
 
 /// What answers a connection's requests (TCRP, a metrics scrape).
@@ -130,6 +133,9 @@ pub struct Conn {
     idle: Duration,
     /// Said on idle timeout before closing (a WebSocket close frame), if anything.
     farewell: Option<Vec<u8>>,
+    /// A request's answer is owed by someone else (a cluster's registry): nothing more is
+    /// served until it comes.
+    deferred: bool,
 }
 
 impl Conn {
@@ -148,6 +154,7 @@ impl Conn {
             peer_done: false,
             idle: IDLE_TIMEOUT,
             farewell: None,
+            deferred: false,
         }
     }
 
@@ -235,7 +242,7 @@ impl Conn {
     /// Whole requests are answered through `service`, in order.
     pub fn on_read(&mut self, now: Instant, n: usize, service: &mut impl Service) {
         if n == 0 {
-            if self.wants_write() {
+            if self.wants_write() || self.deferred {
                 // A half-close after the last request: the answers are still owed.
                 self.peer_done = true;
                 self.phase = Phase::Closing;
@@ -262,10 +269,14 @@ impl Conn {
     fn serve(&mut self, now: Instant, service: &mut impl Service) {
         let mut consumed = 0;
         // Past the output cap, stop answering: the peer does not read, and is closed.
-        while self.output.len() <= MAX_OUTPUT {
+        while self.output.len() <= MAX_OUTPUT && !self.deferred {
             match service.serve(now, &self.input[consumed..self.filled], &mut self.output) {
                 Served::Incomplete => break,
                 Served::Answered(n) => consumed += n,
+                Served::Deferred(n) => {
+                    consumed += n;
+                    self.deferred = true;
+                }
                 Served::Last => {
                     consumed = self.filled;
                     self.phase = Phase::Closing;
@@ -281,6 +292,29 @@ impl Conn {
             // What is left is the start of the next request, which arrived with this read.
             self.request_since = Some(now);
         }
+    }
+
+    /// The answer a [`Served::Deferred`] request owed: it joins the output, and the
+    /// requests that waited behind it are served now.
+    pub fn answer_deferred(&mut self, now: Instant, answer: &[u8], service: &mut impl Service) {
+        if !self.deferred {
+            return;
+        }
+        self.deferred = false;
+        if matches!(self.phase, Phase::Reading | Phase::Closing) {
+            self.output.extend_from_slice(answer);
+        }
+        if self.phase == Phase::Reading {
+            self.serve(now, service);
+            if self.output.len() > MAX_OUTPUT {
+                self.phase = Phase::Closed(Closed::SlowPeer);
+            }
+        }
+    }
+
+    /// Whether an answer is owed by someone else.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
     }
 
     /// `n` bytes of [`Conn::output`] were written. Returns true when the socket's write

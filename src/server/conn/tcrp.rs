@@ -11,7 +11,7 @@ use super::{Served, Service};
 use crate::protocol::frame::{MAX_REQUEST_FRAME, Request, encode_response, split_request};
 use crate::protocol::{Operation, Status};
 use crate::server::Relay;
-use crate::server::transmit::Transmit;
+use crate::server::transmit::{SessionId, Transmit};
 
 /// A TCRP connection's input buffer: one whole request frame at most.
 pub const INPUT_CAP: usize = MAX_REQUEST_FRAME;
@@ -32,6 +32,9 @@ pub struct Tcrp<'a, R, T> {
     pub tx: &'a mut T,
     /// The peer's address, for the per-IP limits.
     pub peer: IpAddr,
+    /// This connection (its slab key and generation), to find it again with an answer
+    /// that comes later (a cluster's CREATE and JOIN).
+    pub conn: SessionId,
 }
 
 impl<R: Rng, T: Transmit> Service for Tcrp<'_, R, T> {
@@ -42,7 +45,12 @@ impl<R: Rng, T: Transmit> Service for Tcrp<'_, R, T> {
             Ok(Some((frame, n))) => {
                 match Request::parse(&frame) {
                     Ok(req) => {
-                        self.relay.handle_request(now, peer, &req, out, self.tx);
+                        let answered = self
+                            .relay
+                            .handle_request_deferrable(now, peer, self.conn, &req, out, self.tx);
+                        if !answered {
+                            return Served::Deferred(n);
+                        }
                     }
                     Err(field) => {
                         debug!("invalid request from {peer}: {field}");

@@ -49,6 +49,7 @@ impl Peer {
             relay: &mut self.relay,
             tx: &mut self.tx,
             peer: [127, 0, 0, 1].into(),
+            conn: crate::server::transmit::SessionId { key: 0, id: 0 },
         };
         conn.on_read(now, n, &mut service);
     }
@@ -358,4 +359,53 @@ fn a_scrape_is_answered_once_its_head_is_whole_then_drains() {
     assert!(text.contains("\nocm_rooms 2\n"), "{text}");
     assert!(shut);
     assert_eq!(c.phase(), Phase::Draining);
+}
+
+/// Answers each one-byte request with that byte; defers those that are `D`.
+struct Echo;
+
+impl super::Service for Echo {
+    fn serve(&mut self, _now: Instant, input: &[u8], out: &mut Vec<u8>) -> super::Served {
+        match input.first() {
+            None => super::Served::Incomplete,
+            Some(b'D') => super::Served::Deferred(1),
+            Some(&b) => {
+                out.push(b);
+                super::Served::Answered(1)
+            }
+        }
+    }
+}
+
+#[test]
+fn a_deferred_answer_keeps_the_answers_in_order() {
+    let now = Instant::now();
+    let mut conn = Conn::new(now, 16);
+    let buf = conn.read_buf().unwrap();
+    buf[..4].copy_from_slice(b"aDbc");
+    conn.on_read(now, 4, &mut Echo);
+    // `a` is answered; `b` and `c` wait behind the deferred one.
+    assert_eq!(conn.output(), b"a");
+    assert!(conn.is_deferred());
+    conn.answer_deferred(now, b"D!", &mut Echo);
+    assert_eq!(conn.output(), b"aD!bc");
+    assert!(!conn.is_deferred());
+    assert_eq!(conn.phase(), Phase::Reading);
+    // An answer nobody waits for is ignored.
+    conn.answer_deferred(now, b"x", &mut Echo);
+    assert_eq!(conn.output(), b"aD!bc");
+}
+
+#[test]
+fn a_peer_that_half_closes_while_deferred_still_gets_its_answer() {
+    let now = Instant::now();
+    let mut conn = Conn::new(now, 16);
+    conn.read_buf().unwrap()[0] = b'D';
+    conn.on_read(now, 1, &mut Echo);
+    conn.on_read(now, 0, &mut Echo);
+    assert_eq!(conn.phase(), Phase::Closing);
+    conn.answer_deferred(now, b"late", &mut Echo);
+    assert_eq!(conn.output(), b"late");
+    conn.on_written(4, now);
+    assert_eq!(conn.phase(), Phase::Closed(Closed::PeerClosed));
 }

@@ -37,7 +37,7 @@ pub(super) struct Client {
     /// Whether WRITABLE interest is registered.
     writing: bool,
     /// A web connection's state (HTTP head, then WebSocket session); unused otherwise.
-    web: WebState,
+    pub(super) web: WebState,
     /// Its session's idle timer and goodbye are set on the `Conn`.
     session_set: bool,
     /// Given output by [`Server::deliver_to_sessions`] since its last write.
@@ -234,6 +234,7 @@ impl Server {
                     relay,
                     tx: &mut tx,
                     peer,
+                    conn: SessionId { key, id: client.id },
                 };
                 client.conn.on_read(now, n, &mut service);
             }

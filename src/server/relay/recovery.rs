@@ -162,8 +162,11 @@ impl<R: Rng> Relay<R> {
                 if client_seq <= self.members[key].client_seq {
                     return DatagramOutcome::Duplicate;
                 }
+                // (cluster) On a mirror the owner says when it is relayed.
+                let via_owner = self.send_via_owner(key, client_seq);
                 let outcome = self.relay_message(now, key, from, message, tx);
-                if outcome == DatagramOutcome::Relayed {
+                self.send_done();
+                if outcome == DatagramOutcome::Relayed && !via_owner {
                     self.members[key].client_seq = client_seq;
                 }
                 outcome

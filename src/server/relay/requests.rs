@@ -48,7 +48,7 @@ impl<R: Rng> Relay<R> {
         self.handle_request_on(now, peer, Some(session), req, out, tx)
     }
 
-    fn handle_request_on(
+    pub(super) fn handle_request_on(
         &mut self,
         now: Instant,
         peer: IpAddr,
@@ -87,6 +87,18 @@ impl<R: Rng> Relay<R> {
                 resume_key,
             } => self.resume(now, origin, room, token, resume_key, tx),
         };
+        self.answer(op, room_bytes, result, out)
+    }
+
+    /// Counts and encodes the answer to a request: the RESPONSE, and the COMPLETE of a
+    /// success (a grant for `Some(member)`, the room list for LIST).
+    pub(super) fn answer(
+        &mut self,
+        op: Operation,
+        room_bytes: &[u8],
+        result: Result<Option<usize>, Status>,
+        out: &mut Vec<u8>,
+    ) -> Status {
         let status = match result {
             Ok(_) => Status::Ok,
             Err(s) => s,
@@ -110,7 +122,7 @@ impl<R: Rng> Relay<R> {
         status
     }
 
-    fn create(
+    pub(super) fn create(
         &mut self,
         now: Instant,
         origin: Origin,
@@ -204,7 +216,13 @@ impl<R: Rng> Relay<R> {
 
     /// Enters a member of `room` into the member table, with a fresh token and deadline;
     /// the room itself is the caller's to tell.
-    fn add_member(&mut self, now: Instant, room: usize, origin: Origin, name: &str) -> usize {
+    pub(super) fn add_member(
+        &mut self,
+        now: Instant,
+        room: usize,
+        origin: Origin,
+        name: &str,
+    ) -> usize {
         let (ip, session) = origin;
         self.members_per_ip.add(ip);
         let token = loop {
@@ -263,6 +281,11 @@ impl<R: Rng> Relay<R> {
     }
 
     fn encode_list(&self, out: &mut Vec<u8>) {
+        if self.cluster.is_some() {
+            // Every room of the cluster, from the registry.
+            self.encode_cluster_list(out);
+            return;
+        }
         // `str` orders by bytes, as LIST wants.
         encode_list(
             out,

@@ -94,11 +94,11 @@ impl<R: Rng, T: Transmit> Service for Web<'_, R, T> {
         } = self;
         let result = match state.assembler.feed(&f) {
             Err(code) => Err(code),
-            Ok(Step::Nothing) => Ok(()),
+            Ok(Step::Nothing) => Ok(true),
             Ok(Step::Pong(payload)) => {
                 frame::write_header(out, Opcode::Pong, payload.len());
                 out.extend_from_slice(payload);
-                Ok(())
+                Ok(true)
             }
             Ok(Step::Closed(code)) => {
                 debug!("web session from {peer} closed by the client; answering {code}");
@@ -119,7 +119,9 @@ impl<R: Rng, T: Transmit> Service for Web<'_, R, T> {
             }
         };
         match result {
-            Ok(()) => Served::Answered(n),
+            Ok(true) => Served::Answered(n),
+            // A cluster's CREATE, JOIN or RESUME: framed and written when it is answered.
+            Ok(false) => Served::Deferred(n),
             Err(code) => self.close(out, code),
         }
     }
@@ -145,20 +147,26 @@ struct Unit<'s, 'a, R, T> {
 }
 
 impl<R: Rng, T: Transmit> Unit<'_, '_, R, T> {
-    fn handle(&mut self, now: Instant, message: &[u8], out: &mut Vec<u8>) -> Result<(), CloseCode> {
+    /// Handles one message; `Ok(false)`: a request whose answer comes later.
+    fn handle(
+        &mut self,
+        now: Instant,
+        message: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<bool, CloseCode> {
         match message {
             [] => Err(CloseCode::Protocol),
             [CHANNEL_TCRP, frame @ ..] => self.request(now, frame, out),
             [CHANNEL_DATAGRAM, datagram @ ..] => {
                 self.datagram(now, datagram);
-                Ok(())
+                Ok(true)
             }
             [_, ..] => Err(CloseCode::Protocol),
         }
     }
 
     /// A channel-1 unit: exactly one REQUEST frame.
-    fn request(&mut self, now: Instant, unit: &[u8], out: &mut Vec<u8>) -> Result<(), CloseCode> {
+    fn request(&mut self, now: Instant, unit: &[u8], out: &mut Vec<u8>) -> Result<bool, CloseCode> {
         let peer = self.peer;
         let scratch = &mut **self.scratch;
         scratch.clear();
@@ -168,8 +176,12 @@ impl<R: Rng, T: Transmit> Unit<'_, '_, R, T> {
                     Ok(req) => {
                         let session = self.session;
                         let tx = &mut **self.tx;
-                        self.relay
-                            .handle_session_request(now, peer, session, &req, scratch, tx);
+                        let answered = self.relay.handle_session_request_deferrable(
+                            now, peer, session, &req, scratch, tx,
+                        );
+                        if !answered {
+                            return Ok(false);
+                        }
                     }
                     Err(field) => {
                         debug!("invalid request from web session {peer}: {field}");
@@ -196,16 +208,9 @@ impl<R: Rng, T: Transmit> Unit<'_, '_, R, T> {
         if !whole {
             self.relay.counters.malformed_frames += 1;
         }
-        // Each RESPONSE and COMPLETE in a message of its own.
-        let mut rest = &scratch[..];
-        while let Some(len) = reply_len(rest) {
-            let (reply, tail) = rest.split_at(len);
-            frame::write_unit(out, CHANNEL_TCRP, reply);
-            self.stats.messages_out += 1;
-            rest = tail;
-        }
+        frame_replies(out, scratch, self.stats);
         if whole {
-            Ok(())
+            Ok(true)
         } else {
             Err(CloseCode::Protocol)
         }
@@ -217,6 +222,18 @@ impl<R: Rng, T: Transmit> Unit<'_, '_, R, T> {
         let tx = &mut **self.tx;
         self.relay
             .handle_session_datagram(now, self.session, datagram, tx);
+    }
+}
+
+/// Writes the relay's reply frames `replies` to `out` as channel-1 messages, each RESPONSE
+/// and COMPLETE in a message of its own (also for an answer that came later: a cluster's).
+pub fn frame_replies(out: &mut Vec<u8>, replies: &[u8], stats: &mut WebStats) {
+    let mut rest = replies;
+    while let Some(len) = reply_len(rest) {
+        let (reply, tail) = rest.split_at(len);
+        frame::write_unit(out, CHANNEL_TCRP, reply);
+        stats.messages_out += 1;
+        rest = tail;
     }
 }
 
