@@ -14,7 +14,8 @@
 # The server runs with --msg-rate 0 (no per-member flood control, or the bench would
 # measure the rate limit), --max-rooms-per-ip 0 (every bench room comes from 127.0.0.1),
 # --max-connections-per-ip 0 (so do the web users' sessions of --web N) and
-# --max-capacity 65535 (room shapes up to one room of 2 000 and more).
+# --max-capacity 65535 and --max-members-per-ip 0 (room shapes up to one room of 2 000 and
+# more, every member from 127.0.0.1).
 #
 # Pinning: with at least two cores (and taskset), ocm-server runs on CPU 0 alone and
 # bench-client on the others, so that the two do not compete for one core and the
@@ -84,7 +85,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 server_args=(--port 0 --msg-rate 0 --max-rooms-per-ip 0 --max-connections-per-ip 0 --max-capacity 65535
-    --metrics 127.0.0.1:0)
+    --max-members-per-ip 0 --metrics 127.0.0.1:0)
 if [ -n "$history" ]; then
     server_args+=(--history "$history")
 fi
@@ -131,7 +132,7 @@ web_args=()
 if [ -n "$web" ] && [[ " ${bench_args[*]} " != *" --web-server "* ]]; then
     web_args=(--web-server "$web")
 fi
-echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --max-connections-per-ip 0, --max-capacity 65535, --history ${history:-default})" >&2
+echo "bench.sh: server $listening (pid $server_pid, --msg-rate 0, --max-rooms-per-ip 0, --max-connections-per-ip 0, --max-capacity 65535, --max-members-per-ip 0, --history ${history:-default})" >&2
 echo "bench.sh: protocol path $path; server --history ${history:-default}"
 
 # utime and stime of a process, in clock ticks: fields 14 and 15 of /proc/PID/stat,

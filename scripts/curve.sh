@@ -41,15 +41,20 @@ for shape in $shapes; do
     users=$((size * rooms))
     for load in $loads; do
         rate=$((load / size))
+        # Past a load at which every run of the shape lost more than half, higher loads
+        # only measure the overload again: the shape's curve ends there.
+        overloaded=1
         for hold in $holds; do
             server_args=""
             [ "$hold" != "default" ] && server_args="--max-hold-us $hold"
             if ! OCM_SERVER_ARGS="$server_args" scripts/bench.sh --users "$users" --rooms "$rooms" \
                 --rate "$rate" --duration "$seconds" --warmup 1 --quiet >"$out" 2>&1; then
                 printf '%-8s %-6s %10s  (run failed: %s)\n' "$shape" "$hold" "$load" \
-                    "$(grep -m1 -iE 'error|died' "$out" || tail -1 "$out")"
+                    "$(grep -m1 -iE 'error|died|cannot|refused' "$out" || tail -1 "$out")"
                 continue
             fi
+            lost="$(awk '/^  Deliveries/ { v = $8; gsub(/[(%),]/, "", v); print v }' "$out")"
+            awk -v l="${lost:-100}" 'BEGIN { exit !(l <= 50) }' && overloaded=0
             awk -v shape="$shape" -v hold="$hold" -v load="$load" '
                 /^  Throughput/ { got = $2 }
                 /^  Deliveries/ { loss = $8; gsub(/[(%),]/, "", loss) }
@@ -63,5 +68,6 @@ for shape in $shapes; do
                 END { printf "%-8s %-6s %10s %10s %7s %9s %9s %6s %7s %6s %6s\n",
                     shape, hold, load, got, loss, p50, p99, srv, ns, ev, bench }' "$out"
         done
+        [ "$overloaded" = 1 ] && break
     done
 done
