@@ -528,20 +528,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn one_sendmmsg_reaches_every_receiver_with_the_same_bytes() {
+    /// A non-blocking sending socket, `n` receivers and their destinations, on loopback.
+    fn sockets(n: usize) -> (UdpSocket, Vec<UdpSocket>, Vec<Dest>) {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         server.set_nonblocking(true).unwrap();
-        let receivers: Vec<UdpSocket> = (0..5)
+        let receivers: Vec<UdpSocket> = (0..n)
             .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
-        let to: Vec<Dest> = receivers
+        let to = receivers
             .iter()
             .map(|r| Dest {
                 addr: r.local_addr().unwrap(),
                 local: None,
             })
             .collect();
+        (server, receivers, to)
+    }
+
+    #[test]
+    fn one_sendmmsg_reaches_every_receiver_with_the_same_bytes() {
+        let (server, receivers, to) = sockets(5);
         let mut scratch = Sender::default();
         let sent = BatchTx::new(&server, &mut scratch).send(b"same bytes", &to);
         assert_eq!(sent, 5);
@@ -572,18 +578,7 @@ mod tests {
 
     #[test]
     fn staged_datagrams_of_several_fan_outs_leave_together_and_in_order() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server.set_nonblocking(true).unwrap();
-        let r: Vec<UdpSocket> = (0..3)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let d: Vec<Dest> = r
-            .iter()
-            .map(|r| Dest {
-                addr: r.local_addr().unwrap(),
-                local: None,
-            })
-            .collect();
+        let (server, r, d) = sockets(3);
         let mut scratch = Sender::default();
         let mut tx = BatchTx::new(&server, &mut scratch);
         assert_eq!(tx.stage(b"A", &d[0..2], 0), 2);
