@@ -419,12 +419,7 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
-            self.stats.wakeups += 1;
-            let coalescer = &mut self.holding.coalescer;
-            coalescer.on_wake(now);
-            self.relay.set_hold(coalescer.hold());
-            self.stats.busy_share = coalescer.busy_share();
-            self.stats.hold = coalescer.hold();
+            self.begin_turn(now);
             let mut stop = false;
             for token in std::mem::take(&mut self.backlog) {
                 self.on_ready(token, now, true, false);
@@ -455,24 +450,42 @@ impl Server {
                 self.read_datagrams(now);
             }
             self.on_timers(now);
-            let flushed_at = Instant::now();
-            let mut tx = LoopTx::new(&mut self.udp, &mut self.web.outbox);
-            tx.stage = true;
-            self.relay.flush_due(flushed_at, &mut tx);
-            let (datagrams, deliveries) = tx.send_staged();
-            self.relay.count_refused(datagrams, deliveries);
-            self.arm_flush_timer(flushed_at);
-            self.cluster_turn(now);
-            self.deliver_to_sessions();
-            self.write_touched(now);
-            let busy = now.elapsed();
-            self.stats.busy += busy;
-            self.holding.coalescer.on_busy(busy);
+            self.end_turn(now);
             if stop {
                 break;
             }
         }
         Ok(self.shutdown())
+    }
+
+    /// A wake-up begins at `now`: the coalescer sees the time since the last one and sets
+    /// the hold for this turn.
+    fn begin_turn(&mut self, now: Instant) {
+        self.stats.wakeups += 1;
+        let coalescer = &mut self.holding.coalescer;
+        coalescer.on_wake(now);
+        self.relay.set_hold(coalescer.hold());
+        self.stats.busy_share = coalescer.busy_share();
+        self.stats.hold = coalescer.hold();
+    }
+
+    /// The end of a wake-up that began at `now`: the outboxes due leave (small fan-outs
+    /// staged into one `sendmmsg`), the flush timer is armed for the first held one, the
+    /// cluster publishes, sessions get their frames, and the turn's busy time is counted.
+    fn end_turn(&mut self, now: Instant) {
+        let flushed_at = Instant::now();
+        let mut tx = LoopTx::new(&mut self.udp, &mut self.web.outbox);
+        tx.stage = true;
+        self.relay.flush_due(flushed_at, &mut tx);
+        let (datagrams, deliveries) = tx.send_staged();
+        self.relay.count_refused(datagrams, deliveries);
+        self.arm_flush_timer(flushed_at);
+        self.cluster_turn(now);
+        self.deliver_to_sessions();
+        self.write_touched(now);
+        let busy = now.elapsed();
+        self.stats.busy += busy;
+        self.holding.coalescer.on_busy(busy);
     }
 
     /// A listener or a connection is ready (or was left in the backlog).
