@@ -8,7 +8,7 @@
 //! connections is the poll timeout, so there is no fixed tick.
 //!
 //! WebSocket members (PROTOCOL.md §6): the relay sends a room's outbox once through
-//! `LoopTx`, which hands UDP destinations to `sendmmsg` and queues the same bytes once
+//! `LoopTx` (`tx.rs` beside this file), which hands UDP destinations to `sendmmsg` and queues the same bytes once
 //! for the room's sessions ([`SessionOutbox`]); after each relay call the loop frames them
 //! into each session's output buffer (found by slab key and generation, no scan; dropped
 //! and counted past 256 KiB), and writes the sessions it touched once at the end of the
@@ -53,11 +53,9 @@ use super::coalesce::Coalescer;
 use super::conn::admission::{Admission, Kind};
 use super::counters::Counters;
 use super::deadlines::DeadlineQueue;
-use super::transmit::{Addr, SessionId, Targets, Transmit};
 use super::web::http::Site;
 use super::web::{SessionOutbox, WebStats};
 use super::{Config, Relay};
-use crate::protocol::event::RawEvents;
 use crate::sys::timer::Timer;
 use crate::sys::udp::{self, BatchTx as Tx, Dest, Receiver, Sender};
 use tcp::Client;
@@ -65,7 +63,10 @@ use tcp::Client;
 mod cluster;
 mod tcp;
 mod tls;
+mod tx;
 mod web;
+
+use tx::LoopTx;
 
 pub use super::conn::admission::Limits;
 
@@ -142,85 +143,6 @@ struct WebSide {
     /// A session with no message for this long is closed with 1001: max(60 s,
     /// IdleTimeout) (PROTOCOL.md §6).
     session_idle: Duration,
-}
-
-/// Sends to at most this many UDP receivers are staged and leave together in one
-/// `sendmmsg` (small rooms' outboxes, and the one-receiver answers: SYNC, NACK repairs,
-/// notices): for such small fan-outs a system call each costs more than copying the
-/// payload once.
-const STAGE_FANOUT: usize = 16;
-/// Tag of a staged room outbox: its events count as deliveries, so a refusal takes them
-/// back. Answers and notices are not deliveries (tag 0).
-const ROOM_OUTBOX: u8 = 1;
-
-/// The relay's [`Transmit`] in the loop: UDP members through `sendmmsg`, WebSocket members
-/// through the [`SessionOutbox`] (framed into their buffers after the relay call).
-struct LoopTx<'a> {
-    udp: Tx<'a>,
-    sessions: &'a mut SessionOutbox,
-    /// Whether small fan-outs are staged (a batch of datagrams read, the timers, the
-    /// end-of-wake-up flush); then [`LoopTx::send_staged`] must follow.
-    stage: bool,
-}
-
-impl Transmit for LoopTx<'_> {
-    /// A room's outbox (the relay sends nothing else through `send`).
-    fn send(&mut self, payload: &[u8], to: &[Dest]) -> usize {
-        self.send_udp(payload, to, ROOM_OUTBOX)
-    }
-
-    fn send_one(&mut self, payload: &[u8], to: Addr) -> usize {
-        match to {
-            Addr::Udp(d) => self.send_udp(payload, std::slice::from_ref(&d), 0),
-            Addr::Session(s) => self.send_sessions(payload, std::slice::from_ref(&s)),
-        }
-    }
-
-    fn send_targets(&mut self, payload: &[u8], to: &Targets) -> usize {
-        let mut sent = self.send_udp(payload, to.udp(), 0);
-        if !to.sessions().is_empty() {
-            sent += self.send_sessions(payload, to.sessions());
-        }
-        sent
-    }
-
-    fn send_sessions(&mut self, payload: &[u8], to: &[SessionId]) -> usize {
-        self.sessions.push(payload, to);
-        to.len()
-    }
-}
-
-impl<'a> LoopTx<'a> {
-    fn new(udp: &'a mut Udp, sessions: &'a mut SessionOutbox) -> LoopTx<'a> {
-        LoopTx {
-            udp: Tx::new(&udp.socket, &mut udp.sender),
-            sessions,
-            stage: false,
-        }
-    }
-
-    fn send_udp(&mut self, payload: &[u8], to: &[Dest], tag: u8) -> usize {
-        if to.is_empty() {
-            0
-        } else if self.stage && to.len() <= STAGE_FANOUT {
-            self.udp.stage(payload, to, tag)
-        } else {
-            self.udp.send(payload, to)
-        }
-    }
-
-    /// Sends what was staged; returns the datagrams and deliveries the socket refused (a
-    /// staged send was counted as sent when staged).
-    fn send_staged(&mut self) -> (u64, u64) {
-        let (mut datagrams, mut deliveries) = (0, 0);
-        self.udp.send_staged(|payload, tag| {
-            datagrams += 1;
-            if tag == ROOM_OUTBOX {
-                deliveries += RawEvents::new(payload).count() as u64;
-            }
-        });
-        (datagrams, deliveries)
-    }
 }
 
 /// The data-plane socket and its batch buffers.
