@@ -122,6 +122,26 @@ impl<R: Rng> Relay<R> {
         status
     }
 
+    /// Whether a CREATE from `peer` would pass a server or per-IP limit (rooms, members):
+    /// then it is told SERVER_FULL.
+    pub(super) fn room_limit_reached(&self, peer: IpAddr) -> bool {
+        self.rooms.len() >= self.cfg.max_rooms
+            || self.members.len() >= self.cfg.max_members
+            || self
+                .members_per_ip
+                .at_cap(peer, self.cfg.max_members_per_ip)
+            || self.rooms_per_ip.at_cap(peer, self.cfg.max_rooms_per_ip)
+    }
+
+    /// The capacity a room asked with `asked` gets: the default for 0, else at most the
+    /// server's largest.
+    pub(super) fn room_capacity(&self, asked: u16) -> u16 {
+        match asked {
+            0 => self.cfg.default_capacity,
+            c => c.min(self.cfg.max_capacity),
+        }
+    }
+
     pub(super) fn create(
         &mut self,
         now: Instant,
@@ -135,19 +155,10 @@ impl<R: Rng> Relay<R> {
         if self.by_name.contains_key(room) {
             return Err(Status::RoomExists);
         }
-        if self.rooms.len() >= self.cfg.max_rooms
-            || self.members.len() >= self.cfg.max_members
-            || self
-                .members_per_ip
-                .at_cap(peer, self.cfg.max_members_per_ip)
-            || self.rooms_per_ip.at_cap(peer, self.cfg.max_rooms_per_ip)
-        {
+        if self.room_limit_reached(peer) {
             return Err(Status::ServerFull);
         }
-        let capacity = match capacity {
-            0 => self.cfg.default_capacity,
-            c => c.min(self.cfg.max_capacity),
-        };
+        let capacity = self.room_capacity(capacity);
         let key = self.rooms.vacant_key();
         self.rooms_per_ip.add(peer);
         let host = self.add_member(now, key, origin, user);

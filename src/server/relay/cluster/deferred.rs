@@ -124,19 +124,10 @@ impl<R: Rng> Relay<R> {
         if self.by_name.contains_key(room) || c.registry.contains_key(room) {
             return Some(Status::RoomExists);
         }
-        if self.rooms.len() >= self.cfg.max_rooms
-            || self.members.len() >= self.cfg.max_members
-            || self
-                .members_per_ip
-                .at_cap(peer, self.cfg.max_members_per_ip)
-            || self.rooms_per_ip.at_cap(peer, self.cfg.max_rooms_per_ip)
-        {
+        if self.room_limit_reached(peer) {
             return Some(Status::ServerFull);
         }
-        let capacity = match capacity {
-            0 => self.cfg.default_capacity,
-            c => c.min(self.cfg.max_capacity),
-        };
+        let capacity = self.room_capacity(capacity);
         let mut salt = [0u8; SALT_LEN];
         self.rng.fill_bytes(&mut salt);
         let c = self.cluster.as_mut()?;
