@@ -219,10 +219,6 @@ impl Room {
         tx: &mut impl Transmit,
     ) {
         let len = self.append(kind, user, body, out.counters, out.spares, tx);
-        let busy = self
-            .last_event
-            .is_some_and(|t| out.now.saturating_duration_since(t) < out.hold);
-        self.last_event = Some(out.now);
         let full = self
             .outbox
             .as_ref()
@@ -238,12 +234,19 @@ impl Room {
                 key: self.key,
                 id: self.id,
             };
+            // Busy: the previous event came within the hold (no clock arithmetic while
+            // nothing is held, the common case).
+            let busy = !out.hold.is_zero()
+                && self
+                    .last_event
+                    .is_some_and(|t| out.now.saturating_duration_since(t) < out.hold);
             if busy {
                 out.queue.push_held(out.now + out.hold, entry);
             } else {
                 out.queue.push_now(entry);
             }
         }
+        self.last_event = Some(out.now);
     }
 
     /// Encodes one event into the outbox with the next Seq, flushing first if it would not
