@@ -49,6 +49,7 @@ pub mod cli;
 pub mod gaps;
 pub mod loss;
 pub mod order;
+pub mod readiness;
 pub mod redis;
 pub mod report;
 pub mod run;

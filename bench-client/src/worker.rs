@@ -7,11 +7,10 @@ use std::collections::HashSet;
 use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use mio::Token;
 use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token};
 use ocm::client::Membership;
 use ocm::protocol::MAX_DATAGRAM;
 use ocm::protocol::control::{CONTROL_HEADER_LEN, ControlBody, ControlDatagram};
@@ -22,15 +21,14 @@ use crate::body::Stamp;
 use crate::gaps::{GapCounts, GapTracker, Seen};
 use crate::loss::LossFilter;
 use crate::order::{Arrival, OrderTracker};
+use crate::readiness::Readiness;
 use crate::schedule::Schedule;
 use crate::stats::{self, Counters, Published, ShapeCounts, ShapeStats, Shared};
-use crate::sys::{MAX_POLL_WAIT, Timer};
 use crate::topology::{Clock, Topology};
 use crate::web::{self, KindLatency, Link, WebLink};
 use ocm::sys::socket;
 use ocm::sys::udp::{RECV_BATCH, Receiver};
 
-const TIMER: Token = Token(usize::MAX - 1);
 /// How often heartbeats are checked for (each user sends one only when due).
 const HEARTBEAT_CHECK_NS: u64 = 100_000_000;
 /// How often the latency of the last moment is handed to the progress printer.
@@ -324,13 +322,10 @@ pub struct Worker {
     pub index: usize,
     /// The users it owns.
     pub users: Vec<User>,
-    poll: Poll,
-    events: Events,
-    timer: Option<Timer>,
+    readiness: Readiness,
     batch: Receiver,
     out: Vec<u8>,
     body: Vec<u8>,
-    pending: Vec<usize>,
     ready: Vec<usize>,
     /// The protocol path of the run.
     path: Path,
@@ -352,29 +347,17 @@ impl Worker {
         path: Path,
         loss: LossFilter,
     ) -> io::Result<Worker> {
-        let poll = Poll::new()?;
+        let readiness = Readiness::new()?;
         for (i, u) in users.iter_mut().enumerate() {
-            u.link.register(poll.registry(), Token(i))?;
-        }
-        let timer = Timer::new().ok();
-        #[cfg(target_os = "linux")]
-        if let Some(t) = &timer {
-            poll.registry().register(
-                &mut mio::unix::SourceFd(&t.raw_fd()),
-                TIMER,
-                Interest::READABLE,
-            )?;
+            u.link.register(readiness.registry(), Token(i))?;
         }
         Ok(Worker {
             index,
             users,
-            poll,
-            events: Events::with_capacity(1024),
-            timer,
+            readiness,
             batch: Receiver::new(false),
             out: vec![0; MAX_DATAGRAM],
             body: Vec::new(),
-            pending: Vec::new(),
             ready: Vec::new(),
             path,
             loss,
@@ -394,45 +377,12 @@ impl Worker {
         sink: &mut S,
         mut between: impl FnMut(&mut Self, &mut S),
     ) -> io::Result<()> {
-        let now = clock.now_ns();
-        let mut wait = MAX_POLL_WAIT;
-        if let Some(w) = wake_ns {
-            let left = Duration::from_nanos(w.saturating_sub(now));
-            if left < wait {
-                match &self.timer {
-                    Some(t) if !left.is_zero() => t.arm(left)?,
-                    _ => wait = left,
-                }
-            }
-        }
-        if !self.pending.is_empty() {
-            wait = Duration::ZERO;
-        }
-        match self.poll.poll(&mut self.events, Some(wait)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        // Sockets left unread last time come first; `ready` keeps its allocation.
         let mut ready = std::mem::take(&mut self.ready);
-        ready.clear();
-        ready.append(&mut self.pending);
-        for ev in self.events.iter() {
-            match ev.token() {
-                TIMER => {
-                    if let Some(t) = &self.timer {
-                        t.ack();
-                    }
-                }
-                Token(i) if i < self.users.len() => ready.push(i),
-                _ => {}
-            }
-        }
-        ready.sort_unstable();
-        ready.dedup();
+        self.readiness
+            .wait(clock, wake_ns, self.users.len(), &mut ready)?;
         for (k, &i) in ready.iter().enumerate() {
             if !self.read_socket(i, clock, sink) {
-                self.pending.push(i);
+                self.readiness.defer(i);
             }
             if k % 16 == 15 {
                 between(self, sink);

@@ -9,23 +9,21 @@
 use std::io;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering::{Relaxed, Release};
-use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Interest, Token};
 
 use super::link::{Got, Link};
 use super::resp::Frame;
 use crate::body::Stamp;
 use crate::order::{Arrival, OrderTracker};
+use crate::readiness::Readiness;
 use crate::schedule::Schedule;
 use crate::stats::{self, Counters, Published, ShapeStats, Shared};
-use crate::sys::{MAX_POLL_WAIT, Timer};
 use crate::topology::{Clock, Topology};
 use crate::web::KindLatency;
 use crate::worker::{LoadOutcome, StepPlan};
 
-const TIMER: Token = Token(usize::MAX - 1);
 /// How often the latency of the last moment is handed to the progress printer.
 const FLUSH_NS: u64 = 100_000_000;
 /// One delivery in this many feeds the progress line's p99 (as in the OCM worker).
@@ -75,46 +73,31 @@ impl RedisUser {
 pub struct RedisWorker {
     index: usize,
     users: Vec<RedisUser>,
-    poll: Poll,
-    events: Events,
-    timer: Option<Timer>,
+    readiness: Readiness,
     body: Vec<u8>,
     /// Users with output queued since the last flush.
     dirty: Vec<usize>,
     /// Users left unread last turn (read again at once).
-    pending: Vec<usize>,
     ready: Vec<usize>,
 }
 
 impl RedisWorker {
     /// Worker `index` owning `users`; registers their connections.
     pub fn new(index: usize, mut users: Vec<RedisUser>) -> io::Result<RedisWorker> {
-        let poll = Poll::new()?;
+        let readiness = Readiness::new()?;
         for (i, u) in users.iter_mut().enumerate() {
-            poll.registry().register(
+            readiness.registry().register(
                 u.link.stream(),
                 Token(i),
                 Interest::READABLE | Interest::WRITABLE,
             )?;
         }
-        let timer = Timer::new().ok();
-        #[cfg(target_os = "linux")]
-        if let Some(t) = &timer {
-            poll.registry().register(
-                &mut mio::unix::SourceFd(&t.raw_fd()),
-                TIMER,
-                Interest::READABLE,
-            )?;
-        }
         Ok(RedisWorker {
             index,
             users,
-            poll,
-            events: Events::with_capacity(1024),
-            timer,
+            readiness,
             body: Vec::new(),
             dirty: Vec::new(),
-            pending: Vec::new(),
             ready: Vec::new(),
         })
     }
@@ -256,43 +239,12 @@ impl RedisWorker {
         sender: &mut Sender,
         topo: &Topology,
     ) -> io::Result<()> {
-        let mut wait = MAX_POLL_WAIT;
-        if let Some(w) = wake_ns {
-            let left = Duration::from_nanos(w.saturating_sub(clock.now_ns()));
-            if left < wait {
-                match &self.timer {
-                    Some(t) if !left.is_zero() => t.arm(left)?,
-                    _ => wait = left,
-                }
-            }
-        }
-        if !self.pending.is_empty() {
-            wait = Duration::ZERO;
-        }
-        match self.poll.poll(&mut self.events, Some(wait)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-            Err(e) => return Err(e),
-        }
         let mut ready = std::mem::take(&mut self.ready);
-        ready.clear();
-        ready.append(&mut self.pending);
-        for ev in self.events.iter() {
-            match ev.token() {
-                TIMER => {
-                    if let Some(t) = &self.timer {
-                        t.ack();
-                    }
-                }
-                Token(i) if i < self.users.len() => ready.push(i),
-                _ => {}
-            }
-        }
-        ready.sort_unstable();
-        ready.dedup();
+        self.readiness
+            .wait(clock, wake_ns, self.users.len(), &mut ready)?;
         for (k, &i) in ready.iter().enumerate() {
             if !self.visit(i, clock, sink) {
-                self.pending.push(i);
+                self.readiness.defer(i);
             }
             if k % READS_BETWEEN_SENDS == READS_BETWEEN_SENDS - 1 {
                 self.send_due(sender, &mut sink.c, topo, clock);

@@ -1,6 +1,7 @@
 //! Tests of `worker.rs`.
 
 use super::*;
+use std::time::Duration;
 
 use std::net::UdpSocket as StdUdp;
 
