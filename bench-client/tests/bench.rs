@@ -13,29 +13,14 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Captured, ServerProc, spawn_piped, unused_tcp_addr, wait_exit};
+use common::{ServerProc, run_to_end, unused_tcp_addr};
 
 /// The whole test may take this long before it is declared hung.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// After the exit, how long the output pipes may take to be read to their end.
-const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs bench-client with `args`, killing it if it outlives [`TIMEOUT`].
 fn bench(args: &[&str]) -> (bool, String, String) {
-    let bin = Path::new(env!("CARGO_BIN_EXE_bench-client"));
-    let mut child = spawn_piped(bin, args, false);
-    let mut out = Captured::stdout(&mut child);
-    let mut err = Captured::stderr(&mut child);
-    let Some(status) = wait_exit(&mut child, TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("bench-client did not finish within {TIMEOUT:?}");
-    };
-    (
-        status.success(),
-        out.finish(PIPE_DRAIN),
-        err.finish(PIPE_DRAIN),
-    )
+    run_to_end(Path::new(env!("CARGO_BIN_EXE_bench-client")), args, TIMEOUT)
 }
 
 fn u(v: &serde_json::Value, key: &str) -> u64 {

@@ -13,12 +13,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Captured, spawn_piped, wait_exit};
+use common::{Captured, PIPE_DRAIN, run_to_end, spawn_piped, wait_exit};
 
 /// The whole run may take this long before it is declared hung.
 const TIMEOUT: Duration = Duration::from_secs(20);
-/// After the exit, how long the output pipes may take to be read to their end.
-const PIPE_DRAIN: Duration = Duration::from_secs(2);
 /// How long redis-server may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -114,16 +112,8 @@ fn redis_pubsub_delivers_every_message_to_every_member() {
         json_path.to_str().expect("utf-8 temp path"),
     ];
     let bin = Path::new(env!("CARGO_BIN_EXE_bench-client"));
-    let mut child = spawn_piped(bin, &args, false);
-    let mut out = Captured::stdout(&mut child);
-    let mut err = Captured::stderr(&mut child);
-    let Some(status) = wait_exit(&mut child, TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("bench-client did not finish within {TIMEOUT:?}");
-    };
-    let (stdout, stderr) = (out.finish(PIPE_DRAIN), err.finish(PIPE_DRAIN));
-    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (ok, stdout, stderr) = run_to_end(bin, &args, TIMEOUT);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let text = std::fs::read_to_string(&json_path).expect("the --json file");
     let _ = std::fs::remove_dir_all(&dir);
     let v: serde_json::Value = serde_json::from_str(&text).expect("the JSON parses");

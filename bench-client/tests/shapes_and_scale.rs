@@ -8,29 +8,14 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Captured, ServerProc, spawn_piped, wait_exit};
+use common::{ServerProc, run_to_end};
 
 /// The whole test may take this long before it is declared hung.
 const TIMEOUT: Duration = Duration::from_secs(90);
-/// After the exit, how long the output pipes may take to be read to their end.
-const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
 /// Runs bench-client with `args`; returns success, stdout and stderr.
 fn bench(args: &[&str]) -> (bool, String, String) {
-    let bin = Path::new(env!("CARGO_BIN_EXE_bench-client"));
-    let mut child = spawn_piped(bin, args, false);
-    let mut out = Captured::stdout(&mut child);
-    let mut err = Captured::stderr(&mut child);
-    let Some(status) = wait_exit(&mut child, TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("bench-client did not finish within {TIMEOUT:?}");
-    };
-    (
-        status.success(),
-        out.finish(PIPE_DRAIN),
-        err.finish(PIPE_DRAIN),
-    )
+    run_to_end(Path::new(env!("CARGO_BIN_EXE_bench-client")), args, TIMEOUT)
 }
 
 fn json_path(name: &str) -> PathBuf {

@@ -9,13 +9,11 @@ mod ws;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Captured, spawn_piped, wait_exit};
+use common::run_to_end;
 use ws::WebServer;
 
 /// The whole run may take this long before it is declared hung.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// After the exit, how long the output pipes may take to be read to their end.
-const PIPE_DRAIN: Duration = Duration::from_secs(2);
 
 fn u(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
@@ -61,16 +59,8 @@ fn web_and_udp_users_in_the_same_rooms_lose_nothing() {
         json_path.to_str().expect("utf-8 temp path"),
     ];
     let bin = Path::new(env!("CARGO_BIN_EXE_bench-client"));
-    let mut child = spawn_piped(bin, &args, false);
-    let mut out = Captured::stdout(&mut child);
-    let mut err = Captured::stderr(&mut child);
-    let Some(status) = wait_exit(&mut child, TIMEOUT) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("bench-client did not finish within {TIMEOUT:?}");
-    };
-    let (stdout, stderr) = (out.finish(PIPE_DRAIN), err.finish(PIPE_DRAIN));
-    assert!(status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let (ok, stdout, stderr) = run_to_end(bin, &args, TIMEOUT);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let text = std::fs::read_to_string(&json_path).expect("the --json file");
     let _ = std::fs::remove_dir_all(&dir);
     let v: serde_json::Value = serde_json::from_str(&text).expect("the JSON parses");

@@ -469,6 +469,27 @@ pub fn spawn_piped(bin: &Path, args: &[&str], stdin: bool) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
 }
 
+/// How long a finished process's output pipes may take to be read to their end.
+pub const PIPE_DRAIN: Duration = Duration::from_secs(2);
+
+/// Runs `bin` with `args` to its end, killing it and failing the test if it outlives
+/// `limit`; returns whether it succeeded, its stdout and its stderr.
+pub fn run_to_end(bin: &Path, args: &[&str], limit: Duration) -> (bool, String, String) {
+    let mut child = spawn_piped(bin, args, false);
+    let mut out = Captured::stdout(&mut child);
+    let mut err = Captured::stderr(&mut child);
+    let Some(status) = wait_exit(&mut child, limit) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{} did not finish within {limit:?}", bin.display());
+    };
+    (
+        status.success(),
+        out.finish(PIPE_DRAIN),
+        err.finish(PIPE_DRAIN),
+    )
+}
+
 /// Waits (bounded) for `child` to exit; `None` if it is still running after `limit`.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let end = Instant::now() + limit;
